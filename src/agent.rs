@@ -1,0 +1,152 @@
+//! The agent's observable status and the commands that change it: the
+//! seam between the supervisor (which owns the gateway process) and its
+//! readers (API, heartbeat, runs). Only the supervisor writes the status.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Lifecycle states of the supervised gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Stopped,
+    Starting,
+    Running,
+    Unhealthy,
+    Backoff,
+    Failed,
+    Stopping,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Stopped => "stopped",
+            AgentState::Starting => "starting",
+            AgentState::Running => "running",
+            AgentState::Unhealthy => "unhealthy",
+            AgentState::Backoff => "backoff",
+            AgentState::Failed => "failed",
+            AgentState::Stopping => "stopping",
+        }
+    }
+}
+
+/// What the hub (or the operator) wants the agent to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// How the last gateway process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastExit {
+    pub at: String,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// `crash`, `planned`, `restart_request` (75), `config` (78), `unhealthy`, `start_timeout`.
+    pub reason: String,
+}
+
+/// A snapshot of the agent, published by the supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentStatus {
+    pub state: AgentState,
+    pub desired: Desired,
+    pub pid: Option<u32>,
+    /// RFC 3339 time of the last state change.
+    pub since: String,
+    /// Seconds the current gateway process has been `running`.
+    pub uptime_s: Option<u64>,
+    pub restarts: u64,
+    pub last_exit: Option<LastExit>,
+    pub last_error: Option<String>,
+    /// The gateway's version from its `/health`.
+    pub release: Option<String>,
+    /// The gateway's `/v1/capabilities` answer, once probed.
+    pub capabilities: Option<serde_json::Value>,
+}
+
+impl AgentStatus {
+    pub fn initial(desired: Desired) -> AgentStatus {
+        AgentStatus {
+            state: AgentState::Stopped,
+            desired,
+            pid: None,
+            since: crate::store::ms_to_rfc3339(crate::store::now_ms()),
+            uptime_s: None,
+            restarts: 0,
+            last_exit: None,
+            last_error: None,
+            release: None,
+            capabilities: None,
+        }
+    }
+}
+
+/// A request to the supervisor.
+#[derive(Debug)]
+pub enum AgentCommand {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// Cheap, cloneable access to the agent for everyone but the supervisor.
+#[derive(Clone, Debug)]
+pub struct AgentHandle {
+    status: watch::Receiver<AgentStatus>,
+    commands: mpsc::Sender<(AgentCommand, oneshot::Sender<AgentStatus>)>,
+}
+
+/// The supervisor's end of an [`AgentHandle`].
+pub struct AgentChannels {
+    pub status: watch::Sender<AgentStatus>,
+    pub commands: mpsc::Receiver<(AgentCommand, oneshot::Sender<AgentStatus>)>,
+}
+
+/// A handle and the supervisor's end of it. Commands queue (bounded) and
+/// are applied one at a time, which is what serialises concurrent calls.
+pub fn channel(initial: AgentStatus) -> (AgentHandle, AgentChannels) {
+    let (status_tx, status_rx) = watch::channel(initial);
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    (
+        AgentHandle {
+            status: status_rx,
+            commands: cmd_tx,
+        },
+        AgentChannels {
+            status: status_tx,
+            commands: cmd_rx,
+        },
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the supervisor is not running")]
+pub struct SupervisorGone;
+
+impl AgentHandle {
+    /// The current snapshot.
+    pub fn status(&self) -> AgentStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver to await changes.
+    pub fn subscribe(&self) -> watch::Receiver<AgentStatus> {
+        self.status.clone()
+    }
+
+    /// Send a command; resolves with the status once the supervisor has
+    /// accepted it (not necessarily reached the target state).
+    pub async fn send(&self, cmd: AgentCommand) -> Result<AgentStatus, SupervisorGone> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send((cmd, tx))
+            .await
+            .map_err(|_| SupervisorGone)?;
+        rx.await.map_err(|_| SupervisorGone)
+    }
+}

@@ -1,0 +1,241 @@
+//! The callback API: axum routes, middleware, request and response types.
+//! Handlers parse, call one service or store function, and map the result;
+//! they hold no business rule and run no SQL on the async runtime.
+
+mod conversations;
+pub mod extract;
+mod memory;
+mod system;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use crate::auth::Credentials;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::store::Store;
+
+/// Prefix of every route the hub calls for this tenant.
+pub const TENANT_PREFIX: &str = "/v1/tenant-runtime/{tenant_id}";
+
+/// What handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub credentials: Arc<Credentials>,
+    pub metrics: Arc<Metrics>,
+    pub inflight: Arc<Semaphore>,
+}
+
+/// One route: method, path (relative to its prefix) and handler.
+struct Route {
+    method: Method,
+    path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+fn r(method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Route {
+    Route {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// Routes that need no credential.
+fn public_routes(with_metrics: bool) -> Vec<Route> {
+    let mut v = vec![
+        r(Method::GET, "/v1/healthz", get(system::healthz)),
+        r(Method::GET, "/v1/readyz", get(system::readyz)),
+    ];
+    if with_metrics {
+        v.push(r(Method::GET, "/metrics", get(system::metrics)));
+    }
+    v
+}
+
+/// Routes under [`TENANT_PREFIX`]: all behind the credential check.
+fn tenant_routes() -> Vec<Route> {
+    vec![
+        r(Method::GET, "/version", get(system::version)),
+        r(Method::GET, "/conversations", get(conversations::list_sessions)),
+        r(Method::GET, "/conversations/search", get(conversations::search)),
+        r(
+            Method::GET,
+            "/conversations/{session_id}/messages",
+            get(conversations::list_messages),
+        ),
+        r(
+            Method::POST,
+            "/conversations/{session_id}/messages",
+            post(conversations::append_messages),
+        ),
+        r(Method::POST, "/memory", post(memory::create)),
+        r(Method::GET, "/memory", get(memory::list)),
+        r(Method::GET, "/memory/search", get(memory::search)),
+        r(Method::GET, "/memory/stats", get(memory::stats)),
+        r(Method::DELETE, "/memory/{id}", delete(memory::remove)),
+    ]
+}
+
+/// Every (method, full path) the router serves, for the contract test.
+pub fn route_list() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = public_routes(true)
+        .into_iter()
+        .map(|r| (r.method.to_string(), r.path.to_owned()))
+        .chain(
+            tenant_routes()
+                .into_iter()
+                .map(|r| (r.method.to_string(), format!("{TENANT_PREFIX}{}", r.path))),
+        )
+        .collect();
+    v.sort();
+    v
+}
+
+/// The main router. `/metrics` is left out when it has its own listener.
+pub fn router(state: AppState) -> Router {
+    let with_metrics = state.config.listen.metrics_addr.is_none();
+    let mut tenant = Router::new();
+    for route in tenant_routes() {
+        tenant = tenant.route(&format!("{TENANT_PREFIX}{}", route.path), route.handler);
+    }
+    let tenant = tenant.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        authenticate,
+    ));
+    let mut public = Router::new();
+    for route in public_routes(with_metrics) {
+        public = public.route(route.path, route.handler);
+    }
+    finish(public.merge(tenant), state)
+}
+
+/// A router with `/metrics` only, for `listen.metrics_addr`.
+pub fn metrics_router(state: AppState) -> Router {
+    finish(Router::new().route("/metrics", get(system::metrics)), state)
+}
+
+fn finish(router: Router<AppState>, state: AppState) -> Router {
+    let limit = state.config.limits.body_bytes;
+    router
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(
+            move |mut req: Request, next: Next| async move {
+                req.extensions_mut().insert(extract::BodyLimit(limit));
+                next.run(req).await
+            },
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("handler panicked");
+                ApiError::Internal("handler panicked".into()).into_response()
+            },
+        ))
+        .with_state(state)
+}
+
+/// Request count and latency by route template (never the raw path, which
+/// would make one series per session id).
+async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    state
+        .metrics
+        .request_seconds
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(elapsed);
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// Concurrency limit (shed, not queue) and request timeout. The timeout
+/// covers producing the response head; a stream then runs on its own.
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
+        return ApiError::TooManyRequests {
+            message: "too many requests in flight; retry shortly".into(),
+            retry_after_s: 1,
+        }
+        .into_response();
+    };
+    let limit = state.config.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at(value.iter().position(|b| *b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
+}
+
+/// The credential check, then the tenant check: a request for another
+/// tenant is `404` (and only after authentication, so it reveals nothing).
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = bearer(req.headers()).is_some_and(|t| state.credentials.verify(t));
+    if !ok {
+        state.metrics.auth_failures.inc();
+        tracing::debug!(path = req.uri().path(), "refused: missing or wrong credential");
+        return ApiError::Unauthenticated.into_response();
+    }
+    let tenant = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/tenant-runtime/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    if tenant != state.config.tenant_id {
+        return ApiError::NotFound("no such tenant on this host".into()).into_response();
+    }
+    next.run(req).await
+}
+
+/// Clamp a client's page size to the configured maximum (default 50).
+pub(crate) fn page_size(state: &AppState, requested: Option<u32>) -> Result<u32, ApiError> {
+    let max = state.config.limits.page_size_max;
+    match requested {
+        None => Ok(50.min(max)),
+        Some(0) => Err(ApiError::InvalidArgument("`limit` must be at least 1".into())),
+        Some(n) if n > max => Err(ApiError::InvalidArgument(format!(
+            "`limit` must be at most {max}"
+        ))),
+        Some(n) => Ok(n),
+    }
+}

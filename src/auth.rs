@@ -1,0 +1,274 @@
+//! The tenant-runtime credential: read from a file the hub provisions,
+//! compared in constant time, reloaded when the file changes, with the
+//! previous credential honoured for an overlap so rotation has no outage.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+pub const MIN_CREDENTIAL_LEN: usize = 16;
+pub const MAX_CREDENTIAL_LEN: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("credential file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "credential file {path} has mode {mode:o}: it must not be readable by group or others (chmod 600)"
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("credential file {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// A secret that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    current: Secret,
+    previous: Option<(Secret, Instant)>,
+}
+
+/// The accepted credentials.
+#[derive(Debug)]
+pub struct Credentials {
+    path: PathBuf,
+    overlap: Duration,
+    state: RwLock<State>,
+}
+
+/// Read and check the credential file: owner-only mode, sane length, one
+/// line of printable ASCII.
+pub fn read_credential_file(path: &Path) -> Result<String, CredentialError> {
+    let io = |source| CredentialError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CredentialError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if meta.len() > MAX_CREDENTIAL_LEN as u64 + 2 {
+        return Err(CredentialError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("longer than {MAX_CREDENTIAL_LEN} bytes"),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let token = text.trim();
+    let invalid = |reason: String| CredentialError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if token.len() < MIN_CREDENTIAL_LEN {
+        return Err(invalid(format!(
+            "shorter than {MIN_CREDENTIAL_LEN} characters"
+        )));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "must be one line of printable ASCII without spaces".into(),
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+/// Create a random credential file (mode 0600) unless one exists; returns
+/// the credential in force.
+pub fn ensure_generated(path: &Path) -> Result<String, CredentialError> {
+    if path.exists() {
+        return read_credential_file(path);
+    }
+    let io = |source| CredentialError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let token = random_token(32);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(token.as_bytes()).map_err(io)?;
+    f.write_all(b"\n").map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(token)
+}
+
+/// `bytes` random bytes, hex-encoded.
+pub fn random_token(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Credentials {
+    /// Load the credential file; fails if it is missing, too open or bad.
+    pub fn load(path: &Path, overlap: Duration) -> Result<Credentials, CredentialError> {
+        let token = read_credential_file(path)?;
+        Ok(Credentials {
+            path: path.to_path_buf(),
+            overlap,
+            state: RwLock::new(State {
+                current: Secret(token.into_bytes()),
+                previous: None,
+            }),
+        })
+    }
+
+    /// `true` if `token` is the current credential, or the previous one
+    /// within its overlap. Constant time in the token's content.
+    pub fn verify(&self, token: &[u8]) -> bool {
+        let Ok(state) = self.state.read() else {
+            return false;
+        };
+        let current: bool = state.current.0.ct_eq(token).into();
+        let previous = match &state.previous {
+            Some((secret, until)) if Instant::now() < *until => secret.0.ct_eq(token).into(),
+            _ => false,
+        };
+        current | previous
+    }
+
+    /// Re-read the file. A changed credential becomes current and the old
+    /// one stays valid for the overlap. An unreadable or invalid file keeps
+    /// what is in force (and says so in the log).
+    pub fn reload(&self) -> bool {
+        let token = match read_credential_file(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "credential file unusable; keeping the credential in force");
+                return false;
+            }
+        };
+        let Ok(mut state) = self.state.write() else {
+            return false;
+        };
+        if state.current.0 == token.as_bytes() {
+            return false;
+        }
+        let old = std::mem::replace(&mut state.current, Secret(token.into_bytes()));
+        state.previous = Some((old, Instant::now() + self.overlap));
+        tracing::info!(
+            overlap_s = self.overlap.as_secs(),
+            "credential rotated; the previous one stays valid for the overlap"
+        );
+        true
+    }
+
+    /// Watch the credential file's directory (rotation usually renames a
+    /// new file into place) and reload on change; also re-check every
+    /// `poll` in case an event was missed.
+    pub fn watch(self: &Arc<Self>, cancel: CancellationToken, poll: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+            let file_name = this.path.file_name().map(|n| n.to_os_string());
+            let watcher = {
+                use notify::Watcher;
+                let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                    if let Ok(ev) = res {
+                        let ours = ev
+                            .paths
+                            .iter()
+                            .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
+                        if ours {
+                            let _ = tx.try_send(());
+                        }
+                    }
+                });
+                match (&mut w, this.path.parent()) {
+                    (Ok(w), Some(dir)) => {
+                        if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+                            tracing::warn!(error = %e, "cannot watch the credential directory; polling only");
+                        }
+                    }
+                    (Err(e), _) => {
+                        tracing::warn!(error = %e, "cannot watch the credential file; polling only")
+                    }
+                    _ => {}
+                }
+                w
+            };
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    Some(()) = rx.recv() => {
+                        // Let a writer finish before reading.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    _ = tick.tick() => {}
+                }
+                let this2 = this.clone();
+                let _ = tokio::task::spawn_blocking(move || this2.reload()).await;
+            }
+            drop(watcher);
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str, mode: u32) {
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn world_readable_or_short_files_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("cred");
+        write(&p, "0123456789abcdef0123", 0o644);
+        assert!(matches!(read_credential_file(&p), Err(CredentialError::TooOpen { .. })));
+        write(&p, "short", 0o600);
+        assert!(matches!(read_credential_file(&p), Err(CredentialError::Invalid { .. })));
+        write(&p, "0123456789abcdef0123\n", 0o600);
+        assert_eq!(read_credential_file(&p).expect("ok"), "0123456789abcdef0123");
+    }
+
+    #[test]
+    fn rotation_keeps_previous_for_the_overlap_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("cred");
+        write(&p, "old-credential-0123456789", 0o600);
+        let c = Credentials::load(&p, Duration::from_millis(200)).expect("load");
+        assert!(c.verify(b"old-credential-0123456789"));
+        write(&p, "new-credential-0123456789", 0o600);
+        assert!(c.reload());
+        assert!(c.verify(b"new-credential-0123456789"));
+        assert!(c.verify(b"old-credential-0123456789"));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!c.verify(b"old-credential-0123456789"));
+        assert!(!c.verify(b"old-credential-012345678"));
+        assert!(!c.verify(b""));
+    }
+}

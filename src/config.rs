@@ -1,0 +1,692 @@
+//! Configuration: a TOML file, overridden key by key by `HERMES_TENANTD_*`
+//! environment variables (`__` nests), validated once into typed values.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "HERMES_TENANTD_";
+/// Production location of the configuration file.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/hermes-tenantd/config.toml";
+/// Tenant id used by `--dev` when none is configured.
+pub const DEV_TENANT_ID: &str = "dev-tenant";
+/// Data directory used by `--dev` when none is configured.
+pub const DEV_DATA_DIR: &str = ".tenantd-dev";
+
+/// A configuration that cannot be used. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration after validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dev: bool,
+    pub tenant_id: String,
+    pub data_dir: PathBuf,
+    pub listen: ListenConfig,
+    pub auth: AuthConfig,
+    pub gateway: GatewayConfig,
+    pub hub: HubConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub credential_file: PathBuf,
+    pub rotation_overlap: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The command split into program and arguments.
+    pub command: Vec<String>,
+    pub hermes_home: PathBuf,
+    pub port: u16,
+    pub start_timeout: Duration,
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// `None`: no heartbeats and no deliveries.
+    pub url: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub heartbeat_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub body_bytes: usize,
+    pub request_timeout: Duration,
+    pub concurrency: usize,
+    pub page_size_max: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub synchronous: Synchronous,
+    pub readers: usize,
+}
+
+/// SQLite's `synchronous` pragma: `full` survives power loss, `normal`
+/// survives a process crash only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// ---- the raw, serde-facing shape -------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Raw {
+    tenant_id: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: RawListen,
+    auth: RawAuth,
+    gateway: RawGateway,
+    hub: RawHub,
+    limits: RawLimits,
+    store: RawStore,
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawListen {
+    addr: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    metrics_addr: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    credential_file: Option<PathBuf>,
+    rotation_overlap: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGateway {
+    command: Option<String>,
+    hermes_home: Option<PathBuf>,
+    #[serde(deserialize_with = "lenient")]
+    port: Option<u16>,
+    start_timeout: Option<String>,
+    stop_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHub {
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    heartbeat_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    #[serde(deserialize_with = "lenient")]
+    body_bytes: Option<usize>,
+    request_timeout: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    concurrency: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    page_size_max: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    synchronous: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    readers: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+/// Numbers arrive as TOML integers from the file and as strings from the
+/// environment; accept both.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr + TryFrom<i64>,
+    <T as FromStr>::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrStr {
+        Num(i64),
+        Str(String),
+    }
+    match Option::<NumOrStr>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrStr::Num(n)) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{n} is out of range"))),
+        Some(NumOrStr::Str(s)) => s
+            .trim()
+            .parse::<T>()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))),
+    }
+}
+
+// ---- loading ---------------------------------------------------------------------
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// An explicit file; it must exist.
+    pub file: Option<PathBuf>,
+    /// `--dev`: defaults for a laptop, no file needed.
+    pub dev: bool,
+}
+
+impl Config {
+    /// Load from the file (explicit, or the production default when it
+    /// exists) and the process environment.
+    pub fn load(source: &Source) -> Result<Config, ConfigError> {
+        Self::load_with_env(source, std::env::vars())
+    }
+
+    /// Load with an explicit environment (tests).
+    pub fn load_with_env(
+        source: &Source,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let file = match (&source.file, source.dev) {
+            (Some(f), _) => Some(f.clone()),
+            (None, false) if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Some(PathBuf::from(DEFAULT_CONFIG_FILE))
+            }
+            _ => None,
+        };
+        let mut table = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.message().to_owned(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let raw: Raw = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                let key = e.path().to_string();
+                let message = e.into_inner().message().to_owned();
+                invalid(&key, message)
+            },
+        )?;
+        validate(raw, source.dev)
+    }
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::Env {
+                var,
+                message: "empty key segment".into(),
+            });
+        }
+        let mut cursor = &mut *table;
+        for part in &parts[..parts.len() - 1] {
+            let entry = cursor
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cursor = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("`{part}` is not a section"),
+                    });
+                }
+            };
+        }
+        if let Some(last) = parts.last() {
+            cursor.insert(last.clone(), toml::Value::String(value));
+        }
+    }
+    Ok(())
+}
+
+fn duration(key: &str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| invalid(key, format!("`{text}` is not a duration like `30s` or `10m`: {e}")))?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+fn non_empty_path(v: Option<PathBuf>) -> Option<PathBuf> {
+    v.filter(|p| !p.as_os_str().is_empty())
+}
+
+/// `true` for a valid tenant id: what the hub uses in URLs.
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
+    let tenant_id = match non_empty(raw.tenant_id) {
+        Some(t) => t,
+        None if dev => DEV_TENANT_ID.to_owned(),
+        None => return Err(invalid("tenant_id", "is required (or run with --dev)")),
+    };
+    if !is_valid_tenant_id(&tenant_id) {
+        return Err(invalid(
+            "tenant_id",
+            "must be 1-128 characters of letters, digits, `-`, `_`, `.`, starting with a letter or digit",
+        ));
+    }
+
+    let data_dir = non_empty_path(raw.data_dir).unwrap_or_else(|| {
+        if dev {
+            PathBuf::from(DEV_DATA_DIR)
+        } else {
+            PathBuf::from("/var/lib/hermes-tenantd")
+        }
+    });
+    let data_dir = absolute(&data_dir);
+
+    let addr_text = non_empty(raw.listen.addr).unwrap_or_else(|| "127.0.0.1:8643".into());
+    let addr: SocketAddr = addr_text.parse().map_err(|_| {
+        invalid(
+            "listen.addr",
+            format!("`{addr_text}` is not an address like 127.0.0.1:8643"),
+        )
+    })?;
+    let tls = match (
+        non_empty_path(raw.listen.tls_cert),
+        non_empty_path(raw.listen.tls_key),
+    ) {
+        (Some(cert), Some(key)) => {
+            for (k, p) in [("listen.tls_cert", &cert), ("listen.tls_key", &key)] {
+                if !p.is_file() {
+                    return Err(invalid(k, format!("{} is not a readable file", p.display())));
+                }
+            }
+            Some(TlsFiles { cert, key })
+        }
+        (Some(_), None) => return Err(invalid("listen.tls_key", "is required with tls_cert")),
+        (None, Some(_)) => return Err(invalid("listen.tls_cert", "is required with tls_key")),
+        (None, None) => None,
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        return Err(invalid(
+            "listen.addr",
+            format!("{addr} is not loopback: set listen.tls_cert and listen.tls_key (plain HTTP is allowed on loopback only)"),
+        ));
+    }
+    let metrics_addr = match non_empty(raw.listen.metrics_addr) {
+        Some(t) => Some(t.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "listen.metrics_addr",
+                format!("`{t}` is not an address like 127.0.0.1:9643"),
+            )
+        })?),
+        None => None,
+    };
+    if let Some(m) = metrics_addr {
+        if m == addr && addr.port() != 0 {
+            return Err(invalid("listen.metrics_addr", "must differ from listen.addr"));
+        }
+    }
+
+    let credential_file = non_empty_path(raw.auth.credential_file).unwrap_or_else(|| {
+        if dev {
+            data_dir.join("credential")
+        } else {
+            PathBuf::from("/etc/hermes-tenantd/credential")
+        }
+    });
+    let auth = AuthConfig {
+        credential_file: absolute(&credential_file),
+        rotation_overlap: duration("auth.rotation_overlap", raw.auth.rotation_overlap, "10m")?,
+    };
+
+    let command_text = non_empty(raw.gateway.command)
+        .unwrap_or_else(|| "hermes gateway run --external-supervisor".into());
+    let command = split_command(&command_text).map_err(|m| invalid("gateway.command", m))?;
+    let hermes_home = non_empty_path(raw.gateway.hermes_home).unwrap_or_else(|| {
+        if dev {
+            data_dir.join("hermes-home")
+        } else {
+            PathBuf::from("/home/hermes/.hermes")
+        }
+    });
+    let port = raw.gateway.port.unwrap_or(8642);
+    if port == 0 {
+        return Err(invalid("gateway.port", "must be 1-65535"));
+    }
+    let gateway = GatewayConfig {
+        command,
+        hermes_home: absolute(&hermes_home),
+        port,
+        start_timeout: duration("gateway.start_timeout", raw.gateway.start_timeout, "120s")?,
+        stop_grace: duration("gateway.stop_grace", raw.gateway.stop_grace, "20s")?,
+    };
+
+    let url = match non_empty(raw.hub.url) {
+        Some(u) => {
+            let parsed = reqwest::Url::parse(&u)
+                .map_err(|e| invalid("hub.url", format!("`{u}` is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "https" | "http") {
+                return Err(invalid("hub.url", "must be an https:// URL"));
+            }
+            if parsed.scheme() == "http"
+                && !parsed
+                    .host_str()
+                    .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]")
+            {
+                return Err(invalid("hub.url", "plain http is allowed for a loopback hub only; use https://"));
+            }
+            Some(u.trim_end_matches('/').to_owned())
+        }
+        None => None,
+    };
+    let ca_file = non_empty_path(raw.hub.ca_file);
+    if let Some(ca) = &ca_file {
+        if !ca.is_file() {
+            return Err(invalid("hub.ca_file", format!("{} is not a readable file", ca.display())));
+        }
+    }
+    let hub = HubConfig {
+        url,
+        ca_file,
+        heartbeat_interval: duration("hub.heartbeat_interval", raw.hub.heartbeat_interval, "30s")?,
+    };
+
+    let body_bytes = raw.limits.body_bytes.unwrap_or(1024 * 1024);
+    if !(1024..=64 * 1024 * 1024).contains(&body_bytes) {
+        return Err(invalid("limits.body_bytes", "must be between 1024 and 67108864"));
+    }
+    let concurrency = raw.limits.concurrency.unwrap_or(1024);
+    if concurrency == 0 {
+        return Err(invalid("limits.concurrency", "must be at least 1"));
+    }
+    let page_size_max = raw.limits.page_size_max.unwrap_or(200);
+    if !(1..=10_000).contains(&page_size_max) {
+        return Err(invalid("limits.page_size_max", "must be between 1 and 10000"));
+    }
+    let limits = LimitsConfig {
+        body_bytes,
+        request_timeout: duration("limits.request_timeout", raw.limits.request_timeout, "30s")?,
+        concurrency,
+        page_size_max,
+    };
+
+    let synchronous = match non_empty(raw.store.synchronous).as_deref() {
+        None | Some("full") => Synchronous::Full,
+        Some("normal") => Synchronous::Normal,
+        Some(other) => {
+            return Err(invalid(
+                "store.synchronous",
+                format!("`{other}` is not one of full, normal"),
+            ));
+        }
+    };
+    let readers = raw.store.readers.unwrap_or(4);
+    if !(1..=64).contains(&readers) {
+        return Err(invalid("store.readers", "must be between 1 and 64"));
+    }
+
+    let format = match non_empty(raw.log.format).as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(invalid("log.format", format!("`{other}` is not one of text, json")));
+        }
+    };
+    let level = non_empty(raw.log.level).unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        return Err(invalid("log.level", format!("`{level}` is not a log filter like `info` or `hermes_tenantd=debug`")));
+    }
+
+    Ok(Config {
+        dev,
+        tenant_id,
+        data_dir,
+        listen: ListenConfig {
+            addr,
+            tls,
+            metrics_addr,
+        },
+        auth,
+        gateway,
+        hub,
+        limits,
+        store: StoreConfig {
+            synchronous,
+            readers,
+        },
+        log: LogConfig { format, level },
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Split a command line the way a POSIX shell would for plain words, single
+/// and double quotes and backslash escapes (no expansion).
+pub fn split_command(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(ch) => cur.push(ch),
+                        None => return Err("unterminated single quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(ch @ ('"' | '\\' | '$' | '`')) => cur.push(ch),
+                            Some(ch) => {
+                                cur.push('\\');
+                                cur.push(ch);
+                            }
+                            None => return Err("unterminated double quote".into()),
+                        },
+                        Some(ch) => cur.push(ch),
+                        None => return Err("unterminated double quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(ch) => cur.push(ch),
+                    None => return Err("trailing backslash".into()),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    if words.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)], dev: bool) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, toml_text).expect("write");
+        Config::load_with_env(
+            &Source {
+                file: Some(file),
+                dev,
+            },
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn env_overrides_file_with_double_underscore_nesting() {
+        let c = load(
+            "tenant_id = \"t1\"\n[gateway]\nport = 9000\n",
+            &[
+                ("HERMES_TENANTD_GATEWAY__PORT", "9100"),
+                ("HERMES_TENANTD_GATEWAY__COMMAND", "python3 'my gw.py' --x"),
+            ],
+            false,
+        )
+        .expect("valid");
+        assert_eq!(c.gateway.port, 9100);
+        assert_eq!(c.gateway.command, vec!["python3", "my gw.py", "--x"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = load("tenant_id = \"t1\"\n[gateway]\nport = \"x\"\n", &[], false).unwrap_err();
+        assert!(e.to_string().contains("gateway.port"), "{e}");
+        let e = load("tenant_id = \"t1\"\n[auth]\nrotation_overlap = \"soon\"\n", &[], false)
+            .unwrap_err();
+        assert!(e.to_string().contains("auth.rotation_overlap"), "{e}");
+        let e = load("tenant_id = \"t1\"\n[listen]\nadr = \"x\"\n", &[], false).unwrap_err();
+        assert!(e.to_string().contains("adr"), "{e}");
+        let e = load("", &[], false).unwrap_err();
+        assert!(e.to_string().contains("tenant_id"), "{e}");
+    }
+
+    #[test]
+    fn non_loopback_without_tls_is_refused() {
+        let e = load("tenant_id = \"t1\"\n[listen]\naddr = \"0.0.0.0:8643\"\n", &[], false)
+            .unwrap_err();
+        assert!(e.to_string().contains("listen.addr"), "{e}");
+        assert!(e.to_string().contains("tls"), "{e}");
+    }
+
+    #[test]
+    fn dev_needs_nothing_but_explicit_values_still_apply() {
+        let c = load("", &[("HERMES_TENANTD_HUB__URL", "http://127.0.0.1:9")], true)
+            .expect("valid");
+        assert_eq!(c.tenant_id, DEV_TENANT_ID);
+        assert!(c.data_dir.ends_with(DEV_DATA_DIR));
+        assert_eq!(c.hub.url.as_deref(), Some("http://127.0.0.1:9"));
+    }
+
+    #[test]
+    fn split_command_handles_quotes() {
+        assert_eq!(
+            split_command(r#"a "b c" d\ e 'f"g'"#).expect("ok"),
+            vec!["a", "b c", "d e", "f\"g"]
+        );
+        assert!(split_command("a 'b").is_err());
+        assert!(split_command("  ").is_err());
+    }
+}

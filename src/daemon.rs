@@ -1,0 +1,241 @@
+//! Start-up and shutdown in one place: open the store, load the credential,
+//! bind the listeners, start the long-running components, and stop them in
+//! reverse order on one cancellation token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::auth::{self, Credentials};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Credential(#[from] auth::CredentialError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("start-up task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: AppState,
+    cancel: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+    components: Vec<JoinHandle<()>>,
+}
+
+/// How long open connections (streams) get to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    /// Bring everything up. Returns once the listeners accept connections.
+    pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        let config = Arc::new(config);
+        let data_dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || create_private_dir(&data_dir))
+            .await
+            ??;
+
+        if config.dev {
+            let path = config.auth.credential_file.clone();
+            tokio::task::spawn_blocking(move || auth::ensure_generated(&path))
+                .await
+                ??;
+        }
+        let credentials = Arc::new(Credentials::load(
+            &config.auth.credential_file,
+            config.auth.rotation_overlap,
+        )?);
+
+        let db_path = config.data_dir.join("tenantd.db");
+        let opts = StoreOptions {
+            synchronous: config.store.synchronous,
+            readers: config.store.readers,
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts))
+            .await
+            ??;
+
+        let state = AppState {
+            config: config.clone(),
+            store: store.clone(),
+            credentials: credentials.clone(),
+            metrics: Arc::new(Metrics::new()),
+            inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
+        };
+
+        let cancel = CancellationToken::new();
+        let mut components = Vec::new();
+        components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
+
+        let listener = bind(config.listen.addr).await?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen.addr,
+            source,
+        })?;
+        let mut servers = Vec::new();
+        let tls = match &config.listen.tls {
+            Some(files) => Some(crate::tls::server_config(&files.cert, &files.key).await?),
+            None => None,
+        };
+        servers.push(serve(listener, api::router(state.clone()), tls, cancel.clone()));
+
+        let metrics_addr = match config.listen.metrics_addr {
+            Some(a) => {
+                let l = bind(a).await?;
+                let bound = l.local_addr().map_err(|source| StartError::Bind { addr: a, source })?;
+                servers.push(serve(l, api::metrics_router(state.clone()), None, cancel.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+
+        components.push(watchdog(store.clone(), cancel.clone()));
+        tracing::info!(
+            %addr,
+            tls = config.listen.tls.is_some(),
+            tenant_id = %config.tenant_id,
+            schema_version = store.schema_version(),
+            "listening"
+        );
+        Ok(Daemon {
+            addr,
+            metrics_addr,
+            state,
+            cancel,
+            servers,
+            components,
+        })
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stop accepting, drain, stop components, checkpoint the store.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for mut s in self.servers {
+            if tokio::time::timeout(DRAIN, &mut s).await.is_err() {
+                tracing::warn!("connections still open after the drain period; closing them");
+                s.abort();
+            }
+        }
+        for c in self.components {
+            let _ = c.await;
+        }
+        if let Err(e) = self.state.store.checkpoint().await {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| StartError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let mode = std::fs::metadata(path).map_err(err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        cancel.cancelled().await;
+                    })
+                    .await
+            }
+            Some(cfg) => {
+                let handle = axum_server::Handle::new();
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    cancel.cancelled().await;
+                    h.graceful_shutdown(Some(DRAIN));
+                });
+                match listener.into_std() {
+                    Ok(std_listener) => {
+                        axum_server::from_tcp_rustls(std_listener, cfg)
+                            .handle(handle)
+                            .serve(app.into_make_service())
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "listener failed");
+        }
+    })
+}
+
+/// `WATCHDOG=1` to systemd while the store answers; no-op outside systemd.
+fn watchdog(store: Store, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut usec = 0u64;
+        if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+            return;
+        }
+        let period = Duration::from_micros(usec / 2);
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match tokio::time::timeout(period, store.ping()).await {
+                Ok(Ok(())) => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+                _ => tracing::warn!("store does not answer; withholding the systemd watchdog ping"),
+            }
+        }
+    })
+}

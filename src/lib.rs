@@ -1,0 +1,19 @@
+//! hermes-tenantd: the per-VM daemon of a hosted Hermes Agent platform.
+//! See `ARCHITECTURE.md` for the map of modules.
+
+pub mod agent;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod store;
+pub mod tls;
+
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What this build can do, reported by `/version`.
+pub const CAPABILITIES: &[&str] = &["conversations", "conversations.search", "memory", "metrics"];

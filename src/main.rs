@@ -1,0 +1,190 @@
+//! The `hermes-tenantd` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use hermes_tenantd::config::{Config, Source};
+use hermes_tenantd::daemon::Daemon;
+use hermes_tenantd::store::{self, conversations};
+
+#[derive(Parser)]
+#[command(name = "hermes-tenantd", version, about = "Per-VM daemon of a hosted Hermes Agent platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Configuration file (default: /etc/hermes-tenantd/config.toml when it exists).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Development defaults: data in ./.tenantd-dev, loopback, generated credential, no hub.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run(ConfigArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(ConfigArgs),
+    /// Validate the configuration and exit (non-zero with a message naming the bad key).
+    CheckConfig(ConfigArgs),
+    /// Print the daemon version and the schema version it writes.
+    Version,
+    /// Full-text search over the local conversation store (read-only).
+    Search {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// FTS5 query (words, "phrases", prefix*, OR, NOT).
+        query: String,
+        /// Quote every word instead of reading FTS5 syntax.
+        #[arg(long)]
+        plain: bool,
+        /// Most results to print.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, String> {
+    Config::load(&Source {
+        file: args.config.clone(),
+        dev: args.dev,
+    })
+    .map_err(|e| format!("configuration error: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => {
+            println!(
+                "hermes-tenantd {} (schema {})",
+                hermes_tenantd::VERSION,
+                store::migrations::latest()
+            );
+            Ok(())
+        }
+        Command::CheckConfig(args) => load(&args).map(|c| {
+            println!(
+                "ok: tenant {} listening on {} ({}), data in {}",
+                c.tenant_id,
+                c.listen.addr,
+                if c.listen.tls.is_some() { "https" } else { "http" },
+                c.data_dir.display()
+            );
+        }),
+        Command::Migrate(args) => load(&args).and_then(|c| {
+            let opts = store::StoreOptions {
+                synchronous: c.store.synchronous,
+                readers: 1,
+            };
+            store::Store::open_blocking(&c.data_dir.join("tenantd.db"), &opts)
+                .map(|s| println!("schema version {}", s.schema_version()))
+                .map_err(|e| e.to_string())
+        }),
+        Command::Search {
+            cfg,
+            query,
+            plain,
+            limit,
+        } => load(&cfg).and_then(|c| search(&c, query, plain, limit)),
+        Command::Run(args) => load(&args).and_then(run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("hermes-tenantd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn search(c: &Config, query: String, plain: bool, limit: u32) -> Result<(), String> {
+    let path = c.data_dir.join("tenantd.db");
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let filter = conversations::SearchFilter {
+        query,
+        plain,
+        limit: limit.clamp(1, 10_000),
+        ..Default::default()
+    };
+    let page = conversations::search(&conn, &filter).map_err(|e| e.to_string())?;
+    for hit in &page.items {
+        println!(
+            "{}  {}  {:<9} {}  {}",
+            hit.created_at, hit.session_id, hit.role, hit.platform, hit.snippet
+        );
+    }
+    eprintln!("{} result(s)", page.items.len());
+    Ok(())
+}
+
+fn run(config: Config) -> Result<(), String> {
+    hermes_tenantd::logging::init(&config.log);
+    hermes_tenantd::tls::install_provider();
+    // Two workers: the daemon is I/O-bound and shares the VM with the agent.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let dev = config.dev;
+        let daemon = Daemon::start(config).await.map_err(|e| e.to_string())?;
+        if dev {
+            print_dev_banner(&daemon);
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        wait_for_signal().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        tracing::info!("shutting down");
+        daemon.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// What a newcomer needs to call a `--dev` daemon. Printed to stdout, not
+/// the log: the credential must not end up in a log pipeline.
+fn print_dev_banner(d: &Daemon) {
+    let c = &d.state.config;
+    let token = std::fs::read_to_string(&c.auth.credential_file).unwrap_or_default();
+    let token = token.trim();
+    let scheme = if c.listen.tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", d.addr);
+    println!("hermes-tenantd {} (dev mode)", hermes_tenantd::VERSION);
+    println!("  address:    {base}");
+    println!("  tenant id:  {}", c.tenant_id);
+    println!("  credential: {token}   (from {})", c.auth.credential_file.display());
+    println!("  data dir:   {}", c.data_dir.display());
+    println!("  try:");
+    println!(
+        "    curl -sS -H 'Authorization: Bearer {token}' {base}/v1/tenant-runtime/{}/version",
+        c.tenant_id
+    );
+}

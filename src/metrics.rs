@@ -1,0 +1,107 @@
+//! Prometheus metrics. One registry; every component's series are fields
+//! here so the exposition is one place.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    started: Instant,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<RouteLabels, Histogram>,
+    pub auth_failures: Counter,
+    pub uptime_seconds: Gauge<f64, AtomicU64>,
+    pub db_bytes: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hermes_tenantd");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route template and status",
+            requests.clone(),
+        );
+        let request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ])
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to produce the response head, by route template",
+            request_seconds.clone(),
+        );
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused for a missing or wrong credential",
+            auth_failures.clone(),
+        );
+        let uptime_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "uptime_seconds",
+            "Seconds since the daemon started",
+            uptime_seconds.clone(),
+        );
+        let db_bytes = Gauge::default();
+        registry.register(
+            "db_bytes",
+            "Size of the SQLite database with its WAL",
+            db_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            started: Instant::now(),
+            requests,
+            request_seconds,
+            auth_failures,
+            uptime_seconds,
+            db_bytes,
+        }
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The text exposition, with point-in-time gauges refreshed.
+    pub fn render(&self, db_bytes: u64) -> String {
+        self.uptime_seconds
+            .set(self.started.elapsed().as_secs_f64());
+        self.db_bytes.set(db_bytes as i64);
+        let mut out = String::with_capacity(8 * 1024);
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,579 @@
+//! Sessions and messages, with FTS5 search over message content.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{StoreError, StoreResult, cursor, ms_to_rfc3339, now_ms};
+
+/// Most messages accepted in one append.
+pub const MAX_BATCH: usize = 1000;
+/// Largest message content accepted, in bytes.
+pub const MAX_CONTENT_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "system" => Some(Role::System),
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            "tool" => Some(Role::Tool),
+            _ => None,
+        }
+    }
+}
+
+/// A point in time as clients send it: RFC 3339 text or unix seconds
+/// (fractions allowed, as the gateway stores them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TimeInput {
+    Seconds(f64),
+    Text(String),
+}
+
+impl TimeInput {
+    pub fn to_ms(&self, field: &str) -> StoreResult<i64> {
+        match self {
+            TimeInput::Seconds(s) if s.is_finite() && *s >= 0.0 && *s < 1.0e11 => {
+                Ok((s * 1000.0).round() as i64)
+            }
+            TimeInput::Seconds(_) => Err(StoreError::Invalid(format!(
+                "`{field}` is out of range for unix seconds"
+            ))),
+            TimeInput::Text(t) => parse_time_text(t, field),
+        }
+    }
+}
+
+/// Parse RFC 3339 or unix seconds given as text (query strings).
+pub fn parse_time_text(t: &str, field: &str) -> StoreResult<i64> {
+    if let Ok(secs) = t.parse::<f64>() {
+        return TimeInput::Seconds(secs).to_ms(field);
+    }
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| d.timestamp_millis())
+        .map_err(|_| {
+            StoreError::Invalid(format!(
+                "`{field}` must be RFC 3339 (2026-01-31T12:00:00Z) or unix seconds"
+            ))
+        })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    pub role: Role,
+    pub content: String,
+    #[serde(default)]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tokens_used: Option<i64>,
+    #[serde(default)]
+    pub created_at: Option<TimeInput>,
+    /// A caller's id for the message; appending it again is a no-op.
+    #[serde(default)]
+    pub external_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendMessages {
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub title: Option<String>,
+    pub messages: Vec<NewMessage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Appended {
+    pub session_id: String,
+    pub inserted: usize,
+    pub skipped: usize,
+    /// Ids of the inserted messages, in request order.
+    pub ids: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub id: String,
+    pub platform: String,
+    pub title: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub message_count: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: i64,
+    pub session_id: String,
+    pub platform: String,
+    pub role: String,
+    pub content: String,
+    pub tool_calls: Option<serde_json::Value>,
+    pub tokens_used: i64,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SearchFilter {
+    pub query: String,
+    /// Quote every word instead of reading FTS5 syntax.
+    pub plain: bool,
+    pub platform: Option<String>,
+    pub role: Option<Role>,
+    pub session_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    pub message_id: i64,
+    pub session_id: String,
+    pub platform: String,
+    pub role: String,
+    /// HTML-escaped excerpt with `<mark>` around the matched terms.
+    pub snippet: String,
+    pub created_at: String,
+    /// bm25 score: lower is a better match.
+    pub score: f64,
+}
+
+pub fn validate_session_id(id: &str) -> StoreResult<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "`session_id` must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:`".into(),
+        ))
+    }
+}
+
+pub fn validate_platform(p: &str) -> StoreResult<()> {
+    let b = p.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "`platform` must be 1-32 lowercase letters, digits, `-` or `_`, starting with a letter"
+                .into(),
+        ))
+    }
+}
+
+/// Check an append before any write, so a bad message rejects the whole
+/// batch and nothing is half-written.
+fn validate_append(req: &AppendMessages) -> StoreResult<Vec<i64>> {
+    if req.messages.is_empty() {
+        return Err(StoreError::Invalid("`messages` must not be empty".into()));
+    }
+    if req.messages.len() > MAX_BATCH {
+        return Err(StoreError::Invalid(format!(
+            "`messages` holds {} entries; at most {MAX_BATCH} per request",
+            req.messages.len()
+        )));
+    }
+    if let Some(p) = &req.platform {
+        validate_platform(p)?;
+    }
+    if req.title.as_ref().is_some_and(|t| t.len() > 512) {
+        return Err(StoreError::Invalid("`title` is longer than 512 bytes".into()));
+    }
+    let now = now_ms();
+    let mut times = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        if m.content.len() > MAX_CONTENT_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "`messages[{i}].content` is longer than {MAX_CONTENT_BYTES} bytes"
+            )));
+        }
+        if m.content.contains('\0') {
+            return Err(StoreError::Invalid(format!(
+                "`messages[{i}].content` contains a NUL byte"
+            )));
+        }
+        if m.tokens_used.is_some_and(|t| t < 0) {
+            return Err(StoreError::Invalid(format!(
+                "`messages[{i}].tokens_used` must not be negative"
+            )));
+        }
+        if let Some(tc) = &m.tool_calls {
+            if !(tc.is_array() || tc.is_object() || tc.is_null()) {
+                return Err(StoreError::Invalid(format!(
+                    "`messages[{i}].tool_calls` must be an array or an object"
+                )));
+            }
+        }
+        if let Some(x) = &m.external_id {
+            if x.is_empty() || x.len() > 256 {
+                return Err(StoreError::Invalid(format!(
+                    "`messages[{i}].external_id` must be 1-256 bytes"
+                )));
+            }
+        }
+        times.push(match &m.created_at {
+            Some(t) => t.to_ms(&format!("messages[{i}].created_at"))?,
+            None => now,
+        });
+    }
+    Ok(times)
+}
+
+/// Append messages to a session (created if new) in one transaction.
+pub fn append(
+    conn: &mut Connection,
+    session_id: &str,
+    req: &AppendMessages,
+) -> StoreResult<Appended> {
+    validate_session_id(session_id)?;
+    let times = validate_append(req)?;
+    let tx = conn.transaction()?;
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT platform FROM sessions WHERE id = ?1",
+            [session_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let platform = match (&existing, &req.platform) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => "api".to_owned(),
+    };
+    let first = times.iter().copied().min().unwrap_or_else(now_ms);
+    let last = times.iter().copied().max().unwrap_or_else(now_ms);
+    tx.execute(
+        "INSERT INTO sessions (id, platform, title, created_at, updated_at, message_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0)
+         ON CONFLICT (id) DO UPDATE SET
+            title = coalesce(excluded.title, sessions.title),
+            created_at = min(sessions.created_at, excluded.created_at),
+            updated_at = max(sessions.updated_at, excluded.updated_at)",
+        params![session_id, platform, req.title, first, last],
+    )?;
+    let mut ids = Vec::with_capacity(req.messages.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO messages (session_id, platform, role, content, tool_calls, tokens_used, created_at, external_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (external_id) DO NOTHING
+             RETURNING id",
+        )?;
+        for (m, at) in req.messages.iter().zip(&times) {
+            let tool_calls = m
+                .tool_calls
+                .as_ref()
+                .filter(|v| !v.is_null())
+                .map(|v| v.to_string());
+            let id: Option<i64> = insert
+                .query_row(
+                    params![
+                        session_id,
+                        platform,
+                        m.role.as_str(),
+                        m.content,
+                        tool_calls,
+                        m.tokens_used.unwrap_or(0),
+                        at,
+                        m.external_id
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = id {
+                ids.push(id);
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE sessions SET message_count = message_count + ?2 WHERE id = ?1",
+        params![session_id, ids.len() as i64],
+    )?;
+    tx.commit()?;
+    Ok(Appended {
+        session_id: session_id.to_owned(),
+        inserted: ids.len(),
+        skipped: req.messages.len() - ids.len(),
+        ids,
+    })
+}
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: r.get(0)?,
+        platform: r.get(1)?,
+        title: r.get(2)?,
+        created_at: ms_to_rfc3339(r.get(3)?),
+        updated_at: ms_to_rfc3339(r.get(4)?),
+        message_count: r.get(5)?,
+    })
+}
+
+/// Sessions, most recently updated first.
+pub fn list_sessions(
+    conn: &Connection,
+    platform: Option<&str>,
+    limit: u32,
+    after: Option<&str>,
+) -> StoreResult<Page<Session>> {
+    let (c_time, c_id) = match after {
+        Some(c) => {
+            let f = cursor::fields(c, 2)?;
+            let t = f[0]
+                .parse::<i64>()
+                .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?;
+            (Some(t), Some(f[1].clone()))
+        }
+        None => (None, None),
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, platform, title, created_at, updated_at, message_count FROM sessions
+         WHERE (?1 IS NULL OR platform = ?1)
+           AND (?2 IS NULL OR updated_at < ?2 OR (updated_at = ?2 AND id < ?3))
+         ORDER BY updated_at DESC, id DESC
+         LIMIT ?4",
+    )?;
+    let mut items = stmt
+        .query_map(params![platform, c_time, c_id, limit as i64 + 1], session_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|s| {
+            let ms = chrono::DateTime::parse_from_rfc3339(&s.updated_at)
+                .map(|d| d.timestamp_millis())
+                .unwrap_or(0);
+            cursor::encode(&format!("{ms}|{}", s.id))
+        })
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+pub fn get_session(conn: &Connection, id: &str) -> StoreResult<Session> {
+    conn.query_row(
+        "SELECT id, platform, title, created_at, updated_at, message_count FROM sessions WHERE id = ?1",
+        [id],
+        session_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("session `{id}` does not exist")))
+}
+
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let tool_calls: Option<String> = r.get(5)?;
+    Ok(Message {
+        id: r.get(0)?,
+        session_id: r.get(1)?,
+        platform: r.get(2)?,
+        role: r.get(3)?,
+        content: r.get(4)?,
+        tool_calls: tool_calls.and_then(|t| serde_json::from_str(&t).ok()),
+        tokens_used: r.get(6)?,
+        created_at: ms_to_rfc3339(r.get(7)?),
+        external_id: r.get(8)?,
+    })
+}
+
+/// Messages of one session in the order they were stored.
+pub fn list_messages(
+    conn: &Connection,
+    session_id: &str,
+    limit: u32,
+    after: Option<&str>,
+) -> StoreResult<Page<Message>> {
+    validate_session_id(session_id)?;
+    get_session(conn, session_id)?;
+    let after_id = match after {
+        Some(c) => cursor::fields(c, 1)?[0]
+            .parse::<i64>()
+            .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?,
+        None => 0,
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, session_id, platform, role, content, tool_calls, tokens_used, created_at, external_id
+         FROM messages WHERE session_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let mut items = stmt
+        .query_map(params![session_id, after_id, limit as i64 + 1], message_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|m| cursor::encode(&m.id.to_string()))
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// Turn free text into an FTS5 query that matches every word literally.
+pub fn plain_query(text: &str) -> String {
+    text.split_whitespace()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// SQLite reports a bad MATCH expression as an ordinary error; recognise it
+/// so the client gets a 400, not a 500.
+pub fn classify_fts_error(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(_, Some(msg)) = &e {
+        if msg.starts_with("fts5:")
+            || msg.starts_with("no such column")
+            || msg.starts_with("unknown special query")
+            || msg.contains("malformed MATCH")
+        {
+            return StoreError::InvalidQuery(msg.trim_start_matches("fts5: ").to_owned());
+        }
+    }
+    StoreError::from(e)
+}
+
+const MARK_OPEN: char = '\u{1}';
+const MARK_CLOSE: char = '\u{2}';
+
+/// Escape a snippet for HTML and turn the private markers into `<mark>`.
+pub fn render_snippet(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 16);
+    for c in raw.chars() {
+        match c {
+            MARK_OPEN => out.push_str("<mark>"),
+            MARK_CLOSE => out.push_str("</mark>"),
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The SQL of a message search; shared with the benchmark so it measures
+/// the same query the API runs.
+pub const SEARCH_SQL: &str = "SELECT m.id, m.session_id, m.platform, m.role, m.created_at,
+        snippet(messages_fts, 0, char(1), char(2), '…', 16),
+        bm25(messages_fts) AS score
+ FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
+ WHERE messages_fts MATCH ?1
+   AND (?2 IS NULL OR m.platform = ?2)
+   AND (?3 IS NULL OR m.role = ?3)
+   AND (?4 IS NULL OR m.created_at >= ?4)
+   AND (?5 IS NULL OR m.created_at < ?5)
+   AND (?6 IS NULL OR m.session_id = ?6)
+ ORDER BY score, m.id
+ LIMIT ?7 OFFSET ?8";
+
+/// Full-text search over message content, best match first.
+pub fn search(conn: &Connection, f: &SearchFilter) -> StoreResult<Page<SearchHit>> {
+    let query = if f.plain {
+        plain_query(&f.query)
+    } else {
+        f.query.clone()
+    };
+    if query.trim().is_empty() {
+        return Err(StoreError::Invalid("`q` must not be empty".into()));
+    }
+    let offset: i64 = match &f.cursor {
+        Some(c) => cursor::fields(c, 1)?[0]
+            .parse()
+            .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?,
+        None => 0,
+    };
+    let mut stmt = conn.prepare_cached(SEARCH_SQL)?;
+    let rows = stmt
+        .query_map(
+            params![
+                query,
+                f.platform,
+                f.role.map(Role::as_str),
+                f.since_ms,
+                f.until_ms,
+                f.session_id,
+                f.limit as i64 + 1,
+                offset
+            ],
+            |r| {
+                Ok(SearchHit {
+                    message_id: r.get(0)?,
+                    session_id: r.get(1)?,
+                    platform: r.get(2)?,
+                    role: r.get(3)?,
+                    created_at: ms_to_rfc3339(r.get(4)?),
+                    snippet: render_snippet(&r.get::<_, String>(5)?),
+                    score: r.get(6)?,
+                })
+            },
+        )
+        .map_err(classify_fts_error)?;
+    let mut items = Vec::with_capacity(f.limit as usize + 1);
+    for row in rows {
+        items.push(row.map_err(classify_fts_error)?);
+    }
+    let next_cursor = if items.len() > f.limit as usize {
+        items.truncate(f.limit as usize);
+        Some(cursor::encode(&(offset + f.limit as i64).to_string()))
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippet_is_escaped_and_marked() {
+        assert_eq!(
+            render_snippet("a <b> \u{1}hit\u{2} & 'c'"),
+            "a &lt;b&gt; <mark>hit</mark> &amp; &#39;c&#39;"
+        );
+    }
+
+    #[test]
+    fn plain_query_quotes_words() {
+        assert_eq!(plain_query(r#"foo-bar "x"#), r#""foo-bar" """x""#);
+    }
+}

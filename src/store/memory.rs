@@ -1,0 +1,225 @@
+//! The agent's long-term memories, with FTS5 over content and tags.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::conversations::{Page, classify_fts_error, plain_query, render_snippet};
+use super::{StoreError, StoreResult, cursor, ms_to_rfc3339, now_ms};
+
+pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG_BYTES: usize = 64;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMemory {
+    pub content: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub id: i64,
+    pub content: String,
+    pub tags: Vec<String>,
+    pub source: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryHit {
+    #[serde(flatten)]
+    pub memory: Memory,
+    pub snippet: String,
+    pub score: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryStats {
+    pub count: i64,
+    pub total_bytes: i64,
+    pub by_source: BTreeMap<String, i64>,
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+}
+
+fn validate(m: &NewMemory) -> StoreResult<()> {
+    if m.content.trim().is_empty() {
+        return Err(StoreError::Invalid("`content` must not be empty".into()));
+    }
+    if m.content.len() > MAX_CONTENT_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "`content` is longer than {MAX_CONTENT_BYTES} bytes"
+        )));
+    }
+    if m.content.contains('\0') {
+        return Err(StoreError::Invalid("`content` contains a NUL byte".into()));
+    }
+    if m.tags.len() > MAX_TAGS {
+        return Err(StoreError::Invalid(format!(
+            "`tags` holds more than {MAX_TAGS} entries"
+        )));
+    }
+    for (i, t) in m.tags.iter().enumerate() {
+        if t.trim().is_empty() || t.len() > MAX_TAG_BYTES || t.contains('\0') {
+            return Err(StoreError::Invalid(format!(
+                "`tags[{i}]` must be 1-{MAX_TAG_BYTES} bytes of text"
+            )));
+        }
+    }
+    if let Some(s) = &m.source {
+        super::conversations::validate_platform(s).map_err(|_| {
+            StoreError::Invalid(
+                "`source` must be 1-32 lowercase letters, digits, `-` or `_`".into(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn memory_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Memory> {
+    let tags: String = r.get(2)?;
+    Ok(Memory {
+        id: r.get(0)?,
+        content: r.get(1)?,
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        source: r.get(3)?,
+        created_at: ms_to_rfc3339(r.get(4)?),
+    })
+}
+
+pub fn insert(conn: &Connection, m: &NewMemory) -> StoreResult<Memory> {
+    validate(m)?;
+    let tags = serde_json::to_string(&m.tags)
+        .map_err(|e| StoreError::Invalid(format!("`tags`: {e}")))?;
+    let source = m.source.clone().unwrap_or_else(|| "hub".into());
+    Ok(conn.query_row(
+        "INSERT INTO memories (content, tags, source, created_at) VALUES (?1, ?2, ?3, ?4)
+         RETURNING id, content, tags, source, created_at",
+        params![m.content, tags, source, now_ms()],
+        memory_row,
+    )?)
+}
+
+/// Memories, newest first.
+pub fn list(
+    conn: &Connection,
+    source: Option<&str>,
+    limit: u32,
+    after: Option<&str>,
+) -> StoreResult<Page<Memory>> {
+    let before_id = match after {
+        Some(c) => cursor::fields(c, 1)?[0]
+            .parse::<i64>()
+            .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?,
+        None => i64::MAX,
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, content, tags, source, created_at FROM memories
+         WHERE (?1 IS NULL OR source = ?1) AND id < ?2 ORDER BY id DESC LIMIT ?3",
+    )?;
+    let mut items = stmt
+        .query_map(params![source, before_id, limit as i64 + 1], memory_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|m| cursor::encode(&m.id.to_string()))
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+pub fn search(
+    conn: &Connection,
+    query: &str,
+    plain: bool,
+    limit: u32,
+    after: Option<&str>,
+) -> StoreResult<Page<MemoryHit>> {
+    let q = if plain {
+        plain_query(query)
+    } else {
+        query.to_owned()
+    };
+    if q.trim().is_empty() {
+        return Err(StoreError::Invalid("`q` must not be empty".into()));
+    }
+    let offset: i64 = match after {
+        Some(c) => cursor::fields(c, 1)?[0]
+            .parse()
+            .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?,
+        None => 0,
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT m.id, m.content, m.tags, m.source, m.created_at,
+                snippet(memories_fts, 0, char(1), char(2), '…', 16), bm25(memories_fts) AS score
+         FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid
+         WHERE memories_fts MATCH ?1 ORDER BY score, m.id LIMIT ?2 OFFSET ?3",
+    )?;
+    let rows = stmt
+        .query_map(params![q, limit as i64 + 1, offset], |r| {
+            Ok(MemoryHit {
+                memory: memory_row(r)?,
+                snippet: render_snippet(&r.get::<_, String>(5)?),
+                score: r.get(6)?,
+            })
+        })
+        .map_err(classify_fts_error)?;
+    let mut items = Vec::new();
+    for row in rows {
+        items.push(row.map_err(classify_fts_error)?);
+    }
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        Some(cursor::encode(&(offset + limit as i64).to_string()))
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+pub fn delete(conn: &Connection, id: i64) -> StoreResult<()> {
+    let n = conn.execute("DELETE FROM memories WHERE id = ?1", [id])?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("memory {id} does not exist")));
+    }
+    Ok(())
+}
+
+pub fn stats(conn: &Connection) -> StoreResult<MemoryStats> {
+    let (count, total_bytes, oldest, newest): (i64, i64, Option<i64>, Option<i64>) = conn
+        .query_row(
+            "SELECT count(*), coalesce(sum(length(CAST(content AS BLOB))), 0), min(created_at), max(created_at) FROM memories",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT source, count(*) FROM memories GROUP BY source")?;
+    let by_source = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
+    Ok(MemoryStats {
+        count,
+        total_bytes,
+        by_source,
+        oldest: oldest.map(ms_to_rfc3339),
+        newest: newest.map(ms_to_rfc3339),
+    })
+}
+
+/// A memory by id (tests and tools).
+pub fn get(conn: &Connection, id: i64) -> StoreResult<Option<Memory>> {
+    Ok(conn
+        .query_row(
+            "SELECT id, content, tags, source, created_at FROM memories WHERE id = ?1",
+            [id],
+            memory_row,
+        )
+        .optional()?)
+}

@@ -1,0 +1,283 @@
+//! The tenant's SQLite database: one writer connection, a small pool of
+//! read-only connections, WAL. Every call runs on tokio's blocking pool,
+//! never on an async worker thread.
+
+pub mod conversations;
+pub mod cursor;
+pub mod memory;
+pub mod migrations;
+pub mod usage;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Mutex as AsyncMutex, Semaphore};
+
+use crate::config::Synchronous;
+
+/// Failures of the store. Domain failures (`NotFound`, `Invalid`, ...) carry
+/// a message fit for a client; the rest are internal.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database is busy")]
+    Busy,
+    #[error("sqlite: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error(
+        "the database schema version is {found} but this build knows only up to {supported}: it was written by a newer hermes-tenantd; upgrade the binary or restore a backup"
+    )]
+    TooNew { found: i64, supported: i64 },
+    #[error("migration {name} failed: {source}")]
+    Migration {
+        name: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Options for opening the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub synchronous: Synchronous,
+    pub readers: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            synchronous: Synchronous::Full,
+            readers: 4,
+        }
+    }
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Arc<AsyncMutex<Connection>>,
+    readers: Mutex<Vec<Connection>>,
+    reader_slots: Arc<Semaphore>,
+    schema_version: i64,
+}
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn configure(conn: &Connection, sync: Synchronous, read_only: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Small page caches keep the idle footprint low; mmap serves hot pages.
+    conn.pragma_update(None, "cache_size", -2048)?;
+    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    if read_only {
+        conn.pragma_update(None, "query_only", "ON")?;
+    } else {
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Synchronous::Full => "FULL",
+                Synchronous::Normal => "NORMAL",
+            },
+        )?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path`, switch it to WAL and
+    /// apply pending migrations. Blocking: call before the runtime serves.
+    pub fn open_blocking(path: &Path, opts: &StoreOptions) -> StoreResult<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut writer = Connection::open(path)?;
+        let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(mode, "SQLite refused WAL mode");
+        }
+        configure(&writer, opts.synchronous, false)?;
+        let schema_version = migrations::apply(&mut writer)?;
+        restrict_mode(path);
+
+        let mut readers = Vec::with_capacity(opts.readers);
+        for _ in 0..opts.readers.max(1) {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            configure(&conn, opts.synchronous, true)?;
+            readers.push(conn);
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Arc::new(AsyncMutex::new(writer)),
+                reader_slots: Arc::new(Semaphore::new(readers.len())),
+                readers: Mutex::new(readers),
+                schema_version,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The `user_version` after migrations.
+    pub fn schema_version(&self) -> i64 {
+        self.inner.schema_version
+    }
+
+    /// Run `f` with the writer connection on the blocking pool. Writers are
+    /// queued on an async mutex, so waiting does not hold a thread.
+    pub async fn write<F, R>(&self, f: F) -> StoreResult<R>
+    where
+        F: FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let mut guard = self.inner.writer.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || f(&mut guard)).await?
+    }
+
+    /// Run `f` with a read-only connection on the blocking pool.
+    pub async fn read<F, R>(&self, f: F) -> StoreResult<R>
+    where
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let permit = self
+            .inner
+            .reader_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Busy)?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .readers
+                .lock()
+                .map_err(|_| StoreError::Busy)?
+                .pop()
+                .ok_or(StoreError::Busy)?;
+            let result = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock() {
+                pool.push(conn);
+            }
+            drop(permit);
+            result
+        })
+        .await?
+    }
+
+    /// Size of the database and its WAL in bytes.
+    pub fn disk_bytes(&self) -> u64 {
+        let mut total = 0;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.inner.path.clone().into_os_string();
+            p.push(suffix);
+            total += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        }
+        total
+    }
+
+    /// Cheap liveness probe of the read path.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .map(|_| ())
+    }
+
+    /// Checkpoint the WAL into the main file (at shutdown).
+    pub async fn checkpoint(&self) -> StoreResult<()> {
+        self.write(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Read a persisted daemon value.
+    pub async fn get_state(&self, key: &'static str) -> StoreResult<Option<String>> {
+        self.read(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(c.query_row(
+                "SELECT value FROM daemon_state WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Persist a daemon value.
+    pub async fn set_state(&self, key: &'static str, value: String) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO daemon_state (key, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                rusqlite::params![key, value, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The database holds tenant data: owner only.
+fn restrict_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
