@@ -184,24 +184,29 @@ impl Credentials {
     /// Watch the credential file's directory (rotation usually renames a
     /// new file into place) and reload on change; also re-check every
     /// `poll` in case an event was missed.
-    pub fn watch(self: &Arc<Self>, cancel: CancellationToken, poll: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn watch(
+        self: &Arc<Self>,
+        cancel: CancellationToken,
+        poll: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
             let file_name = this.path.file_name().map(|n| n.to_os_string());
             let watcher = {
                 use notify::Watcher;
-                let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                    if let Ok(ev) = res {
-                        let ours = ev
-                            .paths
-                            .iter()
-                            .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
-                        if ours {
-                            let _ = tx.try_send(());
+                let mut w =
+                    notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                        if let Ok(ev) = res {
+                            let ours = ev
+                                .paths
+                                .iter()
+                                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
+                            if ours {
+                                let _ = tx.try_send(());
+                            }
                         }
-                    }
-                });
+                    });
                 match (&mut w, this.path.parent()) {
                     (Ok(w), Some(dir)) => {
                         if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
@@ -248,11 +253,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("cred");
         write(&p, "0123456789abcdef0123", 0o644);
-        assert!(matches!(read_credential_file(&p), Err(CredentialError::TooOpen { .. })));
+        assert!(matches!(
+            read_credential_file(&p),
+            Err(CredentialError::TooOpen { .. })
+        ));
         write(&p, "short", 0o600);
-        assert!(matches!(read_credential_file(&p), Err(CredentialError::Invalid { .. })));
+        assert!(matches!(
+            read_credential_file(&p),
+            Err(CredentialError::Invalid { .. })
+        ));
         write(&p, "0123456789abcdef0123\n", 0o600);
-        assert_eq!(read_credential_file(&p).expect("ok"), "0123456789abcdef0123");
+        assert_eq!(
+            read_credential_file(&p).expect("ok"),
+            "0123456789abcdef0123"
+        );
     }
 
     #[test]

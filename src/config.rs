@@ -325,8 +325,12 @@ fn apply_env(
 
 fn duration(key: &str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
     let text = value.unwrap_or_else(|| default.to_owned());
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| invalid(key, format!("`{text}` is not a duration like `30s` or `10m`: {e}")))?;
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{text}` is not a duration like `30s` or `10m`: {e}"),
+        )
+    })?;
     if d.is_zero() {
         return Err(invalid(key, "must be greater than zero"));
     }
@@ -388,7 +392,10 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         (Some(cert), Some(key)) => {
             for (k, p) in [("listen.tls_cert", &cert), ("listen.tls_key", &key)] {
                 if !p.is_file() {
-                    return Err(invalid(k, format!("{} is not a readable file", p.display())));
+                    return Err(invalid(
+                        k,
+                        format!("{} is not a readable file", p.display()),
+                    ));
                 }
             }
             Some(TlsFiles { cert, key })
@@ -400,7 +407,9 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
     if tls.is_none() && !addr.ip().is_loopback() {
         return Err(invalid(
             "listen.addr",
-            format!("{addr} is not loopback: set listen.tls_cert and listen.tls_key (plain HTTP is allowed on loopback only)"),
+            format!(
+                "{addr} is not loopback: set listen.tls_cert and listen.tls_key (plain HTTP is allowed on loopback only)"
+            ),
         ));
     }
     let metrics_addr = match non_empty(raw.listen.metrics_addr) {
@@ -414,7 +423,10 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
     };
     if let Some(m) = metrics_addr {
         if m == addr && addr.port() != 0 {
-            return Err(invalid("listen.metrics_addr", "must differ from listen.addr"));
+            return Err(invalid(
+                "listen.metrics_addr",
+                "must differ from listen.addr",
+            ));
         }
     }
 
@@ -464,7 +476,10 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
                     .host_str()
                     .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]")
             {
-                return Err(invalid("hub.url", "plain http is allowed for a loopback hub only; use https://"));
+                return Err(invalid(
+                    "hub.url",
+                    "plain http is allowed for a loopback hub only; use https://",
+                ));
             }
             Some(u.trim_end_matches('/').to_owned())
         }
@@ -473,7 +488,10 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
     let ca_file = non_empty_path(raw.hub.ca_file);
     if let Some(ca) = &ca_file {
         if !ca.is_file() {
-            return Err(invalid("hub.ca_file", format!("{} is not a readable file", ca.display())));
+            return Err(invalid(
+                "hub.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            ));
         }
     }
     let hub = HubConfig {
@@ -484,7 +502,10 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
 
     let body_bytes = raw.limits.body_bytes.unwrap_or(1024 * 1024);
     if !(1024..=64 * 1024 * 1024).contains(&body_bytes) {
-        return Err(invalid("limits.body_bytes", "must be between 1024 and 67108864"));
+        return Err(invalid(
+            "limits.body_bytes",
+            "must be between 1024 and 67108864",
+        ));
     }
     let concurrency = raw.limits.concurrency.unwrap_or(1024);
     if concurrency == 0 {
@@ -492,7 +513,10 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
     }
     let page_size_max = raw.limits.page_size_max.unwrap_or(200);
     if !(1..=10_000).contains(&page_size_max) {
-        return Err(invalid("limits.page_size_max", "must be between 1 and 10000"));
+        return Err(invalid(
+            "limits.page_size_max",
+            "must be between 1 and 10000",
+        ));
     }
     let limits = LimitsConfig {
         body_bytes,
@@ -520,12 +544,18 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            return Err(invalid("log.format", format!("`{other}` is not one of text, json")));
+            return Err(invalid(
+                "log.format",
+                format!("`{other}` is not one of text, json"),
+            ));
         }
     };
     let level = non_empty(raw.log.level).unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        return Err(invalid("log.level", format!("`{level}` is not a log filter like `info` or `hermes_tenantd=debug`")));
+        return Err(invalid(
+            "log.level",
+            format!("`{level}` is not a log filter like `info` or `hermes_tenantd=debug`"),
+        ));
     }
 
     Ok(Config {
@@ -654,8 +684,12 @@ mod tests {
     fn bad_values_name_the_key() {
         let e = load("tenant_id = \"t1\"\n[gateway]\nport = \"x\"\n", &[], false).unwrap_err();
         assert!(e.to_string().contains("gateway.port"), "{e}");
-        let e = load("tenant_id = \"t1\"\n[auth]\nrotation_overlap = \"soon\"\n", &[], false)
-            .unwrap_err();
+        let e = load(
+            "tenant_id = \"t1\"\n[auth]\nrotation_overlap = \"soon\"\n",
+            &[],
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("auth.rotation_overlap"), "{e}");
         let e = load("tenant_id = \"t1\"\n[listen]\nadr = \"x\"\n", &[], false).unwrap_err();
         assert!(e.to_string().contains("adr"), "{e}");
@@ -665,16 +699,24 @@ mod tests {
 
     #[test]
     fn non_loopback_without_tls_is_refused() {
-        let e = load("tenant_id = \"t1\"\n[listen]\naddr = \"0.0.0.0:8643\"\n", &[], false)
-            .unwrap_err();
+        let e = load(
+            "tenant_id = \"t1\"\n[listen]\naddr = \"0.0.0.0:8643\"\n",
+            &[],
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("listen.addr"), "{e}");
         assert!(e.to_string().contains("tls"), "{e}");
     }
 
     #[test]
     fn dev_needs_nothing_but_explicit_values_still_apply() {
-        let c = load("", &[("HERMES_TENANTD_HUB__URL", "http://127.0.0.1:9")], true)
-            .expect("valid");
+        let c = load(
+            "",
+            &[("HERMES_TENANTD_HUB__URL", "http://127.0.0.1:9")],
+            true,
+        )
+        .expect("valid");
         assert_eq!(c.tenant_id, DEV_TENANT_ID);
         assert!(c.data_dir.ends_with(DEV_DATA_DIR));
         assert_eq!(c.hub.url.as_deref(), Some("http://127.0.0.1:9"));

@@ -57,15 +57,11 @@ impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
         let data_dir = config.data_dir.clone();
-        tokio::task::spawn_blocking(move || create_private_dir(&data_dir))
-            .await
-            ??;
+        tokio::task::spawn_blocking(move || create_private_dir(&data_dir)).await??;
 
         if config.dev {
             let path = config.auth.credential_file.clone();
-            tokio::task::spawn_blocking(move || auth::ensure_generated(&path))
-                .await
-                ??;
+            tokio::task::spawn_blocking(move || auth::ensure_generated(&path)).await??;
         }
         let credentials = Arc::new(Credentials::load(
             &config.auth.credential_file,
@@ -77,9 +73,8 @@ impl Daemon {
             synchronous: config.store.synchronous,
             readers: config.store.readers,
         };
-        let store = tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts))
-            .await
-            ??;
+        let store =
+            tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts)).await??;
 
         let state = AppState {
             config: config.clone(),
@@ -103,13 +98,25 @@ impl Daemon {
             Some(files) => Some(crate::tls::server_config(&files.cert, &files.key).await?),
             None => None,
         };
-        servers.push(serve(listener, api::router(state.clone()), tls, cancel.clone()));
+        servers.push(serve(
+            listener,
+            api::router(state.clone()),
+            tls,
+            cancel.clone(),
+        ));
 
         let metrics_addr = match config.listen.metrics_addr {
             Some(a) => {
                 let l = bind(a).await?;
-                let bound = l.local_addr().map_err(|source| StartError::Bind { addr: a, source })?;
-                servers.push(serve(l, api::metrics_router(state.clone()), None, cancel.clone()));
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr: a, source })?;
+                servers.push(serve(
+                    l,
+                    api::metrics_router(state.clone()),
+                    None,
+                    cancel.clone(),
+                ));
                 Some(bound)
             }
             None => None,

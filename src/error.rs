@@ -32,10 +32,7 @@ pub enum ApiError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{message}")]
-    TooManyRequests {
-        message: String,
-        retry_after_s: u64,
-    },
+    TooManyRequests { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("the request took longer than {0:?}")]

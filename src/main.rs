@@ -10,7 +10,11 @@ use hermes_tenantd::daemon::Daemon;
 use hermes_tenantd::store::{self, conversations};
 
 #[derive(Parser)]
-#[command(name = "hermes-tenantd", version, about = "Per-VM daemon of a hosted Hermes Agent platform")]
+#[command(
+    name = "hermes-tenantd",
+    version,
+    about = "Per-VM daemon of a hosted Hermes Agent platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,7 +79,11 @@ fn main() -> ExitCode {
                 "ok: tenant {} listening on {} ({}), data in {}",
                 c.tenant_id,
                 c.listen.addr,
-                if c.listen.tls.is_some() { "https" } else { "http" },
+                if c.listen.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 c.data_dir.display()
             );
         }),
@@ -107,11 +115,9 @@ fn main() -> ExitCode {
 
 fn search(c: &Config, query: String, plain: bool, limit: u32) -> Result<(), String> {
     let path = c.data_dir.join("tenantd.db");
-    let conn = rusqlite::Connection::open_with_flags(
-        &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let filter = conversations::SearchFilter {
         query,
         plain,
@@ -175,12 +181,19 @@ fn print_dev_banner(d: &Daemon) {
     let c = &d.state.config;
     let token = std::fs::read_to_string(&c.auth.credential_file).unwrap_or_default();
     let token = token.trim();
-    let scheme = if c.listen.tls.is_some() { "https" } else { "http" };
+    let scheme = if c.listen.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let base = format!("{scheme}://{}", d.addr);
     println!("hermes-tenantd {} (dev mode)", hermes_tenantd::VERSION);
     println!("  address:    {base}");
     println!("  tenant id:  {}", c.tenant_id);
-    println!("  credential: {token}   (from {})", c.auth.credential_file.display());
+    println!(
+        "  credential: {token}   (from {})",
+        c.auth.credential_file.display()
+    );
     println!("  data dir:   {}", c.data_dir.display());
     println!("  try:");
     println!(

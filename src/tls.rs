@@ -17,5 +17,11 @@ pub async fn server_config(
     install_provider();
     axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
         .await
-        .map_err(|e| StartError::Tls(format!("cannot load {} / {}: {e}", cert.display(), key.display())))
+        .map_err(|e| {
+            StartError::Tls(format!(
+                "cannot load {} / {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })
 }

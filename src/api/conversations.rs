@@ -58,7 +58,9 @@ pub async fn list_messages(
     let limit = page_size(&state, q.limit)?;
     let page = state
         .store
-        .read(move |c| conversations::list_messages(c, &path.session_id, limit, q.cursor.as_deref()))
+        .read(move |c| {
+            conversations::list_messages(c, &path.session_id, limit, q.cursor.as_deref())
+        })
         .await?;
     Ok(Json(page))
 }
@@ -98,10 +100,9 @@ pub async fn search(
     ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> Result<Json<Page<SearchHit>>, ApiError> {
     let limit = page_size(&state, q.limit)?;
-    let query = q
-        .q
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ApiError::InvalidArgument("`q` is required".into()))?;
+    let query =
+        q.q.filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ApiError::InvalidArgument("`q` is required".into()))?;
     if query.len() > MAX_QUERY_BYTES {
         return Err(ApiError::InvalidArgument(format!(
             "`q` is longer than {MAX_QUERY_BYTES} bytes"
@@ -111,9 +112,7 @@ pub async fn search(
     let role = match q.role.as_deref() {
         None => None,
         Some(r) => Some(Role::parse(r).ok_or_else(|| {
-            ApiError::InvalidArgument(
-                "`role` must be one of system, user, assistant, tool".into(),
-            )
+            ApiError::InvalidArgument("`role` must be one of system, user, assistant, tool".into())
         })?),
     };
     if let Some(p) = &q.platform {
@@ -128,8 +127,16 @@ pub async fn search(
         platform: q.platform,
         role,
         session_id: q.session_id,
-        since_ms: q.since.as_deref().map(|t| parse_time_text(t, "since")).transpose()?,
-        until_ms: q.until.as_deref().map(|t| parse_time_text(t, "until")).transpose()?,
+        since_ms: q
+            .since
+            .as_deref()
+            .map(|t| parse_time_text(t, "since"))
+            .transpose()?,
+        until_ms: q
+            .until
+            .as_deref()
+            .map(|t| parse_time_text(t, "until"))
+            .transpose()?,
         limit,
         cursor: q.cursor,
     };

@@ -40,12 +40,14 @@ fn json_rejection(r: JsonRejection, limit: usize) -> ApiError {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
             "expected a JSON body with `Content-Type: application/json`".into(),
         ),
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::InvalidArgument(format!("request body is not valid JSON: {}", inner(&e.body_text())))
-        }
-        JsonRejection::JsonDataError(e) => {
-            ApiError::InvalidArgument(format!("request body does not fit: {}", inner(&e.body_text())))
-        }
+        JsonRejection::JsonSyntaxError(e) => ApiError::InvalidArgument(format!(
+            "request body is not valid JSON: {}",
+            inner(&e.body_text())
+        )),
+        JsonRejection::JsonDataError(e) => ApiError::InvalidArgument(format!(
+            "request body does not fit: {}",
+            inner(&e.body_text())
+        )),
         JsonRejection::BytesRejection(e) => {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge { limit }
@@ -79,9 +81,12 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(
-                ApiError::InvalidArgument(format!("invalid query string: {}", inner(&e.body_text()))),
-            ),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(ApiError::InvalidArgument(format!(
+                    "invalid query string: {}",
+                    inner(&e.body_text())
+                )))
+            }
             Err(e) => Err(ApiError::InvalidArgument(e.body_text())),
         }
     }
@@ -100,9 +105,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
-            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(
-                ApiError::InvalidArgument(format!("invalid path: {}", inner(&e.body_text()))),
-            ),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::InvalidArgument(
+                format!("invalid path: {}", inner(&e.body_text())),
+            )),
             Err(e) => Err(ApiError::InvalidArgument(e.body_text())),
         }
     }

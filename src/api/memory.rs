@@ -54,12 +54,13 @@ pub async fn search(
     ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> Result<Json<Page<MemoryHit>>, ApiError> {
     let limit = page_size(&state, q.limit)?;
-    let query = q
-        .q
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ApiError::InvalidArgument("`q` is required".into()))?;
+    let query =
+        q.q.filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ApiError::InvalidArgument("`q` is required".into()))?;
     if query.len() > 1024 {
-        return Err(ApiError::InvalidArgument("`q` is longer than 1024 bytes".into()));
+        return Err(ApiError::InvalidArgument(
+            "`q` is longer than 1024 bytes".into(),
+        ));
     }
     let plain = parse_mode(q.mode.as_deref())?;
     let page = state
@@ -78,7 +79,10 @@ pub async fn remove(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<IdPath>,
 ) -> Result<StatusCode, ApiError> {
-    state.store.write(move |c| memory::delete(c, path.id)).await?;
+    state
+        .store
+        .write(move |c| memory::delete(c, path.id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,12 +10,12 @@ mod system;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
-use axum::Router;
 use tokio::sync::Semaphore;
 
 use crate::auth::Credentials;
@@ -68,8 +68,16 @@ fn public_routes(with_metrics: bool) -> Vec<Route> {
 fn tenant_routes() -> Vec<Route> {
     vec![
         r(Method::GET, "/version", get(system::version)),
-        r(Method::GET, "/conversations", get(conversations::list_sessions)),
-        r(Method::GET, "/conversations/search", get(conversations::search)),
+        r(
+            Method::GET,
+            "/conversations",
+            get(conversations::list_sessions),
+        ),
+        r(
+            Method::GET,
+            "/conversations/search",
+            get(conversations::search),
+        ),
         r(
             Method::GET,
             "/conversations/{session_id}/messages",
@@ -110,10 +118,7 @@ pub fn router(state: AppState) -> Router {
     for route in tenant_routes() {
         tenant = tenant.route(&format!("{TENANT_PREFIX}{}", route.path), route.handler);
     }
-    let tenant = tenant.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        authenticate,
-    ));
+    let tenant = tenant.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut public = Router::new();
     for route in public_routes(with_metrics) {
         public = public.route(route.path, route.handler);
@@ -212,7 +217,10 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
     let ok = bearer(req.headers()).is_some_and(|t| state.credentials.verify(t));
     if !ok {
         state.metrics.auth_failures.inc();
-        tracing::debug!(path = req.uri().path(), "refused: missing or wrong credential");
+        tracing::debug!(
+            path = req.uri().path(),
+            "refused: missing or wrong credential"
+        );
         return ApiError::Unauthenticated.into_response();
     }
     let tenant = req
@@ -232,7 +240,9 @@ pub(crate) fn page_size(state: &AppState, requested: Option<u32>) -> Result<u32,
     let max = state.config.limits.page_size_max;
     match requested {
         None => Ok(50.min(max)),
-        Some(0) => Err(ApiError::InvalidArgument("`limit` must be at least 1".into())),
+        Some(0) => Err(ApiError::InvalidArgument(
+            "`limit` must be at least 1".into(),
+        )),
         Some(n) if n > max => Err(ApiError::InvalidArgument(format!(
             "`limit` must be at most {max}"
         ))),

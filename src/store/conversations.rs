@@ -217,7 +217,9 @@ fn validate_append(req: &AppendMessages) -> StoreResult<Vec<i64>> {
         validate_platform(p)?;
     }
     if req.title.as_ref().is_some_and(|t| t.len() > 512) {
-        return Err(StoreError::Invalid("`title` is longer than 512 bytes".into()));
+        return Err(StoreError::Invalid(
+            "`title` is longer than 512 bytes".into(),
+        ));
     }
     let now = now_ms();
     let mut times = Vec::with_capacity(req.messages.len());
@@ -359,9 +361,9 @@ pub fn list_sessions(
     let (c_time, c_id) = match after {
         Some(c) => {
             let f = cursor::fields(c, 2)?;
-            let t = f[0]
-                .parse::<i64>()
-                .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?;
+            let t = f[0].parse::<i64>().map_err(|_| {
+                StoreError::Invalid("`cursor` is not a cursor this API returned".into())
+            })?;
             (Some(t), Some(f[1].clone()))
         }
         None => (None, None),
@@ -374,7 +376,10 @@ pub fn list_sessions(
          LIMIT ?4",
     )?;
     let mut items = stmt
-        .query_map(params![platform, c_time, c_id, limit as i64 + 1], session_row)?
+        .query_map(
+            params![platform, c_time, c_id, limit as i64 + 1],
+            session_row,
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
@@ -425,9 +430,9 @@ pub fn list_messages(
     validate_session_id(session_id)?;
     get_session(conn, session_id)?;
     let after_id = match after {
-        Some(c) => cursor::fields(c, 1)?[0]
-            .parse::<i64>()
-            .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?,
+        Some(c) => cursor::fields(c, 1)?[0].parse::<i64>().map_err(|_| {
+            StoreError::Invalid("`cursor` is not a cursor this API returned".into())
+        })?,
         None => 0,
     };
     let mut stmt = conn.prepare_cached(
@@ -516,9 +521,9 @@ pub fn search(conn: &Connection, f: &SearchFilter) -> StoreResult<Page<SearchHit
         return Err(StoreError::Invalid("`q` must not be empty".into()));
     }
     let offset: i64 = match &f.cursor {
-        Some(c) => cursor::fields(c, 1)?[0]
-            .parse()
-            .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?,
+        Some(c) => cursor::fields(c, 1)?[0].parse().map_err(|_| {
+            StoreError::Invalid("`cursor` is not a cursor this API returned".into())
+        })?,
         None => 0,
     };
     let mut stmt = conn.prepare_cached(SEARCH_SQL)?;

@@ -95,8 +95,8 @@ fn memory_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Memory> {
 
 pub fn insert(conn: &Connection, m: &NewMemory) -> StoreResult<Memory> {
     validate(m)?;
-    let tags = serde_json::to_string(&m.tags)
-        .map_err(|e| StoreError::Invalid(format!("`tags`: {e}")))?;
+    let tags =
+        serde_json::to_string(&m.tags).map_err(|e| StoreError::Invalid(format!("`tags`: {e}")))?;
     let source = m.source.clone().unwrap_or_else(|| "hub".into());
     Ok(conn.query_row(
         "INSERT INTO memories (content, tags, source, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -114,9 +114,9 @@ pub fn list(
     after: Option<&str>,
 ) -> StoreResult<Page<Memory>> {
     let before_id = match after {
-        Some(c) => cursor::fields(c, 1)?[0]
-            .parse::<i64>()
-            .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?,
+        Some(c) => cursor::fields(c, 1)?[0].parse::<i64>().map_err(|_| {
+            StoreError::Invalid("`cursor` is not a cursor this API returned".into())
+        })?,
         None => i64::MAX,
     };
     let mut stmt = conn.prepare_cached(
@@ -151,9 +151,9 @@ pub fn search(
         return Err(StoreError::Invalid("`q` must not be empty".into()));
     }
     let offset: i64 = match after {
-        Some(c) => cursor::fields(c, 1)?[0]
-            .parse()
-            .map_err(|_| StoreError::Invalid("`cursor` is not a cursor this API returned".into()))?,
+        Some(c) => cursor::fields(c, 1)?[0].parse().map_err(|_| {
+            StoreError::Invalid("`cursor` is not a cursor this API returned".into())
+        })?,
         None => 0,
     };
     let mut stmt = conn.prepare_cached(
@@ -199,8 +199,7 @@ pub fn stats(conn: &Connection) -> StoreResult<MemoryStats> {
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
-    let mut stmt =
-        conn.prepare_cached("SELECT source, count(*) FROM memories GROUP BY source")?;
+    let mut stmt = conn.prepare_cached("SELECT source, count(*) FROM memories GROUP BY source")?;
     let by_source = stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
         .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;

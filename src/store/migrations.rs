@@ -7,10 +7,8 @@ use super::{StoreError, StoreResult};
 
 /// Every migration, in order. Its position (1-based) is the `user_version`
 /// it leaves behind.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_core",
-    include_str!("../../schema/0001_core.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_core", include_str!("../../schema/0001_core.sql"))];
 
 /// The schema version this build writes.
 pub fn latest() -> i64 {
@@ -77,7 +75,8 @@ mod tests {
         let before = tables(&c);
         assert_eq!(apply(&mut c).expect("second"), latest());
         assert_eq!(tables(&c), before);
-        c.pragma_update(None, "user_version", latest() + 1).expect("bump");
+        c.pragma_update(None, "user_version", latest() + 1)
+            .expect("bump");
         let err = apply(&mut c).unwrap_err();
         assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
     }

@@ -124,7 +124,8 @@ impl Store {
             std::fs::create_dir_all(dir)?;
         }
         let mut writer = Connection::open(path)?;
-        let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(mode, "SQLite refused WAL mode");
         }

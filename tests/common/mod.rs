@@ -1,0 +1,266 @@
+//! Test harness: start the real `hermes-tenantd` binary on an ephemeral
+//! loopback port with a temporary data directory, and talk HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TENANT: &str = "tenant-test";
+pub const TOKEN: &str = "test-credential-0123456789abcdef";
+
+/// How to start a daemon.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Extra TOML appended to the generated config file (top-level keys
+    /// must come before any `[section]`, so prefer full sections here).
+    pub config_extra: String,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
+    /// Reuse this directory (restart after a kill); default: a new temp dir.
+    pub dir: Option<PathBuf>,
+}
+
+/// A running daemon process; killed on drop.
+pub struct TestDaemon {
+    pub addr: std::net::SocketAddr,
+    pub base: String,
+    pub dir: PathBuf,
+    pub client: reqwest::Client,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_hermes-tenantd")
+}
+
+/// Write a 0600 file.
+pub fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+impl TestDaemon {
+    pub async fn start() -> TestDaemon {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> TestDaemon {
+        let (tmp, dir) = match &opts.dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let cred = dir.join("credential");
+        if !cred.exists() {
+            write_private(&cred, TOKEN);
+        }
+        let config = dir.join("config.toml");
+        let text = format!(
+            "tenant_id = \"{TENANT}\"\ndata_dir = \"{data}\"\n\n[listen]\naddr = \"127.0.0.1:0\"\n\n[auth]\ncredential_file = \"{cred}\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{extra}\n",
+            data = dir.join("data").display(),
+            cred = cred.display(),
+            extra = opts.config_extra,
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut cmd = Command::new(binary());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HERMES_TENANTD_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn hermes-tenantd");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                let mut sent = false;
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if !sent {
+                        if let Some(addr) = listening_addr(&line) {
+                            let _ = tx.send(Ok(addr));
+                            sent = true;
+                        }
+                    }
+                    if let Ok(mut l) = logs.lock() {
+                        l.push(line);
+                    }
+                }
+                if !sent {
+                    let _ = tx.send(Err("daemon exited before listening".into()));
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(a)) => a,
+            other => {
+                let _ = child.kill();
+                let logs = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
+                panic!("daemon did not start: {other:?}\n{logs}");
+            }
+        };
+        let addr: std::net::SocketAddr = addr.parse().expect("addr");
+        TestDaemon {
+            addr,
+            base: format!("http://{addr}"),
+            dir,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            child,
+            logs,
+            _tmp: tmp,
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// URL of a tenant-runtime route for this VM's tenant.
+    pub fn tenant_url(&self, path: &str) -> String {
+        format!("{}/v1/tenant-runtime/{TENANT}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.tenant_url(path)).bearer_auth(TOKEN)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.tenant_url(path)).bearer_auth(TOKEN)
+    }
+
+    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.put(self.tenant_url(path)).bearer_auth(TOKEN)
+    }
+
+    pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.patch(self.tenant_url(path)).bearer_auth(TOKEN)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.delete(self.tenant_url(path)).bearer_auth(TOKEN)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Wait until a log line contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.logs().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no log line with {needle:?} within {timeout:?}:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The data directory (`dir/data`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Keep the directory after this daemon is dropped (for a restart).
+    pub fn keep_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._tmp.take()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn listening_addr(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    Some(v.get("addr")?.as_str()?.to_owned())
+}
+
+/// Assert a response is problem JSON with `status` and `code`; returns it.
+pub async fn expect_problem(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    let got = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = resp.text().await.expect("body");
+    assert_eq!(got, status, "unexpected status; body: {text}");
+    assert!(ctype.contains("json"), "content type {ctype}: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("problem JSON");
+    assert_eq!(v["code"], code, "{v}");
+    assert_eq!(v["status"], status, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    v
+}
