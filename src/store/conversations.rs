@@ -459,15 +459,14 @@ pub fn plain_query(text: &str) -> String {
         .join(" ")
 }
 
-/// SQLite reports a bad MATCH expression as an ordinary error; recognise it
-/// so the client gets a 400, not a 500.
+/// SQLite reports a bad MATCH expression as a plain `SQLITE_ERROR` while
+/// stepping an already-prepared statement (busy, corrupt and I/O failures
+/// have codes of their own): recognise it so the client gets a 400, not a
+/// 500. Call only on errors of executing a prepared search.
 pub fn classify_fts_error(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(_, Some(msg)) = &e {
-        if msg.starts_with("fts5:")
-            || msg.starts_with("no such column")
-            || msg.starts_with("unknown special query")
-            || msg.contains("malformed MATCH")
-        {
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
+        if f.extended_code == rusqlite::ffi::SQLITE_ERROR {
+            let msg = msg.as_deref().unwrap_or("syntax error");
             return StoreError::InvalidQuery(msg.trim_start_matches("fts5: ").to_owned());
         }
     }
@@ -580,5 +579,38 @@ mod tests {
     #[test]
     fn plain_query_quotes_words() {
         assert_eq!(plain_query(r#"foo-bar "x"#), r#""foo-bar" """x""#);
+    }
+}
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_fts_query_is_an_invalid_query() {
+        let mut c = Connection::open_in_memory().expect("open");
+        crate::store::migrations::apply(&mut c).expect("migrate");
+        for bad in [
+            "\"unterminated",
+            "AND",
+            "foo AND",
+            "(foo",
+            "nosuchcol:foo",
+            "NEAR(",
+            "*",
+            "a:b:c",
+            "^",
+            "-x",
+        ] {
+            let f = SearchFilter {
+                query: bad.into(),
+                limit: 10,
+                ..Default::default()
+            };
+            match search(&c, &f) {
+                Err(StoreError::InvalidQuery(_)) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }
