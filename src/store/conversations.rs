@@ -267,9 +267,16 @@ pub fn append(
     session_id: &str,
     req: &AppendMessages,
 ) -> StoreResult<Appended> {
+    let tx = conn.transaction()?;
+    let appended = append_in(&tx, session_id, req)?;
+    tx.commit()?;
+    Ok(appended)
+}
+
+/// [`append`] inside a transaction the caller owns.
+pub fn append_in(tx: &Connection, session_id: &str, req: &AppendMessages) -> StoreResult<Appended> {
     validate_session_id(session_id)?;
     let times = validate_append(req)?;
-    let tx = conn.transaction()?;
     let existing: Option<String> = tx
         .query_row(
             "SELECT platform FROM sessions WHERE id = ?1",
@@ -331,7 +338,6 @@ pub fn append(
         "UPDATE sessions SET message_count = message_count + ?2 WHERE id = ?1",
         params![session_id, ids.len() as i64],
     )?;
-    tx.commit()?;
     Ok(Appended {
         session_id: session_id.to_owned(),
         inserted: ids.len(),
