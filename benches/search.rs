@@ -19,11 +19,21 @@ const TENANT: &str = "bench";
 const BATCH: usize = 1000;
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Anonymous (heap) part of the RSS; the rest is mapped database pages the
+/// kernel can drop.
+fn anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
         })
         .and_then(|v| v.parse().ok())
@@ -134,6 +144,7 @@ fn main() {
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_kib(pid);
+    let idle_anon = anon_kib(pid);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = reqwest::Client::new();
@@ -174,6 +185,7 @@ fn main() {
     });
     let ingest = started.elapsed();
     let loaded_rss = rss_kib(pid);
+    let loaded_anon = anon_kib(pid);
 
     // Search: through the API and directly.
     let queries = [
@@ -191,6 +203,9 @@ fn main() {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open db");
+    // The same pragmas the daemon's readers use, so the comparison is fair.
+    conn.pragma_update(None, "cache_size", -2048).expect("pragma");
+    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024).expect("pragma");
     let db_bytes: u64 = ["tenantd.db", "tenantd.db-wal"]
         .iter()
         .map(|f| {
