@@ -32,6 +32,8 @@ pub enum StartError {
     Tls(String),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -76,7 +78,10 @@ impl Daemon {
         let store =
             tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts)).await??;
 
+        let (agent, supervisor) =
+            crate::supervisor::Supervisor::prepare(config.clone(), store.clone()).await?;
         let state = AppState {
+            agent,
             config: config.clone(),
             store: store.clone(),
             credentials: credentials.clone(),
@@ -87,6 +92,8 @@ impl Daemon {
         let cancel = CancellationToken::new();
         let mut components = Vec::new();
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
+        // Stops the gateway (planned stop, grace, SIGKILL) when cancelled.
+        components.push(supervisor.start(cancel.clone()));
 
         let listener = bind(config.listen.addr).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod store;
+pub mod supervisor;
 pub mod tls;
 
 /// This build's version.

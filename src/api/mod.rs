@@ -2,6 +2,7 @@
 //! Handlers parse, call one service or store function, and map the result;
 //! they hold no business rule and run no SQL on the async runtime.
 
+mod agent;
 mod conversations;
 pub mod extract;
 mod memory;
@@ -18,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use tokio::sync::Semaphore;
 
+use crate::agent::AgentHandle;
 use crate::auth::Credentials;
 use crate::config::Config;
 use crate::error::ApiError;
@@ -30,6 +32,8 @@ pub const TENANT_PREFIX: &str = "/v1/tenant-runtime/{tenant_id}";
 /// What handlers share; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// The supervised gateway: status, commands, endpoint.
+    pub agent: AgentHandle,
     pub config: Arc<Config>,
     pub store: Store,
     pub credentials: Arc<Credentials>,
@@ -68,6 +72,10 @@ fn public_routes(with_metrics: bool) -> Vec<Route> {
 fn tenant_routes() -> Vec<Route> {
     vec![
         r(Method::GET, "/version", get(system::version)),
+        r(Method::GET, "/agent", get(agent::status)),
+        r(Method::POST, "/agent/start", post(agent::start)),
+        r(Method::POST, "/agent/stop", post(agent::stop)),
+        r(Method::POST, "/agent/restart", post(agent::restart)),
         r(
             Method::GET,
             "/conversations",
