@@ -24,7 +24,7 @@ impl Backoff {
     }
 
     /// The next delay, with a random jitter.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         self.next_with(rand::random::<f64>())
     }
 
@@ -101,7 +101,7 @@ mod tests {
             Duration::from_secs(1).mul_f64(1.0 - 0.2 * 0.999)
         );
         for _ in 0..100 {
-            assert!(b.next() <= Duration::from_secs(300));
+            assert!(b.next_delay() <= Duration::from_secs(300));
         }
     }
 

@@ -727,7 +727,7 @@ impl Machine {
         if self.crashes.record(now) {
             return self.crash_loop(reason, extra);
         }
-        let delay = self.backoff.next();
+        let delay = self.backoff.next_delay();
         extra.delay = Some(delay);
         extra.detail = Some(reason.to_owned());
         self.phase = Phase::Waiting { until: now + delay };

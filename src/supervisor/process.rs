@@ -179,7 +179,6 @@ pub fn signal_pid(pid: u32, sig: libc::c_int) -> bool {
 /// inherited by every descendant). Blocking: reads `/proc`.
 pub fn find_gateway_processes(pgid: Option<u32>, marker: &str) -> Vec<(u32, ProcStat)> {
     let me = std::process::id();
-    let my_group = own_pgrp();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -196,7 +195,7 @@ pub fn find_gateway_processes(pgid: Option<u32>, marker: &str) -> Vec<(u32, Proc
             continue;
         }
         let Some(st) = stat(pid) else { continue };
-        if st.state == 'Z' || st.pgrp == my_group {
+        if st.state == 'Z' {
             continue;
         }
         let in_group = pgid.is_some_and(|g| g > 1 && st.pgrp == g);
@@ -214,14 +213,20 @@ fn environ_has(pid: u32, marker: &str) -> bool {
     }
 }
 
-/// Signal every group (and group-less process) in `procs`.
+/// Signal the process groups in `procs`; a process that shares the
+/// daemon's own group (or has none) is signalled alone.
 pub fn signal_all(procs: &[(u32, ProcStat)], sig: libc::c_int) {
-    let groups: BTreeSet<u32> = procs.iter().map(|(_, s)| s.pgrp).collect();
+    let mine = own_pgrp();
+    let groups: BTreeSet<u32> = procs
+        .iter()
+        .map(|(_, s)| s.pgrp)
+        .filter(|g| *g > 1 && *g != mine)
+        .collect();
     for g in &groups {
         signal_group(*g, sig);
     }
     for (pid, s) in procs {
-        if s.pgrp <= 1 {
+        if s.pgrp <= 1 || s.pgrp == mine {
             signal_pid(*pid, sig);
         }
     }
