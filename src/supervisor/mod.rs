@@ -418,7 +418,9 @@ impl Machine {
                 match &mut self.phase {
                     Phase::Starting { .. } | Phase::Running { .. } => {}
                     Phase::Stopping { then, .. } => {
-                        if *then == After::Idle {
+                        // Stopping for a stop or an unhealthy restart: come
+                        // back at once instead.
+                        if matches!(*then, After::Idle | After::Retry(_)) {
                             *then = After::Respawn;
                         }
                     }
