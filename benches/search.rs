@@ -204,8 +204,10 @@ fn main() {
     )
     .expect("open db");
     // The same pragmas the daemon's readers use, so the comparison is fair.
-    conn.pragma_update(None, "cache_size", -2048).expect("pragma");
-    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024).expect("pragma");
+    conn.pragma_update(None, "cache_size", -2048)
+        .expect("pragma");
+    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)
+        .expect("pragma");
     let db_bytes: u64 = ["tenantd.db", "tenantd.db-wal"]
         .iter()
         .map(|f| {
@@ -227,9 +229,11 @@ fn main() {
         ingest.as_secs_f64()
     );
     println!(
-        "  RSS idle after start: {:.1} MiB; after ingest: {:.1} MiB",
+        "  RSS idle after start: {:.1} MiB (anon {:.1}); after ingest: {:.1} MiB (anon {:.1})",
         idle_rss as f64 / 1024.0,
-        loaded_rss as f64 / 1024.0
+        idle_anon as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0,
+        loaded_anon as f64 / 1024.0
     );
     println!("  search latency, limit 20, {iterations} runs each (ms):");
     println!(
@@ -290,8 +294,9 @@ fn main() {
         );
     }
     println!(
-        "  RSS after searches:  {:.1} MiB",
-        rss_kib(pid) as f64 / 1024.0
+        "  RSS after searches:  {:.1} MiB (anon {:.1}; the rest is mapped database pages)",
+        rss_kib(pid) as f64 / 1024.0,
+        anon_kib(pid) as f64 / 1024.0
     );
     let _ = child.kill();
     let _ = child.wait();

@@ -93,6 +93,26 @@ pub struct GatewayConfig {
     pub port: u16,
     pub start_timeout: Duration,
     pub stop_grace: Duration,
+    /// A virtualenv whose `bin/` is searched first for the command.
+    pub venv: Option<PathBuf>,
+    /// The child's working directory (default: `hermes_home`).
+    pub workdir: PathBuf,
+    /// The daemon-owned managed scope (`HERMES_MANAGED_DIR`).
+    pub managed_dir: PathBuf,
+    pub health_interval: Duration,
+    /// Consecutive failed `/health` probes that make a running gateway unhealthy.
+    pub unhealthy_threshold: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Healthy for this long resets the backoff.
+    pub backoff_reset: Duration,
+    pub crash_loop_window: Duration,
+    /// More than this many restarts within the window: `failed`.
+    pub crash_loop_count: u32,
+    /// Size of one gateway log file before it is rotated.
+    pub log_file_bytes: u64,
+    /// Rotated gateway log files kept besides the current one.
+    pub log_files: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +214,22 @@ struct RawGateway {
     port: Option<u16>,
     start_timeout: Option<String>,
     stop_grace: Option<String>,
+    venv: Option<PathBuf>,
+    workdir: Option<PathBuf>,
+    managed_dir: Option<PathBuf>,
+    health_interval: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    unhealthy_threshold: Option<u32>,
+    backoff_base: Option<String>,
+    backoff_cap: Option<String>,
+    backoff_reset: Option<String>,
+    crash_loop_window: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    crash_loop_count: Option<u32>,
+    #[serde(deserialize_with = "lenient")]
+    log_file_bytes: Option<u64>,
+    #[serde(deserialize_with = "lenient")]
+    log_files: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -469,27 +505,22 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         rotation_overlap: duration("auth.rotation_overlap", raw.auth.rotation_overlap, "10m")?,
     };
 
-    let command_text = non_empty(raw.gateway.command)
+    let mut gw = raw.gateway;
+    let command_text = non_empty(gw.command.take())
         .unwrap_or_else(|| "hermes gateway run --external-supervisor".into());
     let command = split_command(&command_text).map_err(|m| invalid("gateway.command", m))?;
-    let hermes_home = non_empty_path(raw.gateway.hermes_home).unwrap_or_else(|| {
+    let hermes_home = non_empty_path(gw.hermes_home.take()).unwrap_or_else(|| {
         if dev {
             data_dir.join("hermes-home")
         } else {
             PathBuf::from("/home/hermes/.hermes")
         }
     });
-    let port = raw.gateway.port.unwrap_or(8642);
+    let port = gw.port.unwrap_or(8642);
     if port == 0 {
         return Err(invalid("gateway.port", "must be 1-65535"));
     }
-    let gateway = GatewayConfig {
-        command,
-        hermes_home: absolute(&hermes_home),
-        port,
-        start_timeout: duration("gateway.start_timeout", raw.gateway.start_timeout, "120s")?,
-        stop_grace: duration("gateway.stop_grace", raw.gateway.stop_grace, "20s")?,
-    };
+    let gateway = validate_gateway(gw, command, absolute(&hermes_home), port, &data_dir)?;
 
     let url = match non_empty(raw.hub.url) {
         Some(u) => {
@@ -636,6 +667,76 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         },
         runs,
         log: LogConfig { format, level },
+    })
+}
+
+fn validate_gateway(
+    raw: RawGateway,
+    command: Vec<String>,
+    hermes_home: PathBuf,
+    port: u16,
+    data_dir: &Path,
+) -> Result<GatewayConfig, ConfigError> {
+    let venv = non_empty_path(raw.venv).map(|p| absolute(&p));
+    if let Some(v) = &venv {
+        if !v.join("bin").is_dir() {
+            return Err(invalid(
+                "gateway.venv",
+                format!("{} has no bin/ directory", v.display()),
+            ));
+        }
+    }
+    let workdir = non_empty_path(raw.workdir)
+        .map(|p| absolute(&p))
+        .unwrap_or_else(|| hermes_home.clone());
+    let managed_dir = non_empty_path(raw.managed_dir)
+        .map(|p| absolute(&p))
+        .unwrap_or_else(|| data_dir.join("gateway-managed"));
+    let unhealthy_threshold = raw.unhealthy_threshold.unwrap_or(3);
+    if !(1..=1000).contains(&unhealthy_threshold) {
+        return Err(invalid(
+            "gateway.unhealthy_threshold",
+            "must be between 1 and 1000",
+        ));
+    }
+    let backoff_base = duration("gateway.backoff_base", raw.backoff_base, "1s")?;
+    let backoff_cap = duration("gateway.backoff_cap", raw.backoff_cap, "5m")?;
+    if backoff_cap < backoff_base {
+        return Err(invalid(
+            "gateway.backoff_cap",
+            "must not be shorter than gateway.backoff_base",
+        ));
+    }
+    let crash_loop_count = raw.crash_loop_count.unwrap_or(5);
+    if crash_loop_count == 0 {
+        return Err(invalid("gateway.crash_loop_count", "must be at least 1"));
+    }
+    let log_file_bytes = raw.log_file_bytes.unwrap_or(10 * 1024 * 1024);
+    if log_file_bytes < 4096 {
+        return Err(invalid("gateway.log_file_bytes", "must be at least 4096"));
+    }
+    let log_files = raw.log_files.unwrap_or(3);
+    if !(1..=100).contains(&log_files) {
+        return Err(invalid("gateway.log_files", "must be between 1 and 100"));
+    }
+    Ok(GatewayConfig {
+        command,
+        hermes_home,
+        port,
+        start_timeout: duration("gateway.start_timeout", raw.start_timeout, "120s")?,
+        stop_grace: duration("gateway.stop_grace", raw.stop_grace, "20s")?,
+        venv,
+        workdir,
+        managed_dir,
+        health_interval: duration("gateway.health_interval", raw.health_interval, "5s")?,
+        unhealthy_threshold,
+        backoff_base,
+        backoff_cap,
+        backoff_reset: duration("gateway.backoff_reset", raw.backoff_reset, "10m")?,
+        crash_loop_window: duration("gateway.crash_loop_window", raw.crash_loop_window, "10m")?,
+        crash_loop_count,
+        log_file_bytes,
+        log_files,
     })
 }
 

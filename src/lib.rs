@@ -11,6 +11,7 @@ pub mod logging;
 pub mod metrics;
 pub mod runs;
 pub mod store;
+pub mod supervisor;
 pub mod tls;
 
 /// This build's version.

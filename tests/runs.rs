@@ -276,6 +276,7 @@ async fn stop_and_approval_pass_through() {
     let run = start_run(&d, json!({"input": "needs approval"})).await;
     let id = run["run_id"].as_str().expect("run_id").to_owned();
     let frames = read_frames(events(&d, &id, None).await, 2).await;
+    assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(frames[1].event, "approval.request");
     let v = wait_run(&d, &id, "waiting_for_approval").await;
     assert_eq!(v["pending_approval"]["command"], "rm -rf /tmp/x");

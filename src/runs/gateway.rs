@@ -7,12 +7,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-/// Where the gateway listens and the key it accepts.
-#[derive(Clone, Debug)]
-pub struct GatewayEndpoint {
-    pub base_url: String,
-    pub api_key: String,
-}
+use crate::agent::GatewayEndpoint;
 
 /// Failures talking to the gateway, classified by what the relay does next.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +97,7 @@ impl GatewayClient {
         let Ok(resp) = self
             .http
             .get(self.url("/v1/capabilities"))
-            .bearer_auth(&self.endpoint.api_key)
+            .bearer_auth(&self.endpoint.key)
             .timeout(Duration::from_secs(5))
             .send()
             .await
@@ -121,7 +116,7 @@ impl GatewayClient {
         let resp = self
             .http
             .post(self.url("/v1/runs"))
-            .bearer_auth(&self.endpoint.api_key)
+            .bearer_auth(&self.endpoint.key)
             .timeout(Duration::from_secs(30))
             .json(body)
             .send()
@@ -148,7 +143,7 @@ impl GatewayClient {
         let resp = self
             .http
             .get(self.url(&format!("/v1/runs/{gateway_run_id}/events")))
-            .bearer_auth(&self.endpoint.api_key)
+            .bearer_auth(&self.endpoint.key)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
@@ -178,7 +173,7 @@ impl GatewayClient {
         let resp = self
             .http
             .post(self.url(path))
-            .bearer_auth(&self.endpoint.api_key)
+            .bearer_auth(&self.endpoint.key)
             .timeout(Duration::from_secs(15))
             .json(body)
             .send()
@@ -200,7 +195,7 @@ impl GatewayClient {
         let resp = self
             .http
             .post(self.url("/v1/chat/completions"))
-            .bearer_auth(&self.endpoint.api_key)
+            .bearer_auth(&self.endpoint.key)
             .header("X-Hermes-Session-Id", session_id)
             .json(body)
             .send()
@@ -213,10 +208,14 @@ impl GatewayClient {
     }
 }
 
-/// The capabilities document names the runs API in one of a few shapes.
+/// Whether a `/v1/capabilities` document offers the runs API with its
+/// event stream (hermes-agent 0.19: `features.run_submission` and
+/// `features.run_events_sse`, and `endpoints.runs`).
 pub fn capabilities_have_runs(v: &Value) -> bool {
-    let text = v.to_string();
-    text.contains("/v1/runs") || text.contains("\"runs\"")
+    if let Some(submit) = v["features"]["run_submission"].as_bool() {
+        return submit && v["features"]["run_events_sse"].as_bool().unwrap_or(true);
+    }
+    v["endpoints"]["runs"].is_object()
 }
 
 /// One server-sent event as framed on the wire.
@@ -311,6 +310,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_real_capabilities_shape() {
+        let real = json!({"object": "hermes.api_server.capabilities",
+            "features": {"run_submission": true, "run_events_sse": true},
+            "endpoints": {"runs": {"method": "POST", "path": "/v1/runs"}}});
+        assert!(capabilities_have_runs(&real));
+        let without = json!({"features": {"run_submission": false, "chat_completions": true}});
+        assert!(!capabilities_have_runs(&without));
+        assert!(!capabilities_have_runs(&json!({"object": "x"})));
+    }
 
     #[test]
     fn parses_frames_split_across_chunks_and_ignores_comments() {
