@@ -64,6 +64,7 @@ pub struct RunsConfig {
     pub queue_depth: usize,
     pub retention: Duration,
     pub keepalive: Duration,
+    pub history_sync_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +188,7 @@ struct RawRuns {
     queue_depth: Option<usize>,
     retention: Option<String>,
     keepalive: Option<String>,
+    history_sync_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -628,6 +630,11 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         queue_depth: count("runs.queue_depth", raw.runs.queue_depth, 64, 10_000)?,
         retention: duration("runs.retention", raw.runs.retention, "7d")?,
         keepalive: duration("runs.keepalive", raw.runs.keepalive, "15s")?,
+        history_sync_interval: duration(
+            "runs.history_sync_interval",
+            raw.runs.history_sync_interval,
+            "30s",
+        )?,
     };
 
     let format = match non_empty(raw.log.format).as_deref() {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod history_sync;
 pub mod logging;
 pub mod metrics;
 pub mod runs;
