@@ -182,6 +182,22 @@ impl AgentHandle {
         self.status.clone()
     }
 
+    /// Wait until the status satisfies `pred` (for example: `running`
+    /// after a wake-on-demand start), at most `timeout`. `Err` carries the
+    /// last status seen.
+    pub async fn wait_for(
+        &self,
+        pred: impl Fn(&AgentStatus) -> bool,
+        timeout: std::time::Duration,
+    ) -> Result<AgentStatus, AgentStatus> {
+        let mut rx = self.status.clone();
+        let result = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s))).await;
+        match result {
+            Ok(Ok(s)) => Ok(s.clone().at(crate::store::now_ms())),
+            _ => Err(self.status()),
+        }
+    }
+
     /// Send a command; resolves with the status once the supervisor has
     /// accepted it (not necessarily reached the target state).
     pub async fn send(&self, cmd: AgentCommand) -> Result<AgentStatus, SupervisorGone> {

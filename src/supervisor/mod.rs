@@ -286,7 +286,7 @@ impl Machine {
         cancel: CancellationToken,
     ) {
         self.stop_leftovers().await;
-        if self.status.desired == Desired::Running {
+        if self.status.desired == Desired::Running && !cancel.is_cancelled() {
             self.spawn_now("desired_running").await;
         } else {
             self.publish();
