@@ -1067,7 +1067,9 @@ fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::SpawnSpec, S
     let program = process::resolve_program(name, cfg.venv.as_deref()).ok_or_else(|| {
         format!("gateway command `{name}` not found (set gateway.command or gateway.venv)")
     })?;
-    managed::create_private_dir(&cfg.hermes_home)
+    // Created if missing (the planned-stop marker goes there); an existing
+    // home keeps its owner's permissions.
+    std::fs::create_dir_all(&cfg.hermes_home)
         .map_err(|e| format!("cannot create the Hermes home: {e}"))?;
     managed::write_managed_env(&cfg.managed_dir, cfg.port, key)
         .map_err(|e| format!("cannot write the managed scope: {e}"))?;
