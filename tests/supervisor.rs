@@ -619,6 +619,33 @@ async fn unhealthy_gateway_is_restarted() {
 }
 
 #[tokio::test]
+async fn death_by_signal_is_a_crash_with_the_signal_recorded() {
+    let w = World::new();
+    let d = w.daemon().await;
+    let v = wait_state(&d, "running", LONG).await;
+    let pid = v["pid"].as_u64().expect("pid");
+    let _ = d
+        .client
+        .post(format!("http://127.0.0.1:{}/fake/crash", w.port))
+        .json(&serde_json::json!({"signal": 11}))
+        .send()
+        .await;
+    let v = wait_agent(&d, LONG, "running again with a new pid", |v| {
+        v["state"] == "running" && v["pid"].as_u64().is_some_and(|p| p != pid)
+    })
+    .await;
+    assert_eq!(v["last_exit"]["reason"], "crash", "{v}");
+    assert_eq!(v["last_exit"]["signal"], 11, "{v}");
+    assert_eq!(v["last_exit"]["code"], Value::Null, "{v}");
+    let trs = settled(&w, &d).await;
+    let b = trs.iter().find(|t| t.to == "backoff").expect("backoff");
+    assert_eq!(
+        (b.from.as_str(), b.reason.as_str(), b.signal),
+        ("running", "crash", Some(11))
+    );
+}
+
+#[tokio::test]
 async fn stop_escalates_to_sigkill_when_sigterm_is_ignored_and_reaps_everything() {
     let w = World::new()
         .fake("ignore_term", "1")
