@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod runs;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
