@@ -110,14 +110,14 @@ pub struct GatewayEndpoint {
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub base_url: String,
     /// The `API_SERVER_KEY` the daemon generated; send as `Bearer`.
-    pub key: String,
+    pub api_key: String,
 }
 
 impl std::fmt::Debug for GatewayEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayEndpoint")
             .field("base_url", &self.base_url)
-            .field("key", &"<redacted>")
+            .field("api_key", &"<redacted>")
             .finish()
     }
 }

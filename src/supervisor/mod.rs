@@ -121,7 +121,7 @@ impl Supervisor {
         };
         let endpoint = GatewayEndpoint {
             base_url: format!("http://127.0.0.1:{}", config.gateway.port),
-            key,
+            api_key: key,
         };
         let (handle, channels) = agent::channel(AgentStatus::initial(desired), endpoint.clone());
         Ok((
@@ -495,7 +495,7 @@ impl Machine {
         let counts_as_restart = !matches!(why, "desired_running" | "start");
         let prepared = {
             let cfg = self.cfg.clone();
-            let key = self.endpoint.key.clone();
+            let key = self.endpoint.api_key.clone();
             tokio::task::spawn_blocking(move || prepare_spawn(&cfg, &key)).await
         };
         let spec = match prepared {
