@@ -204,8 +204,10 @@ fn main() {
     )
     .expect("open db");
     // The same pragmas the daemon's readers use, so the comparison is fair.
-    conn.pragma_update(None, "cache_size", -2048).expect("pragma");
-    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024).expect("pragma");
+    conn.pragma_update(None, "cache_size", -2048)
+        .expect("pragma");
+    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)
+        .expect("pragma");
     let db_bytes: u64 = ["tenantd.db", "tenantd.db-wal"]
         .iter()
         .map(|f| {
