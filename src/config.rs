@@ -866,6 +866,41 @@ mod tests {
     }
 
     #[test]
+    fn gateway_supervision_keys_are_validated_by_name() {
+        let c = load(
+            "tenant_id = \"t1\"\n[gateway]\nbackoff_base = \"100ms\"\nhealth_interval = \"250ms\"\ncrash_loop_count = 2\n",
+            &[("HERMES_TENANTD_GATEWAY__UNHEALTHY_THRESHOLD", "4")],
+            false,
+        )
+        .expect("valid");
+        assert_eq!(c.gateway.backoff_base, Duration::from_millis(100));
+        assert_eq!(c.gateway.backoff_cap, Duration::from_secs(300));
+        assert_eq!(c.gateway.health_interval, Duration::from_millis(250));
+        assert_eq!(c.gateway.unhealthy_threshold, 4);
+        assert_eq!(c.gateway.crash_loop_count, 2);
+        assert_eq!(c.gateway.workdir, c.gateway.hermes_home);
+        for (toml_text, key) in [
+            (
+                "backoff_base = \"10s\"\nbackoff_cap = \"1s\"",
+                "gateway.backoff_cap",
+            ),
+            ("unhealthy_threshold = 0", "gateway.unhealthy_threshold"),
+            ("crash_loop_count = 0", "gateway.crash_loop_count"),
+            ("health_interval = \"often\"", "gateway.health_interval"),
+            ("log_file_bytes = 10", "gateway.log_file_bytes"),
+            ("venv = \"/nonexistent/venv\"", "gateway.venv"),
+        ] {
+            let e = load(
+                &format!("tenant_id = \"t1\"\n[gateway]\n{toml_text}\n"),
+                &[],
+                false,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(key), "{toml_text}: {e}");
+        }
+    }
+
+    #[test]
     fn non_loopback_without_tls_is_refused() {
         let e = load(
             "tenant_id = \"t1\"\n[listen]\naddr = \"0.0.0.0:8643\"\n",
