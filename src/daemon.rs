@@ -11,9 +11,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{self, AgentChannels, AgentStatus, Desired};
 use crate::api::{self, AppState};
 use crate::auth::{self, Credentials};
 use crate::config::Config;
+use crate::hub::{self, HubLink};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
 
@@ -32,6 +34,8 @@ pub enum StartError {
     Tls(String),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::heartbeat::ClientError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -76,17 +80,44 @@ impl Daemon {
         let store =
             tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts)).await??;
 
+        let hub_link = HubLink::load(&store).await?;
         let state = AppState {
             config: config.clone(),
             store: store.clone(),
             credentials: credentials.clone(),
             metrics: Arc::new(Metrics::new()),
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
+            hub: hub_link.clone(),
         };
 
         let cancel = CancellationToken::new();
         let mut components = Vec::new();
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
+
+        // PLACEHOLDER until the supervisor lands: it accepts agent commands,
+        // logs them ("agent command") and reflects the desired state, so
+        // the heartbeat can be tested. Replace with the real supervisor.
+        let (agent, agent_channels) = agent::channel(AgentStatus::initial(Desired::Running));
+        components.push(placeholder_supervisor(agent_channels, cancel.clone()));
+
+        components.push(hub::uptime::spawn(
+            &agent,
+            store.clone(),
+            state.metrics.clone(),
+            cancel.clone(),
+        ));
+        let heartbeat = hub::heartbeat::Heartbeat::new(hub::heartbeat::Deps {
+            config: config.clone(),
+            store: store.clone(),
+            agent: agent.clone(),
+            link: hub_link,
+            metrics: state.metrics.clone(),
+            credentials: credentials.clone(),
+        })
+        .await?;
+        if let Some(hb) = heartbeat {
+            components.push(hb.spawn(cancel.clone()));
+        }
 
         let listener = bind(config.listen.addr).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -219,6 +250,30 @@ fn serve(
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "listener failed");
+        }
+    })
+}
+
+/// PLACEHOLDER until the supervisor lands (then delete): answers agent
+/// commands without a gateway, logging each as "agent command" and
+/// setting the desired state, so the hub link's commands are observable.
+fn placeholder_supervisor(mut ch: AgentChannels, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (cmd, reply) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                next = ch.commands.recv() => match next {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            tracing::info!(command = ?cmd, "agent command");
+            let desired = match cmd {
+                agent::AgentCommand::Stop => Desired::Stopped,
+                agent::AgentCommand::Start | agent::AgentCommand::Restart => Desired::Running,
+            };
+            ch.status.send_modify(|s| s.desired = desired);
+            let _ = reply.send(ch.status.borrow().clone());
         }
     })
 }

@@ -15,6 +15,9 @@ pub enum ApiError {
     Unauthenticated,
     #[error("{0}")]
     Forbidden(String),
+    /// The hub suspended the tenant: new runs are refused.
+    #[error(transparent)]
+    Suspended(#[from] crate::hub::Suspended),
     #[error("`{0}` is reserved and managed by the platform")]
     Reserved(String),
     #[error("{0}")]
@@ -52,6 +55,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Suspended(_) => "suspended",
             ApiError::Reserved(_) => "reserved",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidArgument(_) => "invalid_argument",
@@ -71,6 +75,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Suspended(_) => StatusCode::FORBIDDEN,
             ApiError::Reserved(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod store;
@@ -16,4 +17,10 @@ pub mod tls;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What this build can do, reported by `/version`.
-pub const CAPABILITIES: &[&str] = &["conversations", "conversations.search", "memory", "metrics"];
+pub const CAPABILITIES: &[&str] = &[
+    "conversations",
+    "conversations.search",
+    "memory",
+    "metrics",
+    "usage",
+];

@@ -6,6 +6,7 @@ mod conversations;
 pub mod extract;
 mod memory;
 mod system;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub credentials: Arc<Credentials>,
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
+    /// Access (suspended or not) and counters shared with the heartbeat.
+    pub hub: crate::hub::HubLink,
 }
 
 /// One route: method, path (relative to its prefix) and handler.
@@ -93,6 +96,7 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::GET, "/memory/search", get(memory::search)),
         r(Method::GET, "/memory/stats", get(memory::stats)),
         r(Method::DELETE, "/memory/{id}", delete(memory::remove)),
+        r(Method::GET, "/usage", get(usage::usage)),
     ]
 }
 

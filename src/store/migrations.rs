@@ -7,8 +7,15 @@ use super::{StoreError, StoreResult};
 
 /// Every migration, in order. Its position (1-based) is the `user_version`
 /// it leaves behind.
-pub const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_core", include_str!("../../schema/0001_core.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_core", include_str!("../../schema/0001_core.sql")),
+    // Placeholder for the supervisor's 0002: replace at merge.
+    (
+        "0002_reserved_supervisor",
+        include_str!("../../schema/0002_reserved_supervisor.sql"),
+    ),
+    ("0003_hub", include_str!("../../schema/0003_hub.sql")),
+];
 
 /// The schema version this build writes.
 pub fn latest() -> i64 {

@@ -4,6 +4,7 @@
 
 pub mod conversations;
 pub mod cursor;
+pub mod hub;
 pub mod memory;
 pub mod migrations;
 pub mod usage;
