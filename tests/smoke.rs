@@ -20,5 +20,8 @@ async fn healthz_and_version_answer() {
         .await
         .expect("json");
     assert_eq!(v["tenant_id"], TENANT);
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(
+        v["schema_version"],
+        hermes_tenantd::store::migrations::latest()
+    );
 }
