@@ -15,9 +15,8 @@ pub enum ApiError {
     Unauthenticated,
     #[error("{0}")]
     Forbidden(String),
-    /// The hub suspended the tenant: new runs are refused.
-    #[error(transparent)]
-    Suspended(#[from] crate::hub::Suspended),
+    #[error("the tenant is suspended; runs are refused until access is restored")]
+    Suspended,
     #[error("`{0}` is reserved and managed by the platform")]
     Reserved(String),
     #[error("{0}")]
@@ -55,7 +54,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
-            ApiError::Suspended(_) => "suspended",
+            ApiError::Suspended => "suspended",
             ApiError::Reserved(_) => "reserved",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidArgument(_) => "invalid_argument",
@@ -75,7 +74,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Suspended(_) => StatusCode::FORBIDDEN,
+            ApiError::Suspended => StatusCode::FORBIDDEN,
             ApiError::Reserved(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
@@ -143,5 +142,11 @@ impl From<StoreError> for ApiError {
             | StoreError::TooNew { .. }
             | StoreError::Migration { .. }) => ApiError::internal(other),
         }
+    }
+}
+
+impl From<crate::hub::Suspended> for ApiError {
+    fn from(_: crate::hub::Suspended) -> Self {
+        ApiError::Suspended
     }
 }

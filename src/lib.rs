@@ -10,6 +10,7 @@ pub mod error;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
+pub mod runs;
 pub mod store;
 pub mod tls;
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::store::{Store, StoreResult};
 
@@ -60,15 +61,30 @@ impl Access {
 pub struct Suspended;
 
 /// Shared view of the hub link; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HubLink {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for HubLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubLink")
+            .field("access", &self.access())
+            .field("open_runs", &self.open_runs())
+            .field("cron_jobs_due", &self.cron_jobs_due())
+            .finish()
+    }
+}
+
+/// Reads a live count owned by another module.
+type CountSource = Box<dyn Fn() -> u64 + Send + Sync>;
+
 struct Inner {
-    suspended: AtomicBool,
+    /// `true` while suspended; a watch so the runs service can hold a
+    /// receiver (`Runs::new(.., link.suspended(), ..)`).
+    suspended: watch::Sender<bool>,
     open_runs: AtomicU64,
+    open_runs_source: std::sync::OnceLock<CountSource>,
     cron_jobs_due: AtomicU64,
     /// Hub clock minus ours, in ms; meaningful once `skew_known`.
     skew_ms: AtomicI64,
@@ -117,8 +133,9 @@ impl HubLink {
     pub fn new(access: Access) -> HubLink {
         HubLink {
             inner: Arc::new(Inner {
-                suspended: AtomicBool::new(access == Access::Suspended),
+                suspended: watch::Sender::new(access == Access::Suspended),
                 open_runs: AtomicU64::new(0),
+                open_runs_source: std::sync::OnceLock::new(),
                 cron_jobs_due: AtomicU64::new(0),
                 skew_ms: AtomicI64::new(0),
                 skew_known: AtomicBool::new(false),
@@ -128,7 +145,7 @@ impl HubLink {
     }
 
     pub fn access(&self) -> Access {
-        if self.inner.suspended.load(Ordering::Acquire) {
+        if *self.inner.suspended.borrow() {
             Access::Suspended
         } else {
             Access::Active
@@ -154,8 +171,13 @@ impl HubLink {
             .await?;
         self.inner
             .suspended
-            .store(access == Access::Suspended, Ordering::Release);
+            .send_replace(access == Access::Suspended);
         Ok(true)
+    }
+
+    /// A receiver that is `true` while the tenant is suspended.
+    pub fn suspended(&self) -> watch::Receiver<bool> {
+        self.inner.suspended.subscribe()
     }
 
     /// Count a run as open until the returned guard is dropped.
@@ -164,8 +186,18 @@ impl HubLink {
         OpenRun { link: self.clone() }
     }
 
+    /// Let the runs service report its own count (for example
+    /// `move || runs.open_runs() as u64`) instead of holding guards. Set
+    /// once; a later call is ignored.
+    pub fn set_open_runs_source(&self, source: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.inner.open_runs_source.set(Box::new(source));
+    }
+
     pub fn open_runs(&self) -> u64 {
-        self.inner.open_runs.load(Ordering::Relaxed)
+        match self.inner.open_runs_source.get() {
+            Some(source) => source(),
+            None => self.inner.open_runs.load(Ordering::Relaxed),
+        }
     }
 
     /// Set by the cron scheduler: jobs whose time has come and that have
@@ -210,6 +242,8 @@ mod tests {
         link.inner.open_runs.store(0, Ordering::Relaxed);
         drop(OpenRun { link: link.clone() });
         assert_eq!(link.open_runs(), 0);
+        link.set_open_runs_source(|| 7);
+        assert_eq!(link.open_runs(), 7);
     }
 
     #[tokio::test]
@@ -231,6 +265,7 @@ mod tests {
                 .expect("set")
         );
         assert!(link.ensure_active().is_err());
+        assert!(*link.suspended().borrow());
         let again = HubLink::load(&store).await.expect("reload");
         assert_eq!(again.access(), Access::Suspended);
     }

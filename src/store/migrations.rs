@@ -9,11 +9,8 @@ use super::{StoreError, StoreResult};
 /// it leaves behind.
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_core", include_str!("../../schema/0001_core.sql")),
-    // Placeholder for the supervisor's 0002: replace at merge.
-    (
-        "0002_reserved_supervisor",
-        include_str!("../../schema/0002_reserved_supervisor.sql"),
-    ),
+    // 0002 is the supervisor's (0002_agent.sql on its branch); this list
+    // becomes contiguous when it merges.
     ("0003_hub", include_str!("../../schema/0003_hub.sql")),
 ];
 

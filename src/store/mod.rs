@@ -7,6 +7,7 @@ pub mod cursor;
 pub mod hub;
 pub mod memory;
 pub mod migrations;
+pub mod runs;
 pub mod usage;
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,0 @@
--- PLACEHOLDER (heartbeat branch only): number 0002 belongs to the supervisor
--- branch. This empty file keeps the migration list contiguous on this branch
--- so its tests pass; DELETE IT when merging, in favour of the supervisor's
--- real 0002 file.
