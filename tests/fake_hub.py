@@ -19,6 +19,7 @@ changes or hang_s passes, then drops it), "garbage" (200 with a non-JSON
 body), "close" (drops the connection without answering).
 
 Start: fake_hub.py [--port N] [--record FILE.jsonl] [--quiet]
+                   [--tls-cert CERT.pem --tls-key KEY.pem]   (HTTPS)
 The first line on stdout is {"port": N}.
 """
 
@@ -160,6 +161,8 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--record")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     ARGS = p.parse_args()
     if ARGS.record:
         RECORD = open(ARGS.record, "a", encoding="utf-8")
@@ -169,6 +172,12 @@ def main():
         allow_reuse_address = True
 
     server = Server(("127.0.0.1", ARGS.port), Handler)
+    if ARGS.tls_cert:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(json.dumps({"port": server.server_address[1]}), flush=True)
     try:
         server.serve_forever(poll_interval=0.1)

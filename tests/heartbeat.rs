@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 struct FakeHub {
     child: Child,
     port: u16,
+    scheme: &'static str,
     http: reqwest::Client,
 }
 
@@ -27,12 +28,23 @@ impl FakeHub {
     }
 
     fn start_on(port: u16) -> FakeHub {
+        Self::spawn(port, &[])
+    }
+
+    /// An HTTPS hub with this certificate and key.
+    fn start_tls(cert: &Path, key: &Path) -> FakeHub {
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        Self::spawn(0, &["--tls-cert", &c, "--tls-key", &k])
+    }
+
+    fn spawn(port: u16, extra: &[&str]) -> FakeHub {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_hub.py");
         let mut child = Command::new("python3")
             .arg(script)
             .arg("--port")
             .arg(port.to_string())
             .arg("--quiet")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -43,18 +55,23 @@ impl FakeHub {
             .read_line(&mut line)
             .expect("fake hub port line");
         let v: Value = serde_json::from_str(&line).expect("port JSON");
+        let tls = !extra.is_empty();
         FakeHub {
             child,
             port: v["port"].as_u64().expect("port") as u16,
+            scheme: if tls { "https" } else { "http" },
+            // The control client trusts the test's certificate by skipping
+            // verification: it only drives the fake, it is not under test.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .danger_accept_invalid_certs(tls)
                 .build()
                 .expect("client"),
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
     }
 
     async fn control(&self, change: Value) {
@@ -1045,4 +1062,78 @@ async fn usage_endpoint_sums_the_period() {
         .await
         .expect("send");
     expect_problem(r, 401, "unauthenticated").await;
+}
+
+#[tokio::test]
+async fn https_hub_is_trusted_through_the_ca_file_only() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    let (cert_path, key_path) = (dir.path().join("hub.crt"), dir.path().join("hub.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    write_private(&key_path, &key.serialize_pem());
+    let hub = FakeHub::start_tls(&cert_path, &key_path);
+    let https = |ca: &str| {
+        format!(
+            "[hub]\nurl = \"https://127.0.0.1:{}\"\nheartbeat_interval = \"200ms\"\nrequest_timeout = \"2s\"\nbackoff_max = \"400ms\"\n{ca}\n",
+            hub.port
+        )
+    };
+
+    // Not in the system roots: the handshake fails, no beat reaches the hub.
+    let untrusted = TestDaemon::start_with(Options {
+        config_extra: https(""),
+        ..Default::default()
+    })
+    .await;
+    wait_logs(
+        &untrusted,
+        &["heartbeat failed", "connect"],
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(hub.beats().await.is_empty());
+    drop(untrusted);
+
+    // With hub.ca_file the same hub is trusted.
+    let d = TestDaemon::start_with(Options {
+        config_extra: https(&format!("ca_file = \"{}\"", cert_path.display())),
+        ..Default::default()
+    })
+    .await;
+    let beats = hub.wait_beats(3, Duration::from_secs(10)).await;
+    assert_eq!(beats[0]["auth"], format!("Bearer {TOKEN}"));
+    let m = metrics(&d).await;
+    assert_eq!(
+        metric(&m, "hermes_tenantd_hub_heartbeat_consecutive_failures"),
+        Some(0.0),
+        "{m}"
+    );
+
+    // A CA file without a certificate stops the start, naming the key.
+    let bad = dir.path().join("empty.pem");
+    std::fs::write(&bad, "not a certificate\n").expect("write");
+    let cred = dir.path().join("credential");
+    write_private(&cred, TOKEN);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "tenant_id = \"t\"\ndata_dir = \"{}\"\n[listen]\naddr = \"127.0.0.1:0\"\n[auth]\ncredential_file = \"{}\"\n{}",
+            dir.path().join("data").display(),
+            cred.display(),
+            https(&format!("ca_file = \"{}\"", bad.display()))
+        ),
+    )
+    .expect("config");
+    let out = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hub.ca_file"), "{err}");
 }
