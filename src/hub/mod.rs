@@ -269,4 +269,46 @@ mod tests {
         let again = HubLink::load(&store).await.expect("reload");
         assert_eq!(again.access(), Access::Suspended);
     }
+
+    fn config(hub: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, format!("tenant_id = \"t\"\n[hub]\n{hub}\n")).expect("write");
+        crate::config::Config::load_with_env(
+            &crate::config::Source {
+                file: Some(file),
+                dev: false,
+            },
+            std::iter::empty(),
+        )
+    }
+
+    #[test]
+    fn hub_keys_have_defaults_and_bad_values_name_the_key() {
+        let c = config("url = \"https://hub.example\"").expect("valid");
+        assert_eq!(c.hub.heartbeat_interval, std::time::Duration::from_secs(30));
+        assert_eq!(c.hub.request_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(c.hub.backoff_max, std::time::Duration::from_secs(300));
+        assert_eq!(
+            c.hub.clock_skew_threshold,
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(c.hub.usage_batch, 500);
+        assert!((c.hub.heartbeat_jitter - 0.1).abs() < 1e-9);
+        let short = config("heartbeat_interval = \"3s\"").expect("valid");
+        assert_eq!(short.hub.request_timeout, std::time::Duration::from_secs(1));
+        for (text, key) in [
+            (
+                "heartbeat_jitter_percent = 80",
+                "hub.heartbeat_jitter_percent",
+            ),
+            ("usage_batch = 0", "hub.usage_batch"),
+            ("backoff_max = \"soon\"", "hub.backoff_max"),
+            ("clock_skew_threshold = \"0s\"", "hub.clock_skew_threshold"),
+            ("request_timeout = \"x\"", "hub.request_timeout"),
+        ] {
+            let e = config(text).expect_err(text);
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
 }

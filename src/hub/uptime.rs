@@ -54,7 +54,6 @@ pub async fn record(
                     continue;
                 }
                 let state = rx.borrow_and_update().state;
-                metrics.hub.set_agent_state(state);
                 let now = now_ms();
                 match (since, state == AgentState::Running) {
                     (Some(from), false) => {
@@ -64,6 +63,9 @@ pub async fn record(
                     (None, true) => since = Some(now),
                     _ => {}
                 }
+                // After the save, so the metric showing a state means its
+                // running time is written.
+                metrics.hub.set_agent_state(state);
             }
             _ = tick.tick() => {
                 if let Some(from) = since {
@@ -136,7 +138,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         set(AgentState::Stopped);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stopped = "hermes_tenantd_agent_state{state=\"stopped\"} 1";
+        while !metrics.render(0).contains(stopped) {
+            assert!(std::time::Instant::now() < deadline, "stop not observed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let after_stop = total(store.clone()).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
