@@ -122,6 +122,16 @@ pub struct HubConfig {
     pub url: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub heartbeat_interval: Duration,
+    /// Each beat's delay is the interval times a factor in `1 ± jitter`.
+    pub heartbeat_jitter: f64,
+    /// Cap of the exponential backoff after failed beats.
+    pub backoff_max: Duration,
+    /// Timeout of one heartbeat request (well under the interval).
+    pub request_timeout: Duration,
+    /// A hub clock further than this from ours raises a warning.
+    pub clock_skew_threshold: Duration,
+    /// Most usage deltas carried by one beat.
+    pub usage_batch: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +250,13 @@ struct RawHub {
     url: Option<String>,
     ca_file: Option<PathBuf>,
     heartbeat_interval: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    heartbeat_jitter_percent: Option<u32>,
+    backoff_max: Option<String>,
+    request_timeout: Option<String>,
+    clock_skew_threshold: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    usage_batch: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -554,10 +571,41 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let heartbeat_interval = duration("hub.heartbeat_interval", raw.hub.heartbeat_interval, "30s")?;
+    let jitter_percent = raw.hub.heartbeat_jitter_percent.unwrap_or(10);
+    if jitter_percent > 50 {
+        return Err(invalid(
+            "hub.heartbeat_jitter_percent",
+            "must be between 0 and 50",
+        ));
+    }
+    // Default: a third of the interval, at most 10 s, so a hung hub costs
+    // one slot and never overlaps the next beat.
+    let default_timeout = humantime::format_duration(
+        (heartbeat_interval / 3).clamp(Duration::from_millis(50), Duration::from_secs(10)),
+    )
+    .to_string();
+    let usage_batch = raw.hub.usage_batch.unwrap_or(500);
+    if !(1..=10_000).contains(&usage_batch) {
+        return Err(invalid("hub.usage_batch", "must be between 1 and 10000"));
+    }
     let hub = HubConfig {
         url,
         ca_file,
-        heartbeat_interval: duration("hub.heartbeat_interval", raw.hub.heartbeat_interval, "30s")?,
+        heartbeat_interval,
+        heartbeat_jitter: f64::from(jitter_percent) / 100.0,
+        backoff_max: duration("hub.backoff_max", raw.hub.backoff_max, "5m")?,
+        request_timeout: duration(
+            "hub.request_timeout",
+            raw.hub.request_timeout,
+            &default_timeout,
+        )?,
+        clock_skew_threshold: duration(
+            "hub.clock_skew_threshold",
+            raw.hub.clock_skew_threshold,
+            "60s",
+        )?,
+        usage_batch,
     };
 
     let body_bytes = raw.limits.body_bytes.unwrap_or(1024 * 1024);

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{self, Credentials};
 use crate::config::Config;
+use crate::hub::{self, HubLink};
 use crate::metrics::Metrics;
 use crate::runs::{GatewayClient, RunLimits, Runs};
 use crate::store::{Store, StoreOptions};
@@ -35,6 +36,8 @@ pub enum StartError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Supervisor(#[from] crate::supervisor::SupervisorError),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::heartbeat::ClientError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -79,11 +82,10 @@ impl Daemon {
         let store =
             tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts)).await??;
 
+        let hub_link = HubLink::load(&store).await?;
         let (agent, supervisor) =
             crate::supervisor::Supervisor::prepare(config.clone(), store.clone()).await?;
         let cancel = CancellationToken::new();
-        // Until the hub link lands, access is always active.
-        let (_access_tx, suspended) = tokio::sync::watch::channel(false);
         let runs = Runs::new(
             store.clone(),
             agent.clone(),
@@ -97,24 +99,48 @@ impl Daemon {
                 keepalive: config.runs.keepalive,
                 wake_timeout: config.gateway.start_timeout + Duration::from_secs(5),
             },
-            suspended,
+            hub_link.suspended(),
             cancel.clone(),
         );
         runs.recover().await?;
+        {
+            let runs = runs.clone();
+            hub_link.set_open_runs_source(move || runs.open_runs() as u64);
+        }
         let state = AppState {
             runs: runs.clone(),
-            agent,
+            agent: agent.clone(),
             config: config.clone(),
             store: store.clone(),
             credentials: credentials.clone(),
             metrics: Arc::new(Metrics::new()),
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
+            hub: hub_link.clone(),
         };
 
         let mut components = Vec::new();
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
         // Stops the gateway (planned stop, grace, SIGKILL) when cancelled.
         components.push(supervisor.start(cancel.clone()));
+
+        components.push(hub::uptime::spawn(
+            &agent,
+            store.clone(),
+            state.metrics.clone(),
+            cancel.clone(),
+        ));
+        let heartbeat = hub::heartbeat::Heartbeat::new(hub::heartbeat::Deps {
+            config: config.clone(),
+            store: store.clone(),
+            agent: agent.clone(),
+            link: hub_link,
+            metrics: state.metrics.clone(),
+            credentials: credentials.clone(),
+        })
+        .await?;
+        if let Some(hb) = heartbeat {
+            components.push(hb.spawn(cancel.clone()));
+        }
 
         let listener = bind(config.listen.addr).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {

@@ -144,3 +144,9 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+impl From<crate::hub::Suspended> for ApiError {
+    fn from(_: crate::hub::Suspended) -> Self {
+        ApiError::Suspended
+    }
+}

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod history_sync;
+pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod runs;
@@ -19,4 +20,10 @@ pub mod tls;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What this build can do, reported by `/version`.
-pub const CAPABILITIES: &[&str] = &["conversations", "conversations.search", "memory", "metrics"];
+pub const CAPABILITIES: &[&str] = &[
+    "conversations",
+    "conversations.search",
+    "memory",
+    "metrics",
+    "usage",
+];

@@ -401,3 +401,34 @@ async fn bad_run_requests_are_refused_clearly() {
     let r = d.get("/runs/run_nope").send().await.expect("send");
     expect_problem(r, 404, "not_found").await;
 }
+
+#[tokio::test]
+async fn a_suspended_tenant_gets_403_for_runs_and_agent_start() {
+    let w = GatewayWorld::new();
+    let mut d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    d.kill();
+    let dir = d.dir.clone();
+    drop(d);
+    // The hub suspended the tenant (as its heartbeat reply would persist it).
+    let conn = rusqlite::Connection::open(dir.join("data/tenantd.db")).expect("db");
+    conn.execute(
+        "INSERT INTO daemon_state (key, value, updated_at) VALUES ('hub.access', 'suspended', 0)
+         ON CONFLICT (key) DO UPDATE SET value = 'suspended'",
+        [],
+    )
+    .expect("suspend");
+    drop(conn);
+    let d = w.daemon_in(dir).await;
+    let r = d
+        .post("/runs")
+        .json(&json!({"input": "hello"}))
+        .send()
+        .await
+        .expect("send");
+    expect_problem(r, 403, "suspended").await;
+    let r = d.post("/agent/start").send().await.expect("send");
+    expect_problem(r, 403, "suspended").await;
+    let r = d.post("/agent/restart").send().await.expect("send");
+    expect_problem(r, 403, "suspended").await;
+}

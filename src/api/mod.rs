@@ -8,6 +8,7 @@ pub mod extract;
 mod memory;
 mod runs;
 mod system;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub runs: Arc<crate::runs::Runs>,
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
+    /// Access (suspended or not) and counters shared with the heartbeat.
+    pub hub: crate::hub::HubLink,
 }
 
 /// One route: method, path (relative to its prefix) and handler.
@@ -113,6 +116,7 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::GET, "/memory/search", get(memory::search)),
         r(Method::GET, "/memory/stats", get(memory::stats)),
         r(Method::DELETE, "/memory/{id}", delete(memory::remove)),
+        r(Method::GET, "/usage", get(usage::usage)),
     ]
 }
 

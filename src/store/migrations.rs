@@ -10,7 +10,8 @@ use super::{StoreError, StoreResult};
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_core", include_str!("../../schema/0001_core.sql")),
     ("0002_agent", include_str!("../../schema/0002_agent.sql")),
-    ("0003_runs", include_str!("../../schema/0003_runs.sql")),
+    ("0003_hub", include_str!("../../schema/0003_hub.sql")),
+    ("0004_runs", include_str!("../../schema/0004_runs.sql")),
 ];
 
 /// The schema version this build writes.
