@@ -275,5 +275,33 @@ if [[ $FAST == 0 ]]; then
   sed -i 's/^    canary-1:$/    tenant-vm:/; /^    fleet-[2-5]:$/d' /tmp/inventory.yml
 fi
 
+
+# ---- hermes-agent venv upgrade (needs the daemon's gateway supervisor) ----------
+if [[ $FAST == 0 && $agent_code == 200 ]]; then
+  AGENT_ARGS=(-e hermes_tenantd_gateway_command= -e '{"hermes_tenantd_agent_pip_packages": ["hermes-agent"], "hermes_tenantd_agent_pip_args": ["--no-index", "--find-links", "/stage/wheels"]}')
+  gw_version() { curl -fsS -m 2 http://127.0.0.1:8642/health | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])' 2>/dev/null; }
+  play agent-1.log upgrade.yml "${AGENT_ARGS[@]}" -e hermes_tenantd_agent_version=0.19.0
+  rc=$?
+  check "agent 0.19.0 into its venv, daemon reconfigured (rc=$rc)" test "$rc" = 0
+  check "agent 0.19.0: gateway /health reports it" wait_until 20 bash -c '[[ $(curl -fsS -m 2 http://127.0.0.1:8642/health) == *0.19.0* ]]'
+  play agent-2.log upgrade.yml "${AGENT_ARGS[@]}" -e hermes_tenantd_agent_version=0.19.1
+  rc=$?
+  check "agent upgrade to 0.19.1 through /agent/restart passes its gate (rc=$rc)" test "$rc:$(gw_version)" = "0:0.19.1"
+  check "agent 0.19.0 venv kept beside 0.19.1" test -x /opt/hermes-agent/0.19.0/bin/hermes
+  play agent-3.log upgrade.yml "${AGENT_ARGS[@]}" -e hermes_tenantd_agent_version=0.19.1
+  rc=$?
+  c=$(recap_changed /out/logs/agent-3.log tenant-vm)
+  check "agent 0.19.1 again: changed=0 (rc=$rc changed=$c)" test "$rc:$c" = "0:0"
+  play agent-bad.log upgrade.yml "${AGENT_ARGS[@]}" -e hermes_tenantd_agent_version=0.19.2
+  rc=$?
+  check "broken agent 0.19.2: host fails (rc=$rc)" test "$rc" != 0
+  check "broken agent 0.19.2: rolled back, gateway reports 0.19.1" \
+    bash -c "[[ \$(readlink /opt/hermes-agent/current) == /opt/hermes-agent/0.19.1 ]]" 
+  check "broken agent 0.19.2: gateway answers 0.19.1" wait_until 20 bash -c '[[ $(curl -fsS -m 2 http://127.0.0.1:8642/health) == *0.19.1* ]]'
+  check "broken agent 0.19.2: recorded as bad" test -s /opt/hermes-tenantd/bad-releases/agent-0.19.2
+elif [[ $FAST == 0 ]]; then
+  echo "# agent venv upgrade not tested: this daemon build has no gateway supervisor (GET /agent: $agent_code)" >>"$R"
+fi
+
 journalctl -u $UNIT --no-pager >/out/logs/journal-all.log
 echo "# done" >>"$R"

@@ -82,6 +82,9 @@ fi
 # The bad release: a binary that exits at once and never becomes ready.
 printf '#!/bin/sh\necho "hermes-tenantd: broken release" >&2\nexit 1\n' >"$STAGE/bad/hermes-tenantd"
 chmod 0755 "$STAGE/bad/hermes-tenantd"
+# Stand-in hermes-agent releases (a wheel whose `hermes` runs fake_gateway.py).
+for v in 0.19.0 0.19.1; do python3 "$REPO/tests/deploy/make_fake_agent_wheel.py" "$STAGE/wheels" "$v" >/dev/null; done
+python3 "$REPO/tests/deploy/make_fake_agent_wheel.py" "$STAGE/wheels" 0.19.2 --broken >/dev/null
 cat >"$STAGE/env" <<EOF
 V0=$V0
 V1=$V1
@@ -115,7 +118,7 @@ else
   notok "exposure score ${SCORE:-?} <= 2.5" "see $OUT/security.txt"
 fi
 if ((FAST == 0)); then
-  if (cd "$REPO/ansible" && "$VENV/bin/ansible-lint" --offline >"$OUT/ansible-lint.log" 2>&1); then
+  if (cd "$REPO/ansible" && PATH="$VENV/bin:$PATH" ansible-lint --offline --nocolor >"$OUT/ansible-lint.log" 2>&1); then
     ok "ansible-lint clean"
   else
     notok "ansible-lint clean" "$(tail -n 15 "$OUT/ansible-lint.log")"
