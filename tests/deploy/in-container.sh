@@ -71,6 +71,9 @@ for l in sys.stdin: sys.stdout.write("%6.1f %s" % (time.time()-t, l))' >"/out/lo
 }
 
 echo "# container: $(systemctl --version | head -1)" >>"$R"
+# The container has no network manager: the *-wait-online services would
+# hold network-online.target (which the unit wants) for 2 minutes.
+systemctl mask --runtime --now systemd-networkd-wait-online.service NetworkManager-wait-online.service >/dev/null 2>&1
 
 # ---- Ansible: install ---------------------------------------------------------
 T0=$SECONDS
@@ -162,8 +165,8 @@ else
 fi
 
 # Clean stop: exit 0, gateway gone, empty cgroup.
-cgroup_of() { echo "/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$1/cgroup")"; }
-CG=$(cgroup_of "$(prop MainPID)")
+# The unit's cgroup directory, wherever nspawn mounted the hierarchy.
+CG=$(find /sys/fs/cgroup -type d -name "$UNIT.service" -print -quit)
 check "cgroup of the running unit has processes ($CG)" test -s "$CG/cgroup.procs"
 T0=$(date +%s%N)
 systemctl stop $UNIT
@@ -226,10 +229,12 @@ rc=$?
 check "upgrade to $V1: passes the health gate (rc=$rc, $((SECONDS - T0)) s)" test "$rc" = 0
 check "upgrade to $V1: /version reports $V1" test "$(version_seen)" = "$V1"
 check "upgrade to $V1: previous release kept beside it" test -x "/opt/hermes-tenantd/releases/$V0/hermes-tenantd"
-play upgrade-good-2.log upgrade.yml "${V1_ARGS[@]}"
-rc=$?
-c=$(recap_changed /out/logs/upgrade-good-2.log tenant-vm)
-check "upgrade to $V1 again: changed=0 (rc=$rc changed=$c)" test "$rc:$c" = "0:0"
+if [[ $FAST == 0 ]]; then
+  play upgrade-good-2.log upgrade.yml "${V1_ARGS[@]}"
+  rc=$?
+  c=$(recap_changed /out/logs/upgrade-good-2.log tenant-vm)
+  check "upgrade to $V1 again: changed=0 (rc=$rc changed=$c)" test "$rc:$c" = "0:0"
+fi
 
 # ---- Ansible: upgrade to a bad release --------------------------------------------
 BAD=$V0-bad1
@@ -270,7 +275,7 @@ if [[ $FAST == 0 ]]; then
   rc=$?
   check "canary with a good release ($V0): rollout passes (rc=$rc)" test "$rc" = 0
   check "canary with a good release: batches 1, 2, 2" \
-    bash -c "grep -q 'batch: canary-1\"' /out/logs/canary-good.log && grep -q 'batch: fleet-2,fleet-3\"' /out/logs/canary-good.log && grep -q 'batch: fleet-4,fleet-5\"' /out/logs/canary-good.log"
+    bash -c "grep -q \"batch: canary-1'\" /out/logs/canary-good.log && grep -q \"batch: fleet-2,fleet-3'\" /out/logs/canary-good.log && grep -q \"batch: fleet-4,fleet-5'\" /out/logs/canary-good.log"
   check "canary with a good release: /version reports $V0" test "$(version_seen)" = "$V0"
   sed -i 's/^    canary-1:$/    tenant-vm:/; /^    fleet-[2-5]:$/d' /tmp/inventory.yml
 fi
