@@ -27,7 +27,12 @@ for a in "$@"; do
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
-[[ $(id -u) == 0 ]] || { echo "run.sh: needs root (systemd-nspawn)" >&2; exit 2; }
+if [[ $(id -u) != 0 ]]; then
+  # CI runs this as root and must not skip; elsewhere a skip is not a failure.
+  if [[ ${CI:-} == true ]]; then echo "run.sh: needs root (systemd-nspawn)" >&2; exit 2; fi
+  echo "run.sh: SKIPPED (needs root for systemd-nspawn; run with sudo)" >&2
+  exit 0
+fi
 
 OUT=${DEPLOY_OUT:-$(mktemp -d /var/tmp/hermes-deploy-test.XXXXXX)}
 mkdir -p "$OUT/out" "$OUT/stage"
@@ -126,13 +131,15 @@ if ((FAST == 0)); then
 fi
 
 # ---- the container ----------------------------------------------------------
+# A copy: editing the checkout while a run is in progress must not change it.
+cp "$REPO/tests/deploy/in-container.sh" "$STAGE/in-container.sh"
 cat >"$OUT/deploy-test-runner.service" <<EOF
 [Unit]
 Description=hermes-tenantd deployment test runner
 [Service]
 Type=oneshot
 Environment=REPO=$REPO VENV=$VENV FAST=$FAST
-ExecStart=/bin/bash $REPO/tests/deploy/in-container.sh
+ExecStart=/bin/bash /stage/in-container.sh
 StandardOutput=append:/out/runner.log
 StandardError=append:/out/runner.log
 TimeoutStartSec=900
