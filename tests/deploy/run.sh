@@ -149,7 +149,7 @@ binds=(--bind-ro=/etc/hosts --bind-ro=/etc/nsswitch.conf --bind-ro="$REPO" --bin
   --bind="$OUT/out:/out" --bind-ro="$OUT/deploy-test-runner.service:/etc/systemd/system/deploy-test-runner.service")
 [[ $VENV == "$REPO"/* ]] || binds+=(--bind-ro="$VENV")
 say "booting systemd in a container (log: $OUT/console.log)"
-timeout -k 10 "${DEPLOY_TIMEOUT:-900}" systemd-nspawn --quiet --register=no --keep-unit -D / --volatile=yes \
+timeout -k 10 "${DEPLOY_TIMEOUT:-1800}" systemd-nspawn --quiet --register=no --keep-unit -D / --volatile=yes \
   --private-network --capability=CAP_SYS_RESOURCE --console=pipe --machine="hermes-deploy-$$" "${binds[@]}" \
   -b systemd.unit=deploy-test-runner.service >"$OUT/console.log" 2>&1 || true
 
