@@ -67,6 +67,13 @@ pub struct AgentStatus {
     pub release: Option<String>,
     /// The gateway's `/v1/capabilities` answer, once probed.
     pub capabilities: Option<serde_json::Value>,
+    /// Why the agent is in its current state (`crash_loop`, `config`,
+    /// `spawn`, `unhealthy`, ...), when that says more than the state.
+    pub reason: Option<String>,
+    /// Unix ms when the current process became `running`; `uptime_s` is
+    /// derived from it when a snapshot is taken.
+    #[serde(skip)]
+    pub running_since_ms: Option<i64>,
 }
 
 impl AgentStatus {
@@ -82,7 +89,36 @@ impl AgentStatus {
             last_error: None,
             release: None,
             capabilities: None,
+            reason: None,
+            running_since_ms: None,
         }
+    }
+
+    /// This snapshot with `uptime_s` computed for `now_ms`.
+    pub fn at(mut self, now_ms: i64) -> AgentStatus {
+        self.uptime_s = self
+            .running_since_ms
+            .map(|since| u64::try_from((now_ms - since).max(0) / 1000).unwrap_or(0));
+        self
+    }
+}
+
+/// Where the gateway's API listens and the key it accepts. The key is a
+/// secret: `Debug` does not show it.
+#[derive(Clone)]
+pub struct GatewayEndpoint {
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub base_url: String,
+    /// The `API_SERVER_KEY` the daemon generated; send as `Bearer`.
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for GatewayEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayEndpoint")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"<redacted>")
+            .finish()
     }
 }
 
@@ -99,6 +135,7 @@ pub enum AgentCommand {
 pub struct AgentHandle {
     status: watch::Receiver<AgentStatus>,
     commands: mpsc::Sender<(AgentCommand, oneshot::Sender<AgentStatus>)>,
+    endpoint: std::sync::Arc<GatewayEndpoint>,
 }
 
 /// The supervisor's end of an [`AgentHandle`].
@@ -109,13 +146,14 @@ pub struct AgentChannels {
 
 /// A handle and the supervisor's end of it. Commands queue (bounded) and
 /// are applied one at a time, which is what serialises concurrent calls.
-pub fn channel(initial: AgentStatus) -> (AgentHandle, AgentChannels) {
+pub fn channel(initial: AgentStatus, endpoint: GatewayEndpoint) -> (AgentHandle, AgentChannels) {
     let (status_tx, status_rx) = watch::channel(initial);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     (
         AgentHandle {
             status: status_rx,
             commands: cmd_tx,
+            endpoint: std::sync::Arc::new(endpoint),
         },
         AgentChannels {
             status: status_tx,
@@ -129,14 +167,35 @@ pub fn channel(initial: AgentStatus) -> (AgentHandle, AgentChannels) {
 pub struct SupervisorGone;
 
 impl AgentHandle {
-    /// The current snapshot.
+    /// The current snapshot (with a fresh `uptime_s`).
     pub fn status(&self) -> AgentStatus {
-        self.status.borrow().clone()
+        self.status.borrow().clone().at(crate::store::now_ms())
+    }
+
+    /// The gateway's API address and key, for callers of the gateway (runs).
+    pub fn endpoint(&self) -> &GatewayEndpoint {
+        &self.endpoint
     }
 
     /// A receiver to await changes.
     pub fn subscribe(&self) -> watch::Receiver<AgentStatus> {
         self.status.clone()
+    }
+
+    /// Wait until the status satisfies `pred` (for example: `running`
+    /// after a wake-on-demand start), at most `timeout`. `Err` carries the
+    /// last status seen.
+    pub async fn wait_for(
+        &self,
+        pred: impl Fn(&AgentStatus) -> bool,
+        timeout: std::time::Duration,
+    ) -> Result<AgentStatus, AgentStatus> {
+        let mut rx = self.status.clone();
+        let result = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s))).await;
+        match result {
+            Ok(Ok(s)) => Ok(s.clone().at(crate::store::now_ms())),
+            _ => Err(self.status()),
+        }
     }
 
     /// Send a command; resolves with the status once the supervisor has
@@ -147,6 +206,8 @@ impl AgentHandle {
             .send((cmd, tx))
             .await
             .map_err(|_| SupervisorGone)?;
-        rx.await.map_err(|_| SupervisorGone)
+        rx.await
+            .map(|s| s.at(crate::store::now_ms()))
+            .map_err(|_| SupervisorGone)
     }
 }

@@ -52,7 +52,19 @@ pub struct Config {
     pub hub: HubConfig,
     pub limits: LimitsConfig,
     pub store: StoreConfig,
+    pub runs: RunsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunsConfig {
+    pub max_input_bytes: usize,
+    pub subscribers_per_run: usize,
+    pub subscribers_total: usize,
+    pub queue_depth: usize,
+    pub retention: Duration,
+    pub keepalive: Duration,
+    pub history_sync_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +94,26 @@ pub struct GatewayConfig {
     pub port: u16,
     pub start_timeout: Duration,
     pub stop_grace: Duration,
+    /// A virtualenv whose `bin/` is searched first for the command.
+    pub venv: Option<PathBuf>,
+    /// The child's working directory (default: `hermes_home`).
+    pub workdir: PathBuf,
+    /// The daemon-owned managed scope (`HERMES_MANAGED_DIR`).
+    pub managed_dir: PathBuf,
+    pub health_interval: Duration,
+    /// Consecutive failed `/health` probes that make a running gateway unhealthy.
+    pub unhealthy_threshold: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Healthy for this long resets the backoff.
+    pub backoff_reset: Duration,
+    pub crash_loop_window: Duration,
+    /// More than this many restarts within the window: `failed`.
+    pub crash_loop_count: u32,
+    /// Size of one gateway log file before it is rotated.
+    pub log_file_bytes: u64,
+    /// Rotated gateway log files kept besides the current one.
+    pub log_files: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -139,7 +171,24 @@ struct Raw {
     hub: RawHub,
     limits: RawLimits,
     store: RawStore,
+    runs: RawRuns,
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRuns {
+    #[serde(deserialize_with = "lenient")]
+    max_input_bytes: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    subscribers_per_run: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    subscribers_total: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    queue_depth: Option<usize>,
+    retention: Option<String>,
+    keepalive: Option<String>,
+    history_sync_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +216,22 @@ struct RawGateway {
     port: Option<u16>,
     start_timeout: Option<String>,
     stop_grace: Option<String>,
+    venv: Option<PathBuf>,
+    workdir: Option<PathBuf>,
+    managed_dir: Option<PathBuf>,
+    health_interval: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    unhealthy_threshold: Option<u32>,
+    backoff_base: Option<String>,
+    backoff_cap: Option<String>,
+    backoff_reset: Option<String>,
+    crash_loop_window: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    crash_loop_count: Option<u32>,
+    #[serde(deserialize_with = "lenient")]
+    log_file_bytes: Option<u64>,
+    #[serde(deserialize_with = "lenient")]
+    log_files: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -442,27 +507,22 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         rotation_overlap: duration("auth.rotation_overlap", raw.auth.rotation_overlap, "10m")?,
     };
 
-    let command_text = non_empty(raw.gateway.command)
+    let mut gw = raw.gateway;
+    let command_text = non_empty(gw.command.take())
         .unwrap_or_else(|| "hermes gateway run --external-supervisor".into());
     let command = split_command(&command_text).map_err(|m| invalid("gateway.command", m))?;
-    let hermes_home = non_empty_path(raw.gateway.hermes_home).unwrap_or_else(|| {
+    let hermes_home = non_empty_path(gw.hermes_home.take()).unwrap_or_else(|| {
         if dev {
             data_dir.join("hermes-home")
         } else {
             PathBuf::from("/home/hermes/.hermes")
         }
     });
-    let port = raw.gateway.port.unwrap_or(8642);
+    let port = gw.port.unwrap_or(8642);
     if port == 0 {
         return Err(invalid("gateway.port", "must be 1-65535"));
     }
-    let gateway = GatewayConfig {
-        command,
-        hermes_home: absolute(&hermes_home),
-        port,
-        start_timeout: duration("gateway.start_timeout", raw.gateway.start_timeout, "120s")?,
-        stop_grace: duration("gateway.stop_grace", raw.gateway.stop_grace, "20s")?,
-    };
+    let gateway = validate_gateway(gw, command, absolute(&hermes_home), port, &data_dir)?;
 
     let url = match non_empty(raw.hub.url) {
         Some(u) => {
@@ -540,6 +600,43 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         return Err(invalid("store.readers", "must be between 1 and 64"));
     }
 
+    let count = |key: &str, v: Option<usize>, default: usize, max: usize| {
+        let n = v.unwrap_or(default);
+        if (1..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(invalid(key, format!("must be between 1 and {max}")))
+        }
+    };
+    let runs = RunsConfig {
+        max_input_bytes: count(
+            "runs.max_input_bytes",
+            raw.runs.max_input_bytes,
+            256 * 1024,
+            16 * 1024 * 1024,
+        )?,
+        subscribers_per_run: count(
+            "runs.subscribers_per_run",
+            raw.runs.subscribers_per_run,
+            64,
+            10_000,
+        )?,
+        subscribers_total: count(
+            "runs.subscribers_total",
+            raw.runs.subscribers_total,
+            1024,
+            100_000,
+        )?,
+        queue_depth: count("runs.queue_depth", raw.runs.queue_depth, 64, 10_000)?,
+        retention: duration("runs.retention", raw.runs.retention, "7d")?,
+        keepalive: duration("runs.keepalive", raw.runs.keepalive, "15s")?,
+        history_sync_interval: duration(
+            "runs.history_sync_interval",
+            raw.runs.history_sync_interval,
+            "30s",
+        )?,
+    };
+
     let format = match non_empty(raw.log.format).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -575,7 +672,78 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
             synchronous,
             readers,
         },
+        runs,
         log: LogConfig { format, level },
+    })
+}
+
+fn validate_gateway(
+    raw: RawGateway,
+    command: Vec<String>,
+    hermes_home: PathBuf,
+    port: u16,
+    data_dir: &Path,
+) -> Result<GatewayConfig, ConfigError> {
+    let venv = non_empty_path(raw.venv).map(|p| absolute(&p));
+    if let Some(v) = &venv {
+        if !v.join("bin").is_dir() {
+            return Err(invalid(
+                "gateway.venv",
+                format!("{} has no bin/ directory", v.display()),
+            ));
+        }
+    }
+    let workdir = non_empty_path(raw.workdir)
+        .map(|p| absolute(&p))
+        .unwrap_or_else(|| hermes_home.clone());
+    let managed_dir = non_empty_path(raw.managed_dir)
+        .map(|p| absolute(&p))
+        .unwrap_or_else(|| data_dir.join("gateway-managed"));
+    let unhealthy_threshold = raw.unhealthy_threshold.unwrap_or(3);
+    if !(1..=1000).contains(&unhealthy_threshold) {
+        return Err(invalid(
+            "gateway.unhealthy_threshold",
+            "must be between 1 and 1000",
+        ));
+    }
+    let backoff_base = duration("gateway.backoff_base", raw.backoff_base, "1s")?;
+    let backoff_cap = duration("gateway.backoff_cap", raw.backoff_cap, "5m")?;
+    if backoff_cap < backoff_base {
+        return Err(invalid(
+            "gateway.backoff_cap",
+            "must not be shorter than gateway.backoff_base",
+        ));
+    }
+    let crash_loop_count = raw.crash_loop_count.unwrap_or(5);
+    if crash_loop_count == 0 {
+        return Err(invalid("gateway.crash_loop_count", "must be at least 1"));
+    }
+    let log_file_bytes = raw.log_file_bytes.unwrap_or(10 * 1024 * 1024);
+    if log_file_bytes < 4096 {
+        return Err(invalid("gateway.log_file_bytes", "must be at least 4096"));
+    }
+    let log_files = raw.log_files.unwrap_or(3);
+    if !(1..=100).contains(&log_files) {
+        return Err(invalid("gateway.log_files", "must be between 1 and 100"));
+    }
+    Ok(GatewayConfig {
+        command,
+        hermes_home,
+        port,
+        start_timeout: duration("gateway.start_timeout", raw.start_timeout, "120s")?,
+        stop_grace: duration("gateway.stop_grace", raw.stop_grace, "20s")?,
+        venv,
+        workdir,
+        managed_dir,
+        health_interval: duration("gateway.health_interval", raw.health_interval, "5s")?,
+        unhealthy_threshold,
+        backoff_base,
+        backoff_cap,
+        backoff_reset: duration("gateway.backoff_reset", raw.backoff_reset, "10m")?,
+        crash_loop_window: duration("gateway.crash_loop_window", raw.crash_loop_window, "10m")?,
+        crash_loop_count,
+        log_file_bytes,
+        log_files,
     })
 }
 
@@ -695,6 +863,41 @@ mod tests {
         assert!(e.to_string().contains("adr"), "{e}");
         let e = load("", &[], false).unwrap_err();
         assert!(e.to_string().contains("tenant_id"), "{e}");
+    }
+
+    #[test]
+    fn gateway_supervision_keys_are_validated_by_name() {
+        let c = load(
+            "tenant_id = \"t1\"\n[gateway]\nbackoff_base = \"100ms\"\nhealth_interval = \"250ms\"\ncrash_loop_count = 2\n",
+            &[("HERMES_TENANTD_GATEWAY__UNHEALTHY_THRESHOLD", "4")],
+            false,
+        )
+        .expect("valid");
+        assert_eq!(c.gateway.backoff_base, Duration::from_millis(100));
+        assert_eq!(c.gateway.backoff_cap, Duration::from_secs(300));
+        assert_eq!(c.gateway.health_interval, Duration::from_millis(250));
+        assert_eq!(c.gateway.unhealthy_threshold, 4);
+        assert_eq!(c.gateway.crash_loop_count, 2);
+        assert_eq!(c.gateway.workdir, c.gateway.hermes_home);
+        for (toml_text, key) in [
+            (
+                "backoff_base = \"10s\"\nbackoff_cap = \"1s\"",
+                "gateway.backoff_cap",
+            ),
+            ("unhealthy_threshold = 0", "gateway.unhealthy_threshold"),
+            ("crash_loop_count = 0", "gateway.crash_loop_count"),
+            ("health_interval = \"often\"", "gateway.health_interval"),
+            ("log_file_bytes = 10", "gateway.log_file_bytes"),
+            ("venv = \"/nonexistent/venv\"", "gateway.venv"),
+        ] {
+            let e = load(
+                &format!("tenant_id = \"t1\"\n[gateway]\n{toml_text}\n"),
+                &[],
+                false,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(key), "{toml_text}: {e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::api::{self, AppState};
 use crate::auth::{self, Credentials};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::runs::{GatewayClient, RunLimits, Runs};
 use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ pub enum StartError {
     Tls(String),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -76,7 +79,31 @@ impl Daemon {
         let store =
             tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts)).await??;
 
+        let (agent, supervisor) =
+            crate::supervisor::Supervisor::prepare(config.clone(), store.clone()).await?;
+        let cancel = CancellationToken::new();
+        // Until the hub link lands, access is always active.
+        let (_access_tx, suspended) = tokio::sync::watch::channel(false);
+        let runs = Runs::new(
+            store.clone(),
+            agent.clone(),
+            GatewayClient::new(agent.endpoint().clone()),
+            RunLimits {
+                max_input_bytes: config.runs.max_input_bytes,
+                subscribers_per_run: config.runs.subscribers_per_run,
+                subscribers_total: config.runs.subscribers_total,
+                queue_depth: config.runs.queue_depth,
+                retention: config.runs.retention,
+                keepalive: config.runs.keepalive,
+                wake_timeout: config.gateway.start_timeout + Duration::from_secs(5),
+            },
+            suspended,
+            cancel.clone(),
+        );
+        runs.recover().await?;
         let state = AppState {
+            runs: runs.clone(),
+            agent,
             config: config.clone(),
             store: store.clone(),
             credentials: credentials.clone(),
@@ -84,9 +111,10 @@ impl Daemon {
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
         };
 
-        let cancel = CancellationToken::new();
         let mut components = Vec::new();
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
+        // Stops the gateway (planned stop, grace, SIGKILL) when cancelled.
+        components.push(supervisor.start(cancel.clone()));
 
         let listener = bind(config.listen.addr).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -123,6 +151,13 @@ impl Daemon {
         };
 
         components.push(watchdog(store.clone(), cancel.clone()));
+        components.push(prune_runs(runs, cancel.clone()));
+        components.push(crate::history_sync::spawn(
+            store.clone(),
+            config.gateway.hermes_home.clone(),
+            config.runs.history_sync_interval,
+            cancel.clone(),
+        ));
         tracing::info!(
             %addr,
             tls = config.listen.tls.is_some(),
@@ -219,6 +254,24 @@ fn serve(
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "listener failed");
+        }
+    })
+}
+
+/// Delete finished runs past their retention, hourly.
+fn prune_runs(runs: Arc<Runs>, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match runs.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "pruned finished runs past retention"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune runs"),
+            }
         }
     })
 }

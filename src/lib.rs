@@ -7,9 +7,12 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod history_sync;
 pub mod logging;
 pub mod metrics;
+pub mod runs;
 pub mod store;
+pub mod supervisor;
 pub mod tls;
 
 /// This build's version.

@@ -2,9 +2,11 @@
 //! Handlers parse, call one service or store function, and map the result;
 //! they hold no business rule and run no SQL on the async runtime.
 
+mod agent;
 mod conversations;
 pub mod extract;
 mod memory;
+mod runs;
 mod system;
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use tokio::sync::Semaphore;
 
+use crate::agent::AgentHandle;
 use crate::auth::Credentials;
 use crate::config::Config;
 use crate::error::ApiError;
@@ -30,9 +33,12 @@ pub const TENANT_PREFIX: &str = "/v1/tenant-runtime/{tenant_id}";
 /// What handlers share; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// The supervised gateway: status, commands, endpoint.
+    pub agent: AgentHandle,
     pub config: Arc<Config>,
     pub store: Store,
     pub credentials: Arc<Credentials>,
+    pub runs: Arc<crate::runs::Runs>,
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
 }
@@ -68,6 +74,10 @@ fn public_routes(with_metrics: bool) -> Vec<Route> {
 fn tenant_routes() -> Vec<Route> {
     vec![
         r(Method::GET, "/version", get(system::version)),
+        r(Method::GET, "/agent", get(agent::status)),
+        r(Method::POST, "/agent/start", post(agent::start)),
+        r(Method::POST, "/agent/stop", post(agent::stop)),
+        r(Method::POST, "/agent/restart", post(agent::restart)),
         r(
             Method::GET,
             "/conversations",
@@ -87,6 +97,16 @@ fn tenant_routes() -> Vec<Route> {
             Method::POST,
             "/conversations/{session_id}/messages",
             post(conversations::append_messages),
+        ),
+        r(Method::POST, "/runs", post(runs::start)),
+        r(Method::GET, "/runs", get(runs::list)),
+        r(Method::GET, "/runs/{run_id}", get(runs::get)),
+        r(Method::GET, "/runs/{run_id}/events", get(runs::events)),
+        r(Method::POST, "/runs/{run_id}/stop", post(runs::stop)),
+        r(
+            Method::POST,
+            "/runs/{run_id}/approval",
+            post(runs::approval),
         ),
         r(Method::POST, "/memory", post(memory::create)),
         r(Method::GET, "/memory", get(memory::list)),

@@ -42,11 +42,12 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn version(State(state): State<AppState>) -> Json<Value> {
+    let agent = state.agent.status();
     Json(json!({
         "daemon": crate::VERSION,
         "tenant_id": state.config.tenant_id,
         "schema_version": state.store.schema_version(),
-        "agent_release": Value::Null,
+        "agent_release": agent.release,
         "capabilities": crate::CAPABILITIES,
     }))
 }

@@ -7,8 +7,11 @@ use super::{StoreError, StoreResult};
 
 /// Every migration, in order. Its position (1-based) is the `user_version`
 /// it leaves behind.
-pub const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_core", include_str!("../../schema/0001_core.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_core", include_str!("../../schema/0001_core.sql")),
+    ("0002_agent", include_str!("../../schema/0002_agent.sql")),
+    ("0003_runs", include_str!("../../schema/0003_runs.sql")),
+];
 
 /// The schema version this build writes.
 pub fn latest() -> i64 {

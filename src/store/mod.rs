@@ -2,10 +2,12 @@
 //! read-only connections, WAL. Every call runs on tokio's blocking pool,
 //! never on an async worker thread.
 
+pub mod agent;
 pub mod conversations;
 pub mod cursor;
 pub mod memory;
 pub mod migrations;
+pub mod runs;
 pub mod usage;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,1152 @@
+//! The gateway supervisor: owns the `hermes gateway` child process and is
+//! the only part of the daemon that sends signals. One task runs a state
+//! machine fed by one event at a time (command, child exit, probe result,
+//! timer), which is what serialises concurrent start/stop/restart calls.
+//!
+//! States: `stopped`, `starting`, `running`, `unhealthy`, `backoff`,
+//! `failed`, `stopping`; every transition is logged and recorded in
+//! `agent_transitions`. The desired state is persisted in `daemon_state`.
+
+pub mod backoff;
+pub mod logs;
+pub mod managed;
+pub mod probe;
+pub mod process;
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{
+    self, AgentChannels, AgentCommand, AgentHandle, AgentState, AgentStatus, Desired,
+    GatewayEndpoint, LastExit,
+};
+use crate::config::{Config, GatewayConfig};
+use crate::store::{self, Store, agent::Transition};
+use backoff::{Backoff, CrashWindow};
+use logs::GatewayLog;
+use probe::Prober;
+
+/// `daemon_state` key of the desired state (`running` / `stopped`).
+pub const DESIRED_KEY: &str = "agent.desired";
+/// `daemon_state` key of the live gateway's identity (JSON), `""` when none.
+pub const PROCESS_KEY: &str = "gateway.process";
+
+/// Exit code asking for a restart now (EX_TEMPFAIL).
+pub const EXIT_RESTART: i32 = 75;
+/// Exit code for a fatal configuration error (EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// How often a starting gateway's `/health` is polled.
+const READY_POLL: Duration = Duration::from_millis(100);
+/// After SIGKILL, how long before the supervisor reports the process as
+/// unkillable (it keeps waiting; a process in `D` state cannot be reaped).
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Bounded queue to the transition writer.
+const RECORD_QUEUE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("gateway API key in {path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gateway log directory {path}: {source}")]
+    Logs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("start-up task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The identity of a spawned gateway, persisted so the next daemon can find
+/// it if this one dies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub start_time: u64,
+    pub pgid: u32,
+}
+
+/// A supervisor ready to run, with its configuration loaded.
+pub struct Supervisor {
+    cfg: GatewayConfig,
+    store: Store,
+    channels: AgentChannels,
+    endpoint: GatewayEndpoint,
+    log: GatewayLog,
+    desired: Desired,
+}
+
+impl Supervisor {
+    /// Load (or generate) the gateway key, read the desired state, and
+    /// build the [`AgentHandle`] everybody else uses.
+    pub async fn prepare(
+        config: Arc<Config>,
+        store: Store,
+    ) -> Result<(AgentHandle, Supervisor), SupervisorError> {
+        let data_dir = config.data_dir.clone();
+        let key = tokio::task::spawn_blocking(move || managed::load_or_create_key(&data_dir))
+            .await?
+            .map_err(|source| SupervisorError::Key {
+                path: config.data_dir.join(managed::KEY_FILE),
+                source,
+            })?;
+        let log_dir = config.data_dir.join("logs");
+        let gw = config.gateway.clone();
+        let dir = log_dir.clone();
+        let log = tokio::task::spawn_blocking(move || {
+            GatewayLog::open(&dir, gw.log_file_bytes, gw.log_files)
+        })
+        .await?
+        .map_err(|source| SupervisorError::Logs {
+            path: log_dir,
+            source,
+        })?;
+        let desired = match store.get_state(DESIRED_KEY).await?.as_deref() {
+            Some("stopped") => Desired::Stopped,
+            // A new tenant's agent runs.
+            _ => Desired::Running,
+        };
+        let endpoint = GatewayEndpoint {
+            base_url: format!("http://127.0.0.1:{}", config.gateway.port),
+            api_key: key,
+        };
+        let (handle, channels) = agent::channel(AgentStatus::initial(desired), endpoint.clone());
+        Ok((
+            handle,
+            Supervisor {
+                cfg: config.gateway.clone(),
+                store,
+                channels,
+                endpoint,
+                log,
+                desired,
+            },
+        ))
+    }
+
+    /// Run until `cancel`; then stop the gateway (with its grace period)
+    /// and return. The desired state is left as it is, so the next daemon
+    /// restores it.
+    pub fn start(self, cancel: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let (record_tx, record_rx) = mpsc::channel(RECORD_QUEUE);
+            let writer = tokio::spawn(write_records(self.store.clone(), record_rx));
+            let (probe_tx, probe_rx) = mpsc::channel(8);
+            let AgentChannels { status, commands } = self.channels;
+            let marker = format!("HERMES_MANAGED_DIR={}", self.cfg.managed_dir.display());
+            let machine = Machine {
+                backoff: Backoff::new(self.cfg.backoff_base, self.cfg.backoff_cap),
+                crashes: CrashWindow::new(self.cfg.crash_loop_window, self.cfg.crash_loop_count),
+                prober: Prober::new(self.endpoint.clone()),
+                endpoint: self.endpoint,
+                cfg: self.cfg,
+                store: self.store,
+                log: self.log,
+                status_tx: status,
+                status: AgentStatus::initial(self.desired),
+                record_tx,
+                probe_tx,
+                child: None,
+                phase: Phase::Idle,
+                generation: 0,
+                probe_inflight: false,
+                shutting_down: false,
+                marker,
+            };
+            machine.run(commands, probe_rx, cancel).await;
+            let _ = writer.await;
+        })
+    }
+}
+
+/// The live child.
+struct Child {
+    process: tokio::process::Child,
+    pid: u32,
+    start_time: u64,
+}
+
+/// What to do once a stopping gateway has exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Stay stopped (desired: stopped).
+    Idle,
+    /// Spawn again at once (restart command).
+    Respawn,
+    /// Count a failure and back off (unhealthy, start timeout).
+    Retry(&'static str),
+    /// The daemon is shutting down.
+    Exit,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// No child: `stopped`, or `failed` waiting for a command.
+    Idle,
+    Starting {
+        deadline: Instant,
+        next_poll: Instant,
+    },
+    Running {
+        failures: u32,
+        next_probe: Instant,
+        reset_at: Option<Instant>,
+    },
+    Stopping {
+        kill_at: Instant,
+        killed: bool,
+        then: After,
+        cause: &'static str,
+    },
+    /// `backoff`, or `failed` (crash loop, spawn error) retried at the cap.
+    Waiting { until: Instant },
+    /// `failed` on exit code 78: wait for the configuration to change.
+    ConfigFailed {
+        fingerprint: Vec<Option<(i64, u64)>>,
+        next_check: Instant,
+    },
+}
+
+enum ProbeKind {
+    Health(Result<Option<String>, String>),
+    Capabilities(Result<serde_json::Value, String>),
+}
+
+struct ProbeMsg {
+    generation: u64,
+    kind: ProbeKind,
+}
+
+enum Event {
+    Shutdown,
+    Command(Option<(AgentCommand, oneshot::Sender<AgentStatus>)>),
+    Exited(std::io::Result<ExitStatus>),
+    Probe(ProbeMsg),
+    Timer,
+}
+
+enum Record {
+    Transition(Transition),
+    Process(Option<ProcessRecord>),
+}
+
+struct Machine {
+    cfg: GatewayConfig,
+    store: Store,
+    log: GatewayLog,
+    endpoint: GatewayEndpoint,
+    prober: Prober,
+    status_tx: watch::Sender<AgentStatus>,
+    status: AgentStatus,
+    record_tx: mpsc::Sender<Record>,
+    probe_tx: mpsc::Sender<ProbeMsg>,
+    child: Option<Child>,
+    phase: Phase,
+    /// Incremented per spawn; probe results of older children are ignored.
+    generation: u64,
+    probe_inflight: bool,
+    backoff: Backoff,
+    crashes: CrashWindow,
+    shutting_down: bool,
+    /// `HERMES_MANAGED_DIR=...`: marks this daemon's gateway processes.
+    marker: String,
+}
+
+async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
+    match child {
+        Some(c) => c.process.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Machine {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<(AgentCommand, oneshot::Sender<AgentStatus>)>,
+        mut probes: mpsc::Receiver<ProbeMsg>,
+        cancel: CancellationToken,
+    ) {
+        self.stop_leftovers().await;
+        if self.status.desired == Desired::Running && !cancel.is_cancelled() {
+            self.spawn_now("desired_running").await;
+        } else {
+            self.publish();
+        }
+        let mut commands_open = true;
+        loop {
+            if self.shutting_down && self.child.is_none() {
+                break;
+            }
+            let deadline = self.deadline();
+            let listen = !self.shutting_down;
+            let event = tokio::select! {
+                _ = cancel.cancelled(), if listen => Event::Shutdown,
+                r = wait_child(&mut self.child) => Event::Exited(r),
+                Some(p) = probes.recv() => Event::Probe(p),
+                c = commands.recv(), if listen && commands_open => Event::Command(c),
+                _ = sleep_until_opt(deadline) => Event::Timer,
+            };
+            match event {
+                Event::Shutdown => self.on_shutdown().await,
+                Event::Command(None) => commands_open = false,
+                Event::Command(Some((cmd, reply))) => {
+                    self.on_command(cmd).await;
+                    let _ = reply.send(self.status.clone());
+                }
+                Event::Exited(r) => self.on_exit(r).await,
+                Event::Probe(p) => self.on_probe(p).await,
+                Event::Timer => self.on_timer().await,
+            }
+        }
+        tracing::info!("gateway supervisor stopped");
+    }
+
+    /// The next time-driven action of the current phase.
+    fn deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Idle => None,
+            Phase::Starting {
+                deadline,
+                next_poll,
+            } => Some(if self.probe_inflight {
+                *deadline
+            } else {
+                (*next_poll).min(*deadline)
+            }),
+            Phase::Running {
+                next_probe,
+                reset_at,
+                ..
+            } => {
+                let probe = (!self.probe_inflight).then_some(*next_probe);
+                match (probe, reset_at) {
+                    (Some(p), Some(r)) => Some(p.min(*r)),
+                    (p, r) => p.or(*r),
+                }
+            }
+            Phase::Stopping { kill_at, .. } => Some(*kill_at),
+            Phase::Waiting { until } => Some(*until),
+            Phase::ConfigFailed { next_check, .. } => Some(*next_check),
+        }
+    }
+
+    // ---- status and records ---------------------------------------------------
+
+    fn publish(&self) {
+        self.status_tx.send_replace(self.status.clone());
+    }
+
+    /// Change state, log it, record it, publish the snapshot.
+    fn transition(&mut self, to: AgentState, reason: &str, extra: TransitionExtra) {
+        let from = self.status.state;
+        let now = store::now_ms();
+        self.status.state = to;
+        self.status.since = store::ms_to_rfc3339(now);
+        self.status.reason = Some(reason.to_owned());
+        if to != AgentState::Running && to != AgentState::Unhealthy {
+            self.status.running_since_ms = None;
+        }
+        tracing::info!(
+            from = from.as_str(),
+            to = to.as_str(),
+            reason,
+            pid = extra.pid,
+            exit_code = extra.exit_code,
+            signal = extra.signal,
+            delay_ms = extra.delay.map(|d| d.as_millis() as u64),
+            detail = extra.detail.as_deref(),
+            "agent state"
+        );
+        let rec = Record::Transition(Transition {
+            at_ms: now,
+            from: from.as_str().to_owned(),
+            to: to.as_str().to_owned(),
+            reason: reason.to_owned(),
+            pid: extra.pid,
+            exit_code: extra.exit_code,
+            signal: extra.signal,
+            delay_ms: extra.delay.map(|d| d.as_millis() as u64),
+            detail: extra.detail,
+        });
+        if self.record_tx.try_send(rec).is_err() {
+            tracing::warn!("transition record queue full; dropping a record");
+        }
+        self.publish();
+    }
+
+    async fn set_desired(&mut self, desired: Desired) {
+        if self.status.desired == desired {
+            return;
+        }
+        self.status.desired = desired;
+        let value = match desired {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        };
+        if let Err(e) = self.store.set_state(DESIRED_KEY, value.to_owned()).await {
+            tracing::error!(error = %e, "cannot persist the desired agent state");
+        }
+        self.publish();
+    }
+
+    // ---- commands -------------------------------------------------------------
+
+    async fn on_command(&mut self, cmd: AgentCommand) {
+        tracing::info!(command = ?cmd, state = self.status.state.as_str(), "agent command");
+        match cmd {
+            AgentCommand::Start => {
+                self.set_desired(Desired::Running).await;
+                match &mut self.phase {
+                    Phase::Starting { .. } | Phase::Running { .. } => {}
+                    Phase::Stopping { then, .. } => {
+                        // Stopping for a stop or an unhealthy restart: come
+                        // back at once instead.
+                        if matches!(*then, After::Idle | After::Retry(_)) {
+                            *then = After::Respawn;
+                        }
+                    }
+                    Phase::Idle | Phase::Waiting { .. } | Phase::ConfigFailed { .. } => {
+                        // A start while failed or backing off clears the backoff.
+                        self.backoff.reset();
+                        self.crashes.clear();
+                        self.spawn_now("start").await;
+                    }
+                }
+            }
+            AgentCommand::Stop => {
+                self.set_desired(Desired::Stopped).await;
+                match &mut self.phase {
+                    Phase::Starting { .. } | Phase::Running { .. } => {
+                        self.begin_stop(After::Idle, "stop").await;
+                    }
+                    Phase::Stopping { then, .. } => *then = After::Idle,
+                    Phase::Waiting { .. } | Phase::ConfigFailed { .. } => {
+                        self.phase = Phase::Idle;
+                        self.transition(AgentState::Stopped, "stop", TransitionExtra::default());
+                    }
+                    Phase::Idle => {
+                        if self.status.state != AgentState::Stopped {
+                            self.transition(
+                                AgentState::Stopped,
+                                "stop",
+                                TransitionExtra::default(),
+                            );
+                        }
+                    }
+                }
+            }
+            AgentCommand::Restart => {
+                self.set_desired(Desired::Running).await;
+                match &mut self.phase {
+                    Phase::Starting { .. } | Phase::Running { .. } => {
+                        self.begin_stop(After::Respawn, "restart").await;
+                    }
+                    Phase::Stopping { then, .. } => *then = After::Respawn,
+                    Phase::Idle | Phase::Waiting { .. } | Phase::ConfigFailed { .. } => {
+                        self.backoff.reset();
+                        self.crashes.clear();
+                        self.spawn_now("restart").await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_shutdown(&mut self) {
+        self.shutting_down = true;
+        match &mut self.phase {
+            Phase::Stopping { then, .. } => *then = After::Exit,
+            Phase::Starting { .. } | Phase::Running { .. } => {
+                self.begin_stop(After::Exit, "daemon_shutdown").await;
+            }
+            Phase::Idle | Phase::Waiting { .. } | Phase::ConfigFailed { .. } => {
+                self.phase = Phase::Idle;
+            }
+        }
+    }
+
+    // ---- spawning ---------------------------------------------------------------
+
+    /// Write the managed scope and spawn the gateway; `starting`, or
+    /// `failed` (retried at the cap) if it cannot be spawned.
+    async fn spawn_now(&mut self, why: &'static str) {
+        if self.child.is_some() {
+            return;
+        }
+        let counts_as_restart = !matches!(why, "desired_running" | "start");
+        let prepared = {
+            let cfg = self.cfg.clone();
+            let key = self.endpoint.api_key.clone();
+            tokio::task::spawn_blocking(move || prepare_spawn(&cfg, &key)).await
+        };
+        let spec = match prepared {
+            Ok(Ok(spec)) => spec,
+            Ok(Err(message)) => return self.spawn_failed(message),
+            Err(e) => return self.spawn_failed(format!("preparing the spawn failed: {e}")),
+        };
+        let spawned = match process::spawn(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                let message = if e.kind() == std::io::ErrorKind::NotFound {
+                    format!(
+                        "gateway command `{}` not found (set gateway.command or gateway.venv)",
+                        spec.program.display()
+                    )
+                } else {
+                    format!("cannot start `{}`: {e}", spec.program.display())
+                };
+                return self.spawn_failed(message);
+            }
+        };
+        let process::Spawned {
+            mut child,
+            pid,
+            start_time,
+        } = spawned;
+        // The identity goes to the store first thing, so a daemon crash
+        // leaves the next daemon a trail (besides the marker).
+        let record = ProcessRecord {
+            pid,
+            start_time,
+            pgid: pid,
+        };
+        self.persist_process(Some(record));
+        for (stream, fd) in [
+            (
+                "stdout",
+                child.stdout.take().and_then(|s| s.into_owned_fd().ok()),
+            ),
+            (
+                "stderr",
+                child.stderr.take().and_then(|s| s.into_owned_fd().ok()),
+            ),
+        ] {
+            if let Some(fd) = fd {
+                if let Err(e) = self.log.pump(fd, stream, pid) {
+                    tracing::warn!(error = %e, stream, "cannot read the gateway's output");
+                }
+            }
+        }
+        self.generation += 1;
+        self.probe_inflight = false;
+        self.child = Some(Child {
+            process: child,
+            pid,
+            start_time,
+        });
+        if counts_as_restart {
+            self.status.restarts += 1;
+        }
+        self.status.pid = Some(pid);
+        self.status.last_error = None;
+        self.status.capabilities = None;
+        let now = Instant::now();
+        self.phase = Phase::Starting {
+            deadline: now + self.cfg.start_timeout,
+            next_poll: now,
+        };
+        self.transition(
+            AgentState::Starting,
+            why,
+            TransitionExtra {
+                pid: Some(pid),
+                ..Default::default()
+            },
+        );
+    }
+
+    fn spawn_failed(&mut self, message: String) {
+        tracing::error!(error = %message, "gateway spawn failed");
+        self.status.last_error = Some(message.clone());
+        self.status.pid = None;
+        let delay = self.backoff.cap();
+        self.phase = Phase::Waiting {
+            until: Instant::now() + delay,
+        };
+        self.transition(
+            AgentState::Failed,
+            "spawn",
+            TransitionExtra {
+                delay: Some(delay),
+                detail: Some(message),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Queue the gateway's identity for the store (in order with the
+    /// transitions, without holding up a respawn on an fsync). A daemon that
+    /// dies before it lands still has the managed-dir marker to find it by.
+    fn persist_process(&self, record: Option<ProcessRecord>) {
+        if self.record_tx.try_send(Record::Process(record)).is_err() {
+            tracing::warn!("record queue full; the gateway's identity was not persisted");
+        }
+    }
+
+    // ---- stopping ---------------------------------------------------------------
+
+    /// Announce a planned stop, SIGTERM the group, arm the SIGKILL deadline.
+    async fn begin_stop(&mut self, then: After, cause: &'static str) {
+        let Some(child) = &self.child else {
+            return;
+        };
+        let (pid, start_time) = (child.pid, child.start_time);
+        let home = self.cfg.hermes_home.clone();
+        let marker = tokio::task::spawn_blocking(move || {
+            process::write_planned_stop(&home, pid, start_time)
+        })
+        .await;
+        if !matches!(marker, Ok(Ok(()))) {
+            tracing::warn!(pid, "cannot write the planned-stop marker; stopping anyway");
+        }
+        process::signal_group(pid, libc::SIGTERM);
+        self.phase = Phase::Stopping {
+            kill_at: Instant::now() + self.cfg.stop_grace,
+            killed: false,
+            then,
+            cause,
+        };
+        self.transition(
+            AgentState::Stopping,
+            cause,
+            TransitionExtra {
+                pid: Some(pid),
+                ..Default::default()
+            },
+        );
+    }
+
+    // ---- exits ------------------------------------------------------------------
+
+    async fn on_exit(&mut self, result: std::io::Result<ExitStatus>) {
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        let (code, signal) = match &result {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                (s.code(), s.signal())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "waiting for the gateway failed");
+                (None, None)
+            }
+        };
+        // Tool subprocesses of the dead gateway go with it.
+        process::signal_group(child.pid, libc::SIGKILL);
+        self.persist_process(None);
+        self.generation += 1;
+        self.probe_inflight = false;
+        self.status.pid = None;
+        self.status.running_since_ms = None;
+        let extra = TransitionExtra {
+            pid: Some(child.pid),
+            exit_code: code,
+            signal,
+            ..Default::default()
+        };
+        let now = Instant::now();
+        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
+        if let Phase::Stopping { then, cause, .. } = phase {
+            let home = self.cfg.hermes_home.clone();
+            let _ = tokio::fs::remove_file(home.join(process::PLANNED_STOP_FILE)).await;
+            let why = match then {
+                After::Retry(r) => r,
+                _ => "planned",
+            };
+            self.status.last_exit = Some(last_exit(why, code, signal));
+            match then {
+                After::Idle => self.transition(AgentState::Stopped, cause, extra),
+                After::Exit => {
+                    self.transition(AgentState::Stopped, "daemon_shutdown", extra);
+                }
+                After::Respawn => {
+                    self.transition(AgentState::Stopped, cause, extra);
+                    self.spawn_now("restart").await;
+                }
+                After::Retry(reason) => self.retry_later(reason, extra, now),
+            }
+            return;
+        }
+        match code {
+            Some(EXIT_RESTART) => {
+                self.status.last_exit = Some(last_exit("restart_request", code, signal));
+                if self.crashes.record(now) {
+                    self.crash_loop("restart_request", extra);
+                } else {
+                    // A restart request: at once, no backoff step.
+                    self.transition(AgentState::Stopped, "restart_request", extra);
+                    self.spawn_now("restart_request").await;
+                }
+            }
+            Some(EXIT_CONFIG) => {
+                self.status.last_exit = Some(last_exit("config", code, signal));
+                self.status.last_error = Some(
+                    "the gateway reported a fatal configuration error (exit 78); fix the configuration or start it again"
+                        .into(),
+                );
+                let fingerprint = config_fingerprint(&self.cfg).await;
+                self.phase = Phase::ConfigFailed {
+                    fingerprint,
+                    next_check: now + self.cfg.health_interval,
+                };
+                self.transition(AgentState::Failed, "config", extra);
+            }
+            _ => {
+                self.status.last_exit = Some(last_exit("crash", code, signal));
+                self.status.last_error = Some(match (code, signal) {
+                    (_, Some(s)) => format!("the gateway was killed by signal {s}"),
+                    (Some(c), _) => format!("the gateway exited with code {c}"),
+                    _ => "the gateway ended".into(),
+                });
+                self.retry_later("crash", extra, now);
+            }
+        }
+    }
+
+    /// After an unplanned end: `backoff`, or `failed` on a crash loop.
+    fn retry_later(&mut self, reason: &'static str, mut extra: TransitionExtra, now: Instant) {
+        if self.crashes.record(now) {
+            return self.crash_loop(reason, extra);
+        }
+        let delay = self.backoff.next_delay();
+        extra.delay = Some(delay);
+        extra.detail = Some(reason.to_owned());
+        self.phase = Phase::Waiting { until: now + delay };
+        self.transition(AgentState::Backoff, reason, extra);
+    }
+
+    fn crash_loop(&mut self, cause: &'static str, mut extra: TransitionExtra) {
+        let delay = self.backoff.cap();
+        extra.delay = Some(delay);
+        extra.detail = Some(cause.to_owned());
+        self.status.last_error = Some(format!(
+            "more than {} restarts within {}; retrying every {}",
+            self.cfg.crash_loop_count,
+            humantime::format_duration(self.cfg.crash_loop_window),
+            humantime::format_duration(delay)
+        ));
+        self.phase = Phase::Waiting {
+            until: Instant::now() + delay,
+        };
+        self.transition(AgentState::Failed, "crash_loop", extra);
+    }
+
+    // ---- timers and probes ----------------------------------------------------------
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        match &mut self.phase {
+            Phase::Idle => {}
+            Phase::Starting {
+                deadline,
+                next_poll,
+            } => {
+                if now >= *deadline {
+                    let timeout = self.cfg.start_timeout;
+                    self.status.last_error = Some(format!(
+                        "the gateway did not answer /health within {}",
+                        humantime::format_duration(timeout)
+                    ));
+                    self.begin_stop(After::Retry("start_timeout"), "start_timeout")
+                        .await;
+                } else if now >= *next_poll && !self.probe_inflight {
+                    *next_poll = now + READY_POLL;
+                    self.launch_health(READY_POLL.max(Duration::from_millis(500)));
+                }
+            }
+            Phase::Running {
+                next_probe,
+                reset_at,
+                ..
+            } => {
+                if reset_at.is_some_and(|r| now >= r) {
+                    *reset_at = None;
+                    self.backoff.reset();
+                    tracing::debug!("gateway healthy long enough; backoff reset");
+                }
+                if now >= *next_probe && !self.probe_inflight {
+                    *next_probe = now + self.cfg.health_interval;
+                    let timeout = self
+                        .cfg
+                        .health_interval
+                        .clamp(Duration::from_millis(200), Duration::from_secs(5));
+                    self.launch_health(timeout);
+                }
+            }
+            Phase::Stopping {
+                kill_at, killed, ..
+            } => {
+                if now >= *kill_at {
+                    if let Some(child) = &self.child {
+                        if *killed {
+                            tracing::error!(
+                                pid = child.pid,
+                                "the gateway survives SIGKILL (uninterruptible?); still waiting"
+                            );
+                        } else {
+                            tracing::warn!(
+                                pid = child.pid,
+                                grace = ?self.cfg.stop_grace,
+                                "the gateway did not stop within its grace period; SIGKILL"
+                            );
+                            process::signal_group(child.pid, libc::SIGKILL);
+                        }
+                    }
+                    *killed = true;
+                    *kill_at = now + KILL_WAIT;
+                }
+            }
+            Phase::Waiting { until } => {
+                if now >= *until {
+                    self.spawn_now("retry").await;
+                }
+            }
+            Phase::ConfigFailed {
+                fingerprint,
+                next_check,
+            } => {
+                if now >= *next_check {
+                    *next_check = now + self.cfg.health_interval;
+                    let before = fingerprint.clone();
+                    if config_fingerprint(&self.cfg).await != before {
+                        tracing::info!("gateway configuration changed; starting it again");
+                        self.backoff.reset();
+                        self.crashes.clear();
+                        self.spawn_now("config_changed").await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn launch_health(&mut self, timeout: Duration) {
+        self.probe_inflight = true;
+        let prober = self.prober.clone();
+        let tx = self.probe_tx.clone();
+        let generation = self.generation;
+        tokio::spawn(async move {
+            let kind = ProbeKind::Health(prober.health(timeout).await);
+            let _ = tx.send(ProbeMsg { generation, kind }).await;
+        });
+    }
+
+    fn launch_capabilities(&self) {
+        let prober = self.prober.clone();
+        let tx = self.probe_tx.clone();
+        let generation = self.generation;
+        tokio::spawn(async move {
+            let mut result = Err(String::new());
+            // The API may come up a moment after /health: a few tries.
+            for attempt in 0..3u32 {
+                result = prober.capabilities(Duration::from_secs(5)).await;
+                if result.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500 * (attempt as u64 + 1))).await;
+            }
+            let kind = ProbeKind::Capabilities(result);
+            let _ = tx.send(ProbeMsg { generation, kind }).await;
+        });
+    }
+
+    async fn on_probe(&mut self, msg: ProbeMsg) {
+        if msg.generation != self.generation {
+            return;
+        }
+        match msg.kind {
+            ProbeKind::Capabilities(Ok(caps)) => {
+                self.status.capabilities = Some(caps);
+                self.publish();
+            }
+            ProbeKind::Capabilities(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the gateway's capabilities");
+            }
+            ProbeKind::Health(result) => {
+                self.probe_inflight = false;
+                let pid = self.child.as_ref().map(|c| c.pid);
+                let threshold = self.cfg.unhealthy_threshold;
+                match (&mut self.phase, result) {
+                    (Phase::Starting { .. }, Ok(version)) => {
+                        let now = Instant::now();
+                        self.status.release = version;
+                        self.status.running_since_ms = Some(store::now_ms());
+                        self.status.last_error = None;
+                        self.phase = Phase::Running {
+                            failures: 0,
+                            next_probe: now + self.cfg.health_interval,
+                            reset_at: Some(now + self.cfg.backoff_reset),
+                        };
+                        self.transition(
+                            AgentState::Running,
+                            "healthy",
+                            TransitionExtra {
+                                pid,
+                                ..Default::default()
+                            },
+                        );
+                        self.launch_capabilities();
+                    }
+                    (Phase::Starting { .. }, Err(_)) => {}
+                    (Phase::Running { failures, .. }, Ok(version)) => {
+                        *failures = 0;
+                        if version.is_some() && version != self.status.release {
+                            self.status.release = version;
+                            self.publish();
+                        }
+                        if self.status.state == AgentState::Unhealthy {
+                            self.transition(
+                                AgentState::Running,
+                                "healthy",
+                                TransitionExtra {
+                                    pid,
+                                    ..Default::default()
+                                },
+                            );
+                        }
+                    }
+                    (Phase::Running { failures, .. }, Err(why)) => {
+                        *failures += 1;
+                        tracing::warn!(failures = *failures, threshold, error = %why, "gateway health probe failed");
+                        if *failures >= threshold {
+                            self.status.last_error =
+                                Some(format!("{threshold} health probes failed; last: {why}"));
+                            self.transition(
+                                AgentState::Unhealthy,
+                                "unhealthy",
+                                TransitionExtra {
+                                    pid,
+                                    detail: Some(why),
+                                    ..Default::default()
+                                },
+                            );
+                            self.begin_stop(After::Retry("unhealthy"), "unhealthy")
+                                .await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    // ---- leftovers ----------------------------------------------------------------
+
+    /// Stop any gateway a previous daemon left running (crash, upgrade):
+    /// the recorded process (checked by start time) and every process
+    /// carrying this daemon's managed-dir marker. Never adopted: its
+    /// output pipes and exit status belong to a dead parent.
+    async fn stop_leftovers(&mut self) {
+        let recorded: Option<ProcessRecord> = match self.store.get_state(PROCESS_KEY).await {
+            Ok(Some(text)) if !text.is_empty() => serde_json::from_str(&text).ok(),
+            _ => None,
+        };
+        let marker = self.marker.clone();
+        let rec = recorded.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let pgid = rec
+                .as_ref()
+                .filter(|r| process::is_alive(r.pid, Some(r.start_time)))
+                .map(|r| r.pgid);
+            process::find_gateway_processes(pgid, &marker)
+        })
+        .await
+        .unwrap_or_default();
+        if found.is_empty() {
+            if recorded.is_some() {
+                self.persist_process(None);
+            }
+            return;
+        }
+        let pids: Vec<u32> = found.iter().map(|(p, _)| *p).collect();
+        tracing::warn!(?pids, "stopping a gateway left by a previous daemon");
+        if let Some(r) = recorded
+            .as_ref()
+            .filter(|r| process::is_alive(r.pid, Some(r.start_time)))
+        {
+            let home = self.cfg.hermes_home.clone();
+            let (pid, st) = (r.pid, r.start_time);
+            let _ =
+                tokio::task::spawn_blocking(move || process::write_planned_stop(&home, pid, st))
+                    .await;
+        }
+        process::signal_all(&found, libc::SIGTERM);
+        let pgid = recorded.as_ref().map(|r| r.pgid);
+        let gone = self.wait_gone(pgid, self.cfg.stop_grace).await;
+        if !gone {
+            let marker = self.marker.clone();
+            let left =
+                tokio::task::spawn_blocking(move || process::find_gateway_processes(pgid, &marker))
+                    .await
+                    .unwrap_or_default();
+            tracing::warn!(
+                count = left.len(),
+                "leftover gateway ignored SIGTERM; SIGKILL"
+            );
+            process::signal_all(&left, libc::SIGKILL);
+            if !self.wait_gone(pgid, KILL_WAIT).await {
+                tracing::error!("leftover gateway processes survive SIGKILL");
+            }
+        }
+        let _ = tokio::fs::remove_file(self.cfg.hermes_home.join(process::PLANNED_STOP_FILE)).await;
+        self.persist_process(None);
+        self.transition(
+            AgentState::Stopped,
+            "leftover_stopped",
+            TransitionExtra {
+                pid: recorded.map(|r| r.pid),
+                detail: Some(format!("{} process(es)", pids.len())),
+                ..Default::default()
+            },
+        );
+    }
+
+    async fn wait_gone(&self, pgid: Option<u32>, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let marker = self.marker.clone();
+            let left =
+                tokio::task::spawn_blocking(move || process::find_gateway_processes(pgid, &marker))
+                    .await
+                    .unwrap_or_default();
+            if left.is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct TransitionExtra {
+    pid: Option<u32>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    delay: Option<Duration>,
+    detail: Option<String>,
+}
+
+fn last_exit(reason: &str, code: Option<i32>, signal: Option<i32>) -> LastExit {
+    LastExit {
+        at: store::ms_to_rfc3339(store::now_ms()),
+        code,
+        signal,
+        reason: reason.to_owned(),
+    }
+}
+
+/// Resolve the command and write the managed scope. Blocking.
+fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::SpawnSpec, String> {
+    let name = cfg
+        .command
+        .first()
+        .ok_or_else(|| "gateway.command is empty".to_owned())?;
+    let program = process::resolve_program(name, cfg.venv.as_deref()).ok_or_else(|| {
+        format!("gateway command `{name}` not found (set gateway.command or gateway.venv)")
+    })?;
+    // Created if missing (the planned-stop marker goes there); an existing
+    // home keeps its owner's permissions.
+    std::fs::create_dir_all(&cfg.hermes_home)
+        .map_err(|e| format!("cannot create the Hermes home: {e}"))?;
+    managed::write_managed_env(&cfg.managed_dir, cfg.port, key)
+        .map_err(|e| format!("cannot write the managed scope: {e}"))?;
+    let mut env = vec![
+        (
+            "HERMES_HOME".to_owned(),
+            cfg.hermes_home.display().to_string(),
+        ),
+        (
+            "HERMES_MANAGED_DIR".to_owned(),
+            cfg.managed_dir.display().to_string(),
+        ),
+        (
+            "HERMES_GATEWAY_EXTERNAL_SUPERVISOR".to_owned(),
+            "1".to_owned(),
+        ),
+        ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
+        ("API_SERVER_ENABLED".to_owned(), "true".to_owned()),
+        ("API_SERVER_HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("API_SERVER_PORT".to_owned(), cfg.port.to_string()),
+        ("API_SERVER_KEY".to_owned(), key.to_owned()),
+    ];
+    if let Some(venv) = &cfg.venv {
+        env.push(("VIRTUAL_ENV".to_owned(), venv.display().to_string()));
+        let mut paths = vec![venv.join("bin")];
+        if let Some(p) = std::env::var_os("PATH") {
+            paths.extend(std::env::split_paths(&p));
+        }
+        if let Ok(joined) = std::env::join_paths(paths) {
+            env.push(("PATH".to_owned(), joined.to_string_lossy().into_owned()));
+        }
+    }
+    Ok(process::SpawnSpec {
+        program,
+        args: cfg.command[1..].to_vec(),
+        env,
+        remove_prefixes: vec![crate::config::ENV_PREFIX.to_owned()],
+        workdir: if cfg.workdir.is_dir() {
+            cfg.workdir.clone()
+        } else {
+            cfg.hermes_home.clone()
+        },
+    })
+}
+
+/// Modification time and size of the files whose change lifts a `config`
+/// failure: the tenant's `.env` and `config.yaml`, the managed `config.yaml`.
+async fn config_fingerprint(cfg: &GatewayConfig) -> Vec<Option<(i64, u64)>> {
+    let files = [
+        cfg.hermes_home.join(".env"),
+        cfg.hermes_home.join("config.yaml"),
+        cfg.managed_dir.join("config.yaml"),
+    ];
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        out.push(tokio::fs::metadata(&f).await.ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.mtime_nsec() + m.mtime() * 1_000_000_000, m.len())
+        }));
+    }
+    out
+}
+
+/// Persist transitions and process records in order, off the state loop.
+async fn write_records(store: Store, mut rx: mpsc::Receiver<Record>) {
+    while let Some(rec) = rx.recv().await {
+        let result = match rec {
+            Record::Transition(t) => store.write(move |c| store::agent::insert(c, &t)).await,
+            Record::Process(p) => {
+                let value = p
+                    .and_then(|r| serde_json::to_string(&r).ok())
+                    .unwrap_or_default();
+                store.set_state(PROCESS_KEY, value).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot record an agent transition");
+        }
+    }
+}

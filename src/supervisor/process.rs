@@ -1,0 +1,275 @@
+//! The gateway at the operating-system level: spawn it in its own process
+//! group with a parent-death signal, signal its group, read its identity
+//! from `/proc`, and find gateways a previous daemon left behind.
+//!
+//! Every signal the daemon sends goes through this file.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// How to start the gateway.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Variables removed from the inherited environment (by prefix).
+    pub remove_prefixes: Vec<String>,
+    pub workdir: PathBuf,
+}
+
+/// A spawned gateway.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    /// Field 22 of `/proc/PID/stat` (clock ticks since boot).
+    pub start_time: u64,
+}
+
+/// Resolve the program: a bare name is looked up in the virtualenv's `bin/`
+/// first, then in `PATH`.
+pub fn resolve_program(name: &str, venv: Option<&Path>) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_executable(&p).then_some(p);
+    }
+    let mut dirs: Vec<PathBuf> = venv.map(|v| v.join("bin")).into_iter().collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Spawn the gateway in a new process group (its pid is the group id),
+/// with `SIGKILL` as its parent-death signal, stdin closed and stdout and
+/// stderr piped.
+///
+/// Must be called from a thread that lives as long as the daemon (an async
+/// worker, not the blocking pool): Linux delivers the parent-death signal
+/// when the spawning *thread* exits.
+pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.workdir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if spec
+            .remove_prefixes
+            .iter()
+            .any(|p| name.starts_with(p.as_str()))
+        {
+            cmd.env_remove(&k);
+        }
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid), allocating nothing.
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The daemon died between fork and prctl: do not outlive it.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("the gateway exited before its pid was read"))?;
+    let start_time = stat(pid).map(|s| s.start_time).unwrap_or(0);
+    Ok(Spawned {
+        child,
+        pid,
+        start_time,
+    })
+}
+
+/// What the daemon needs from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub start_time: u64,
+}
+
+/// Parse `/proc/PID/stat`; `None` when the process is gone.
+pub fn stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// Fields after the command name (which may hold spaces and parentheses):
+/// 3 state, 4 ppid, 5 pgrp, ..., 22 starttime.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        start_time: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// `true` when `pid` exists, is not a zombie, and (if given) started at
+/// `start_time` — so a recycled pid is not mistaken for the gateway.
+pub fn is_alive(pid: u32, start_time: Option<u64>) -> bool {
+    match stat(pid) {
+        Some(s) => s.state != 'Z' && start_time.is_none_or(|t| t == s.start_time),
+        None => false,
+    }
+}
+
+fn own_pgrp() -> u32 {
+    // SAFETY: getpgrp has no preconditions.
+    unsafe { libc::getpgrp() as u32 }
+}
+
+/// Send `sig` to process group `pgid`. Refuses group ids that would hit
+/// everything (`<= 1`) or the daemon's own group. `false` when no process
+/// was signalled.
+pub fn signal_group(pgid: u32, sig: libc::c_int) -> bool {
+    if pgid <= 1 || pgid == own_pgrp() || pgid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: plain syscall; the guard above keeps the target a real group.
+    unsafe { libc::kill(-(pgid as libc::pid_t), sig) == 0 }
+}
+
+/// Send `sig` to one process.
+pub fn signal_pid(pid: u32, sig: libc::c_int) -> bool {
+    if pid <= 1 || pid == std::process::id() || pid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: plain syscall on a checked pid.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+}
+
+/// Live (non-zombie) processes of this daemon's gateway: those in process
+/// group `pgid` (if given) and those whose environment carries `marker`
+/// (`HERMES_MANAGED_DIR=...`, unique to this daemon's data directory and
+/// inherited by every descendant). Blocking: reads `/proc`.
+pub fn find_gateway_processes(pgid: Option<u32>, marker: &str) -> Vec<(u32, ProcStat)> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Some(st) = stat(pid) else { continue };
+        if st.state == 'Z' {
+            continue;
+        }
+        let in_group = pgid.is_some_and(|g| g > 1 && st.pgrp == g);
+        if in_group || environ_has(pid, marker) {
+            found.push((pid, st));
+        }
+    }
+    found
+}
+
+fn environ_has(pid: u32, marker: &str) -> bool {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(bytes) => bytes.split(|b| *b == 0).any(|e| e == marker.as_bytes()),
+        Err(_) => false,
+    }
+}
+
+/// Signal the process groups in `procs`; a process that shares the
+/// daemon's own group (or has none) is signalled alone.
+pub fn signal_all(procs: &[(u32, ProcStat)], sig: libc::c_int) {
+    let mine = own_pgrp();
+    let groups: BTreeSet<u32> = procs
+        .iter()
+        .map(|(_, s)| s.pgrp)
+        .filter(|g| *g > 1 && *g != mine)
+        .collect();
+    for g in &groups {
+        signal_group(*g, sig);
+    }
+    for (pid, s) in procs {
+        if s.pgrp <= 1 || s.pgrp == mine {
+            signal_pid(*pid, sig);
+        }
+    }
+}
+
+/// The planned-stop marker the gateway reads on SIGTERM
+/// (`HERMES_HOME/.gateway-planned-stop.json`), written atomically.
+pub fn write_planned_stop(hermes_home: &Path, pid: u32, start_time: u64) -> io::Result<()> {
+    let body = serde_json::json!({
+        "target_pid": pid,
+        "target_start_time": start_time,
+        "stopper_pid": std::process::id(),
+        "written_at": chrono::Utc::now().to_rfc3339(),
+    });
+    let path = hermes_home.join(PLANNED_STOP_FILE);
+    crate::supervisor::managed::write_atomic(&path, body.to_string().as_bytes(), 0o600)
+}
+
+/// Name of the gateway's planned-stop marker in its home.
+pub const PLANNED_STOP_FILE: &str = ".gateway-planned-stop.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_stat_handles_spaces_and_parens_in_the_name() {
+        let line = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let s = parse_stat(line).expect("parse");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.pgrp, 4242);
+        assert_eq!(s.start_time, 987654);
+    }
+
+    #[test]
+    fn own_process_reads_as_alive_and_group_guards_hold() {
+        let me = std::process::id();
+        let s = stat(me).expect("own stat");
+        assert!(is_alive(me, Some(s.start_time)));
+        assert!(!is_alive(me, Some(s.start_time + 1)));
+        assert!(!signal_group(0, 0));
+        assert!(!signal_group(1, 0));
+        assert!(!signal_group(own_pgrp(), 0));
+    }
+}

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Acceptance: hermes-tenantd supervising the real Hermes gateway
+# (hermes-agent 0.19.0 from PyPI) with its model pointed at a tiny local
+# OpenAI-compatible stand-in. Checks: reaches running (capabilities probed),
+# restarts after kill -9, stops cleanly (planned stop, nothing left).
+# Prints the gateway's start time and RSS.
+#
+#   tests/acceptance/real_hermes.sh            # builds the daemon (debug)
+#   HERMES_VENV=/path/to/venv tests/acceptance/real_hermes.sh   # reuse a venv
+#   DAEMON=target/release/hermes-tenantd tests/acceptance/real_hermes.sh
+#
+# Needs python3 (3.11-3.13), network access to PyPI for the first run
+# (~45 s, ~240 MB), curl.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+VENV="${HERMES_VENV:-$ROOT/target/hermes-venv}"
+DAEMON="${DAEMON:-$ROOT/target/debug/hermes-tenantd}"
+WORK="$(mktemp -d)"
+PY="${PYTHON:-python3}"
+DAEMON_PID="" STANDIN_PID=""
+
+cleanup() {
+  [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
+  [ -n "$STANDIN_PID" ] && kill "$STANDIN_PID" 2>/dev/null || true
+  if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; echo "--- daemon log (tail) ---" >&2; tail -40 "$WORK/daemon.log" >&2 || true; exit 1; }
+now_ms() { date +%s%3N; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+if [ ! -x "$VENV/bin/hermes" ]; then
+  echo "== installing hermes-agent==0.19.0 aiohttp into $VENV"
+  t=$(now_ms)
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q hermes-agent==0.19.0 aiohttp
+  echo "   installed in $(( ($(now_ms) - t) / 1000 )) s, $(du -sm "$VENV" | cut -f1) MB"
+fi
+if [ ! -x "$DAEMON" ]; then
+  (cd "$ROOT" && cargo build --bin hermes-tenantd)
+fi
+
+STANDIN_PORT=$(free_port); GW_PORT=$(free_port); API_PORT=$(free_port)
+TENANT=acceptance
+TOKEN="acceptance-credential-0123456789abcdef"
+
+# ---- the model stand-in: /v1/models and a fixed chat completion -----------------
+cat > "$WORK/standin.py" <<'PY'
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def send(self, code, body, ctype="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(code); self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+    def do_GET(self):
+        if self.path.rstrip("/").endswith("/models"):
+            return self.send(200, {"object": "list", "data": [{"id": "standin", "object": "model", "owned_by": "test"}]})
+        self.send(404, {"error": {"message": "not found"}})
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0); req = json.loads(self.rfile.read(n) or b"{}")
+        if not self.path.endswith("/chat/completions"):
+            return self.send(404, {"error": {"message": "not found"}})
+        usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+        if req.get("stream"):
+            chunks = [{"id": "c1", "object": "chat.completion.chunk", "created": int(time.time()), "model": "standin",
+                       "choices": [{"index": 0, "delta": {"role": "assistant", "content": "pong"}, "finish_reason": None}]},
+                      {"id": "c1", "object": "chat.completion.chunk", "created": int(time.time()), "model": "standin",
+                       "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}]
+            body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+            return self.send(200, body.encode(), "text/event-stream")
+        self.send(200, {"id": "c1", "object": "chat.completion", "created": int(time.time()), "model": "standin",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "pong"}, "finish_reason": "stop"}],
+                        "usage": usage})
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+"$PY" "$WORK/standin.py" "$STANDIN_PORT" & STANDIN_PID=$!
+
+mkdir -p "$WORK/home"
+cat > "$WORK/home/config.yaml" <<YAML
+model:
+  provider: custom
+  base_url: http://127.0.0.1:$STANDIN_PORT/v1
+  default: standin
+  api_key: standin-key
+security:
+  tirith_enabled: false
+YAML
+printf '%s' "$TOKEN" > "$WORK/credential"; chmod 600 "$WORK/credential"
+cat > "$WORK/config.toml" <<TOML
+tenant_id = "$TENANT"
+data_dir = "$WORK/data"
+[listen]
+addr = "127.0.0.1:$API_PORT"
+[auth]
+credential_file = "$WORK/credential"
+[log]
+format = "json"
+[gateway]
+command = "hermes gateway run --external-supervisor"
+venv = "$VENV"
+hermes_home = "$WORK/home"
+port = $GW_PORT
+start_timeout = "120s"
+stop_grace = "20s"
+health_interval = "2s"
+backoff_base = "1s"
+TOML
+
+BASE="http://127.0.0.1:$API_PORT/v1/tenant-runtime/$TENANT"
+api() { curl -sS -H "Authorization: Bearer $TOKEN" "$@"; }
+field() { "$PY" -c "import json,sys; v=json.load(sys.stdin); print(v.get('$1') if not isinstance(v.get('$1'), (dict, list)) else json.dumps(v.get('$1')))"; }
+wait_for() { # wait_for SECONDS PYTHON-PREDICATE-ON-v
+  local deadline=$(( $(date +%s) + $1 )); local v
+  while :; do
+    v=$(api "$BASE/agent" 2>/dev/null || true)
+    if [ -n "$v" ] && echo "$v" | "$PY" -c "import json,sys; v=json.load(sys.stdin); sys.exit(0 if ($2) else 1)" 2>/dev/null; then
+      echo "$v"; return 0; fi
+    [ "$(date +%s)" -ge "$deadline" ] && { echo "last: $v" >&2; return 1; }
+    sleep 0.05
+  done
+}
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+echo "== starting the daemon"
+T0=$(now_ms)
+env -u RUST_LOG TIRITH_ENABLED=false "$DAEMON" run --config "$WORK/config.toml" 2> "$WORK/daemon.log" & DAEMON_PID=$!
+v=$(wait_for 150 "v['state'] == 'running'") || fail "never reached running"
+T_RUN=$(now_ms)
+GW_PID=$(echo "$v" | field pid)
+echo "   running: pid $GW_PID, release $(echo "$v" | field release), $(( T_RUN - T0 )) ms after daemon start"
+v=$(wait_for 30 "v['capabilities'] is not None") || fail "capabilities never probed"
+echo "   capabilities: $(echo "$v" | field capabilities | cut -c1-200)"
+sleep 5
+RSS1=$(rss_kb "$GW_PID")
+echo "   gateway RSS after 5 s idle: $RSS1 KiB"
+
+grep -q "API_SERVER_KEY=" "$WORK/data/gateway-managed/.env" || fail "managed .env not written"
+[ "$(stat -c %a "$WORK/data/gateway-managed/.env")" = 600 ] || fail "managed .env not 0600"
+
+echo "== kill -9 the gateway"
+T_KILL=$(now_ms)
+kill -9 "$GW_PID"
+v=$(wait_for 150 "v['state'] == 'running' and v['pid'] != $GW_PID") || fail "no restart after kill -9"
+T_BACK=$(now_ms)
+GW2=$(echo "$v" | field pid)
+echo "   running again: pid $GW2, $(( T_BACK - T_KILL )) ms after the kill (includes the 1 s backoff), restarts $(echo "$v" | field restarts)"
+[ -e "/proc/$GW_PID" ] && fail "old gateway $GW_PID still exists"
+
+echo "== stop"
+T_STOP=$(now_ms)
+code=$(api -o /dev/null -w '%{http_code}' -X POST "$BASE/agent/stop")
+[ "$code" = 202 ] || fail "stop answered $code"
+v=$(wait_for 60 "v['state'] == 'stopped'") || fail "never stopped"
+T_STOPPED=$(now_ms)
+echo "   stopped in $(( T_STOPPED - T_STOP )) ms; last_exit $(echo "$v" | field last_exit)"
+echo "$v" | "$PY" -c "import json,sys; v=json.load(sys.stdin); e=v['last_exit']; sys.exit(0 if e['reason']=='planned' and e['signal'] is None else 1)" \
+  || fail "stop was not a clean planned exit"
+sleep 0.5
+[ -e "/proc/$GW2" ] && fail "gateway $GW2 still exists after stop"
+left=$( (grep -l "HERMES_MANAGED_DIR=$WORK/data/gateway-managed" /proc/[0-9]*/environ 2>/dev/null || true) | wc -l)
+[ "$left" = 0 ] || fail "$left gateway process(es) left after stop"
+
+echo "== start again, then a graceful daemon stop takes the gateway down"
+api -o /dev/null -X POST "$BASE/agent/start"
+v=$(wait_for 150 "v['state'] == 'running'") || fail "no start"
+GW3=$(echo "$v" | field pid)
+kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" || true; DAEMON_PID=""
+sleep 0.2
+[ -e "/proc/$GW3" ] && fail "gateway $GW3 outlived the daemon's graceful stop"
+
+echo "== figures"
+echo "   real gateway start (daemon start -> /health ok): $(( T_RUN - T0 )) ms"
+echo "   real gateway RSS idle: $RSS1 KiB"
+echo "   kill -9 -> running again (1 s backoff included): $(( T_BACK - T_KILL )) ms"
+echo "   planned stop -> stopped: $(( T_STOPPED - T_STOP )) ms"
+echo "PASS"
