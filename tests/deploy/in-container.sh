@@ -295,8 +295,8 @@ fi
 if [[ $FAST == 0 ]]; then
   NEW_CRED=deploy-test-credential-rotated-fedcba9876543210
   P1=$(prop MainPID)
-  play rotate.log install.yml -e "hermes_tenantd_credential=$NEW_CRED" -e "hermes_tenantd_version=$V0" \
-    -e hermes_tenantd_binary_src=/stage/v0/hermes-tenantd -e "hermes_tenantd_binary_sha256=$SHA_V0"
+  # Same release as running ($V1): only the credential differs.
+  play rotate.log install.yml -e "hermes_tenantd_credential=$NEW_CRED" "${V1_ARGS[@]}"
   rc=$?
   c=$(recap_changed /out/logs/rotate.log tenant-vm)
   check "rotation: only the credential changed (rc=$rc changed=$c)" test "$rc:$c" = "0:1"
