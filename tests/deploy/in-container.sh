@@ -298,8 +298,10 @@ if [[ $FAST == 0 ]]; then
   # Same release as running ($V1): only the credential differs.
   play rotate.log install.yml -e "hermes_tenantd_credential=$NEW_CRED" "${V1_ARGS[@]}"
   rc=$?
-  c=$(recap_changed /out/logs/rotate.log tenant-vm)
-  check "rotation: only the credential changed (rc=$rc changed=$c)" test "$rc:$c" = "0:1"
+  # (old release directories may be pruned in the same run: that is not a restart)
+  check "rotation: credential written, no restart task ran (rc=$rc)" bash -c "[[ $rc == 0 ]] &&
+    grep -A1 'TASK \[hermes_tenantd : Write the tenant-runtime credential' /out/logs/rotate.log | grep -q 'changed:' &&
+    grep -A1 'TASK \[hermes_tenantd : Restart hermes-tenantd' /out/logs/rotate.log | grep -q 'skipping:'"
   check "rotation: daemon not restarted" test "$(prop MainPID)" = "$P1"
   check "rotation: new value never printed" bash -c "! grep -q '$NEW_CRED' /out/logs/rotate.log"
   code_for() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" "$API/v1/tenant-runtime/$TENANT/version"; }
