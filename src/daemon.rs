@@ -82,11 +82,31 @@ impl Daemon {
             credentials: credentials.clone(),
             metrics: Arc::new(Metrics::new()),
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
+            files: Arc::new(crate::files::FileRoots::from_config(&config)),
+            env_file: Arc::new(crate::envfile::EnvFile::new(
+                &config.gateway.hermes_home,
+                config.env.reserved.clone(),
+                config.env.value_max_bytes,
+            )),
+            hermes_config: Arc::new(crate::settings::HermesConfig::new(
+                &config.gateway.hermes_home,
+            )),
         };
+        // A reserved key in the tenant's .env would override what the
+        // platform sets: drop it before the agent starts.
+        if let Err(e) = state.env_file.sanitize().await {
+            tracing::warn!(error = %e, "cannot check the Hermes .env for reserved keys");
+        }
 
         let cancel = CancellationToken::new();
         let mut components = Vec::new();
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
+        components.push(crate::skills::watcher::start(
+            store.clone(),
+            config.gateway.hermes_home.join("skills"),
+            config.skills.clone(),
+            cancel.clone(),
+        ));
 
         let listener = bind(config.listen.addr).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {

@@ -3,12 +3,17 @@
 
 pub mod agent;
 pub mod api;
+pub mod atomic_file;
 pub mod auth;
 pub mod config;
 pub mod daemon;
+pub mod envfile;
 pub mod error;
+pub mod files;
 pub mod logging;
 pub mod metrics;
+pub mod settings;
+pub mod skills;
 pub mod store;
 pub mod tls;
 
@@ -16,4 +21,14 @@ pub mod tls;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What this build can do, reported by `/version`.
-pub const CAPABILITIES: &[&str] = &["conversations", "conversations.search", "memory", "metrics"];
+pub const CAPABILITIES: &[&str] = &[
+    "conversations",
+    "conversations.search",
+    "memory",
+    "metrics",
+    "skills",
+    "files",
+    "env",
+    "settings",
+    "agent-card",
+];

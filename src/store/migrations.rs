@@ -7,8 +7,10 @@ use super::{StoreError, StoreResult};
 
 /// Every migration, in order. Its position (1-based) is the `user_version`
 /// it leaves behind.
-pub const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_core", include_str!("../../schema/0001_core.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_core", include_str!("../../schema/0001_core.sql")),
+    ("0004_skills", include_str!("../../schema/0004_skills.sql")),
+];
 
 /// The schema version this build writes.
 pub fn latest() -> i64 {
