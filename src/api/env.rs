@@ -27,6 +27,11 @@ impl From<EnvError> for ApiError {
     }
 }
 
+#[derive(serde::Deserialize)]
+pub struct EnvName {
+    name: String,
+}
+
 /// One key as listed: never its value.
 #[derive(Debug, Serialize)]
 pub struct EnvKey {
@@ -73,7 +78,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 /// plain JSON value so no deserializer message can echo the secret.
 pub async fn put(
     State(state): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(EnvName { name }): ApiPath<EnvName>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<EnvKey>, ApiError> {
     state.env_file.check_name(&name)?;
@@ -132,7 +137,7 @@ pub async fn put(
 
 pub async fn remove(
     State(state): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(EnvName { name }): ApiPath<EnvName>,
 ) -> Result<StatusCode, ApiError> {
     state.env_file.remove(&name).await?;
     let n = name.clone();

@@ -59,6 +59,22 @@ pub async fn list(
     Ok(Json(page))
 }
 
+#[derive(Deserialize)]
+pub struct SkillDir {
+    category: String,
+    skill: String,
+}
+
+#[derive(Deserialize)]
+pub struct SkillFile {
+    skill_path: String,
+}
+
+#[derive(Deserialize)]
+pub struct SkillName {
+    skill_name: String,
+}
+
 fn one_segment(what: &str, s: &str) -> Result<(), ApiError> {
     let parts = parse_relative(s)?;
     if parts.len() != 1 || parts[0] != s {
@@ -73,7 +89,7 @@ fn one_segment(what: &str, s: &str) -> Result<(), ApiError> {
 /// `/skill-files/{path}` takes). `{category}` is `_` for none.
 pub async fn files(
     State(state): State<AppState>,
-    ApiPath((category, skill)): ApiPath<(String, String)>,
+    ApiPath(SkillDir { category, skill }): ApiPath<SkillDir>,
 ) -> Result<Json<Value>, ApiError> {
     if category != NO_CATEGORY {
         one_segment("category", &category)?;
@@ -97,7 +113,7 @@ pub async fn files(
 /// One file of the skills tree as text (size-capped).
 pub async fn file(
     State(state): State<AppState>,
-    ApiPath(path): ApiPath<String>,
+    ApiPath(SkillFile { skill_path: path }): ApiPath<SkillFile>,
 ) -> Result<Json<Preview>, ApiError> {
     let files = state.files.clone();
     let p = tokio::task::spawn_blocking(move || {
@@ -118,7 +134,7 @@ pub struct StateBody {
 /// Enable or disable by name, in `config.yaml`'s `skills.disabled`.
 pub async fn set_state(
     State(state): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(SkillName { skill_name: name }): ApiPath<SkillName>,
     ApiJson(body): ApiJson<StateBody>,
 ) -> Result<Json<Value>, ApiError> {
     if name.is_empty() || name.chars().count() > skills::MAX_NAME_CHARS {
