@@ -455,7 +455,7 @@ impl FileRoots {
                 name,
                 kind: kind_of(&meta),
                 symlink,
-                size: meta.is_file().then(|| meta.len()),
+                size: meta.is_file().then_some(meta.len()),
                 modified: modified(&meta),
             });
         }

@@ -133,7 +133,7 @@ impl HermesConfig {
                     ));
                 }
             };
-            let had = list.iter().any(|n| *n == name);
+            let had = list.contains(&name);
             let changed = if enabled {
                 list.retain(|n| *n != name);
                 had

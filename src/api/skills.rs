@@ -171,11 +171,12 @@ pub async fn agent_card(State(state): State<AppState>) -> Result<Json<Value>, Ap
     let cfg = &state.config.agent_card;
     let skills: Vec<Value> = rows
         .into_iter()
-        .map(|(name, description, category, mut tags)| {
-            if let Some(c) = category {
+        .map(|s| {
+            let mut tags = s.tags;
+            if let Some(c) = s.category {
                 tags.insert(0, c);
             }
-            json!({ "id": name, "name": name, "description": description, "tags": tags })
+            json!({ "id": s.name, "name": s.name, "description": s.description, "tags": tags })
         })
         .collect();
     let mut card = json!({

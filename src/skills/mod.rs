@@ -450,12 +450,17 @@ pub fn find_dir(conn: &Connection, category: &str, skill: &str) -> StoreResult<S
     .ok_or_else(|| StoreError::NotFound(format!("no skill `{path}`")))
 }
 
-/// Enabled, well-formed skills for the agent card (name, description, tags).
-pub fn for_card(
-    conn: &Connection,
-    disabled: &[String],
-    limit: u32,
-) -> StoreResult<Vec<(String, String, Option<String>, Vec<String>)>> {
+/// A skill as the agent card lists it.
+#[derive(Debug, Clone)]
+pub struct CardSkill {
+    pub name: String,
+    pub description: String,
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// Enabled, well-formed skills for the agent card.
+pub fn for_card(conn: &Connection, disabled: &[String], limit: u32) -> StoreResult<Vec<CardSkill>> {
     let disabled: HashSet<&str> = disabled.iter().map(String::as_str).collect();
     let mut stmt = conn.prepare_cached(
         "SELECT name, description, category, front_matter FROM skills
@@ -486,7 +491,12 @@ pub fn for_card(
                     .collect()
             })
             .unwrap_or_default();
-        out.push((name, description, category, tags));
+        out.push(CardSkill {
+            name,
+            description,
+            category,
+            tags,
+        });
         if out.len() >= limit as usize {
             break;
         }
