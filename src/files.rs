@@ -531,6 +531,10 @@ impl FileRoots {
         let mut out = Vec::new();
         let mut stack = vec![(r.real.clone(), r.rel.clone(), 0usize)];
         while let Some((dir, rel, depth)) = stack.pop() {
+            // A directory swapped for a symlink since it was listed.
+            if !std::fs::canonicalize(&dir).is_ok_and(|c| c == dir) {
+                continue;
+            }
             let Ok(iter) = std::fs::read_dir(&dir) else {
                 continue;
             };
