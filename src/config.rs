@@ -52,6 +52,7 @@ pub struct Config {
     pub hub: HubConfig,
     pub limits: LimitsConfig,
     pub store: StoreConfig,
+    pub runs: RunsConfig,
     pub log: LogConfig,
     pub files: FilesConfig,
     pub env: EnvConfig,
@@ -100,6 +101,16 @@ pub struct AgentCardConfig {
     pub url: Option<String>,
     pub organization: Option<String>,
     pub organization_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunsConfig {
+    pub max_input_bytes: usize,
+    pub subscribers_per_run: usize,
+    pub subscribers_total: usize,
+    pub queue_depth: usize,
+    pub retention: Duration,
+    pub keepalive: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +197,7 @@ struct Raw {
     hub: RawHub,
     limits: RawLimits,
     store: RawStore,
+    runs: RawRuns,
     log: RawLog,
     files: RawFiles,
     env: RawEnv,
@@ -254,6 +266,21 @@ struct RawAgentCard {
     url: Option<String>,
     organization: Option<String>,
     organization_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRuns {
+    #[serde(deserialize_with = "lenient")]
+    max_input_bytes: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    subscribers_per_run: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    subscribers_total: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    queue_depth: Option<usize>,
+    retention: Option<String>,
+    keepalive: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -654,6 +681,38 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         return Err(invalid("store.readers", "must be between 1 and 64"));
     }
 
+    let count = |key: &str, v: Option<usize>, default: usize, max: usize| {
+        let n = v.unwrap_or(default);
+        if (1..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(invalid(key, format!("must be between 1 and {max}")))
+        }
+    };
+    let runs = RunsConfig {
+        max_input_bytes: count(
+            "runs.max_input_bytes",
+            raw.runs.max_input_bytes,
+            256 * 1024,
+            16 * 1024 * 1024,
+        )?,
+        subscribers_per_run: count(
+            "runs.subscribers_per_run",
+            raw.runs.subscribers_per_run,
+            64,
+            10_000,
+        )?,
+        subscribers_total: count(
+            "runs.subscribers_total",
+            raw.runs.subscribers_total,
+            1024,
+            100_000,
+        )?,
+        queue_depth: count("runs.queue_depth", raw.runs.queue_depth, 64, 10_000)?,
+        retention: duration("runs.retention", raw.runs.retention, "7d")?,
+        keepalive: duration("runs.keepalive", raw.runs.keepalive, "15s")?,
+    };
+
     let format = match non_empty(raw.log.format).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -712,6 +771,7 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
             synchronous,
             readers,
         },
+        runs,
         log: LogConfig { format, level },
         files,
         env,

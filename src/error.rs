@@ -15,6 +15,8 @@ pub enum ApiError {
     Unauthenticated,
     #[error("{0}")]
     Forbidden(String),
+    #[error("the tenant is suspended; runs are refused until access is restored")]
+    Suspended,
     #[error("`{0}` is reserved and managed by the platform")]
     Reserved(String),
     #[error("{0}")]
@@ -54,6 +56,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Suspended => "suspended",
             ApiError::Reserved(_) => "reserved",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidArgument(_) => "invalid_argument",
@@ -74,6 +77,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Suspended => StatusCode::FORBIDDEN,
             ApiError::Reserved(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod logging;
 pub mod metrics;
+pub mod runs;
 pub mod settings;
 pub mod skills;
 pub mod store;

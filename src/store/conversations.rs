@@ -267,9 +267,16 @@ pub fn append(
     session_id: &str,
     req: &AppendMessages,
 ) -> StoreResult<Appended> {
+    let tx = conn.transaction()?;
+    let appended = append_in(&tx, session_id, req)?;
+    tx.commit()?;
+    Ok(appended)
+}
+
+/// [`append`] inside a transaction the caller owns.
+pub fn append_in(tx: &Connection, session_id: &str, req: &AppendMessages) -> StoreResult<Appended> {
     validate_session_id(session_id)?;
     let times = validate_append(req)?;
-    let tx = conn.transaction()?;
     let existing: Option<String> = tx
         .query_row(
             "SELECT platform FROM sessions WHERE id = ?1",
@@ -331,7 +338,6 @@ pub fn append(
         "UPDATE sessions SET message_count = message_count + ?2 WHERE id = ?1",
         params![session_id, ids.len() as i64],
     )?;
-    tx.commit()?;
     Ok(Appended {
         session_id: session_id.to_owned(),
         inserted: ids.len(),
@@ -459,15 +465,14 @@ pub fn plain_query(text: &str) -> String {
         .join(" ")
 }
 
-/// SQLite reports a bad MATCH expression as an ordinary error; recognise it
-/// so the client gets a 400, not a 500.
+/// SQLite reports a bad MATCH expression as a plain `SQLITE_ERROR` while
+/// stepping an already-prepared statement (busy, corrupt and I/O failures
+/// have codes of their own): recognise it so the client gets a 400, not a
+/// 500. Call only on errors of executing a prepared search.
 pub fn classify_fts_error(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(_, Some(msg)) = &e {
-        if msg.starts_with("fts5:")
-            || msg.starts_with("no such column")
-            || msg.starts_with("unknown special query")
-            || msg.contains("malformed MATCH")
-        {
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
+        if f.extended_code == rusqlite::ffi::SQLITE_ERROR {
+            let msg = msg.as_deref().unwrap_or("syntax error");
             return StoreError::InvalidQuery(msg.trim_start_matches("fts5: ").to_owned());
         }
     }
@@ -580,5 +585,38 @@ mod tests {
     #[test]
     fn plain_query_quotes_words() {
         assert_eq!(plain_query(r#"foo-bar "x"#), r#""foo-bar" """x""#);
+    }
+}
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_fts_query_is_an_invalid_query() {
+        let mut c = Connection::open_in_memory().expect("open");
+        crate::store::migrations::apply(&mut c).expect("migrate");
+        for bad in [
+            "\"unterminated",
+            "AND",
+            "foo AND",
+            "(foo",
+            "nosuchcol:foo",
+            "NEAR(",
+            "*",
+            "a:b:c",
+            "^",
+            "-x",
+        ] {
+            let f = SearchFilter {
+                query: bad.into(),
+                limit: 10,
+                ..Default::default()
+            };
+            match search(&c, &f) {
+                Err(StoreError::InvalidQuery(_)) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod cursor;
 pub mod memory;
 pub mod migrations;
+pub mod runs;
 pub mod usage;
 
 use std::path::{Path, PathBuf};

@@ -264,3 +264,110 @@ pub async fn expect_problem(resp: reqwest::Response, status: u16, code: &str) ->
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     v
 }
+
+/// The path of a Python interpreter for the fake peers.
+pub fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is needed for the fake gateway");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A free loopback port (for the fake gateway, which the daemon tells
+/// where to listen).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A daemon supervising `tests/fake_gateway.py`, with fast timings.
+pub struct GatewayWorld {
+    _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub env: Vec<(String, String)>,
+    pub extra: String,
+}
+
+impl GatewayWorld {
+    pub fn new() -> GatewayWorld {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        GatewayWorld {
+            _tmp: tmp,
+            dir,
+            port: free_port(),
+            env: Vec::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// Set a fake gateway switch (`FAKE_GW_<NAME>`).
+    pub fn fake(mut self, name: &str, value: &str) -> GatewayWorld {
+        self.env
+            .push((format!("FAKE_GW_{}", name.to_uppercase()), value.to_owned()));
+        self
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.join("home")
+    }
+
+    pub fn config(&self) -> String {
+        format!(
+            "[gateway]\ncommand = \"{py} {gw}\"\nhermes_home = \"{home}\"\nport = {port}\nstart_timeout = \"10s\"\nstop_grace = \"3s\"\nhealth_interval = \"100ms\"\nunhealthy_threshold = 2\nbackoff_base = \"100ms\"\nbackoff_cap = \"400ms\"\ncrash_loop_window = \"60s\"\ncrash_loop_count = 10\n\n{extra}\n",
+            py = python(),
+            gw = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_gateway.py"),
+            home = self.home().display(),
+            port = self.port,
+            extra = self.extra,
+        )
+    }
+
+    pub async fn daemon(&self) -> TestDaemon {
+        self.daemon_in(self.dir.clone()).await
+    }
+
+    /// A daemon using `dir` (the same one again after a kill).
+    pub async fn daemon_in(&self, dir: PathBuf) -> TestDaemon {
+        TestDaemon::start_with(Options {
+            config_extra: self.config(),
+            env: self.env.clone(),
+            dir: Some(dir),
+        })
+        .await
+    }
+
+    /// Poll `GET /agent` until its state is `state`; returns the body.
+    pub async fn wait_agent(&self, d: &TestDaemon, state: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: serde_json::Value = d
+                .get("/agent")
+                .send()
+                .await
+                .expect("GET /agent")
+                .json()
+                .await
+                .expect("json");
+            if v["state"] == state {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent never reached {state}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Default for GatewayWorld {
+    fn default() -> Self {
+        Self::new()
+    }
+}

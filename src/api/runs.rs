@@ -1,0 +1,151 @@
+//! `/runs`: start, inspect, follow (SSE), stop, approve.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::{AppState, page_size};
+use crate::error::ApiError;
+use crate::runs::{RunError, StartRun};
+use crate::store::conversations::Page;
+use crate::store::runs::{self as run_store, Run};
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Invalid(m) => ApiError::InvalidArgument(m),
+            RunError::NotFound(id) => ApiError::NotFound(format!("run `{id}` does not exist")),
+            RunError::Conflict(m) => ApiError::Conflict(m),
+            RunError::Suspended => ApiError::Suspended,
+            RunError::Busy {
+                message,
+                retry_after_s,
+            } => ApiError::TooManyRequests {
+                message,
+                retry_after_s,
+            },
+            RunError::Unavailable(m) => ApiError::Unavailable(m),
+            RunError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<StartRun>,
+) -> Result<(StatusCode, Json<Run>), ApiError> {
+    let run = state.runs.start(body).await?;
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+#[derive(Deserialize)]
+pub struct RunPath {
+    run_id: String,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RunPath>,
+) -> Result<Json<Run>, ApiError> {
+    Ok(Json(state.runs.get(&p.run_id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    session_id: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page<Run>>, ApiError> {
+    let limit = page_size(&state, q.limit)?;
+    if let Some(s) = &q.status {
+        if !run_store::STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::InvalidArgument(format!(
+                "`status` must be one of {}",
+                run_store::STATUSES.join(", ")
+            )));
+        }
+    }
+    let page = state
+        .store
+        .read(move |c| {
+            run_store::list(
+                c,
+                q.session_id.as_deref(),
+                q.status.as_deref(),
+                limit,
+                q.cursor.as_deref(),
+            )
+        })
+        .await?;
+    Ok(Json(page))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Same as the `Last-Event-ID` header (which wins).
+    after: Option<i64>,
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RunPath>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let after = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                ApiError::InvalidArgument("`Last-Event-ID` must be an event id".into())
+            })?,
+        None => q.after.unwrap_or(0).max(0),
+    };
+    let rx = state.runs.subscribe(&p.run_id, after).await?;
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = rx.recv().await?;
+        let frame = Event::default()
+            .id(ev.seq.to_string())
+            .event(ev.name)
+            .data(&*ev.data);
+        Some((Ok(frame), rx))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(state.config.runs.keepalive)))
+}
+
+pub async fn stop(
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RunPath>,
+) -> Result<(StatusCode, Json<Run>), ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(state.runs.stop(&p.run_id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalBody {
+    choice: String,
+}
+
+pub async fn approval(
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RunPath>,
+    ApiJson(body): ApiJson<ApprovalBody>,
+) -> Result<Json<Run>, ApiError> {
+    Ok(Json(state.runs.approve(&p.run_id, &body.choice).await?))
+}

@@ -1,0 +1,341 @@
+//! The gateway's runs API as the daemon uses it: submit, event stream,
+//! stop, approval, and the chat-completions fallback.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+
+/// Where the gateway listens and the key it accepts.
+#[derive(Clone, Debug)]
+pub struct GatewayEndpoint {
+    pub base_url: String,
+    pub api_key: String,
+}
+
+/// Failures talking to the gateway, classified by what the relay does next.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// 429: too many runs at once; retry after the hinted delay.
+    #[error("gateway is at its run limit")]
+    RateLimited { retry_after: Duration },
+    /// 503 draining or connection refused: wait for the agent to be back.
+    #[error("gateway is unavailable: {0}")]
+    Unavailable(String),
+    /// A 4xx the client should see (bad approval choice, no pending approval, ...).
+    #[error("{message}")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("gateway error: {0}")]
+    Other(String),
+}
+
+#[derive(Clone)]
+pub struct GatewayClient {
+    http: reqwest::Client,
+    endpoint: GatewayEndpoint,
+}
+
+/// Largest single SSE line accepted from the gateway.
+pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+impl GatewayClient {
+    pub fn new(endpoint: GatewayEndpoint) -> GatewayClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        GatewayClient { http, endpoint }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint.base_url)
+    }
+
+    async fn classify(resp: reqwest::Response) -> GatewayError {
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(1));
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let code = body["error"]["code"]
+            .as_str()
+            .or_else(|| body["code"].as_str())
+            .unwrap_or("")
+            .to_owned();
+        let message = body["error"]["message"]
+            .as_str()
+            .or_else(|| body["message"].as_str())
+            .unwrap_or("the gateway refused the request")
+            .to_owned();
+        match status {
+            429 => GatewayError::RateLimited { retry_after },
+            503 => GatewayError::Unavailable(code),
+            400..=499 => GatewayError::Rejected {
+                status,
+                code,
+                message,
+            },
+            _ => GatewayError::Other(format!("status {status} {code}")),
+        }
+    }
+
+    fn transport(e: reqwest::Error) -> GatewayError {
+        if e.is_connect() {
+            GatewayError::Unavailable("connection refused".into())
+        } else {
+            GatewayError::Other(e.without_url().to_string())
+        }
+    }
+
+    /// `GET /v1/capabilities`: `true` when the runs API is there.
+    pub async fn has_runs_api(&self) -> bool {
+        let Ok(resp) = self
+            .http
+            .get(self.url("/v1/capabilities"))
+            .bearer_auth(&self.endpoint.api_key)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        else {
+            return true;
+        };
+        if !resp.status().is_success() {
+            return resp.status().as_u16() != 404;
+        }
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        capabilities_have_runs(&v)
+    }
+
+    /// `POST /v1/runs` → the gateway's run id.
+    pub async fn submit(&self, body: &Value) -> Result<String, GatewayError> {
+        let resp = self
+            .http
+            .post(self.url("/v1/runs"))
+            .bearer_auth(&self.endpoint.api_key)
+            .timeout(Duration::from_secs(30))
+            .json(body)
+            .send()
+            .await
+            .map_err(Self::transport)?;
+        if !resp.status().is_success() {
+            return Err(Self::classify(resp).await);
+        }
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|e| GatewayError::Other(e.without_url().to_string()))?;
+        v["run_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| GatewayError::Other("the gateway's answer has no run_id".into()))
+    }
+
+    /// `GET /v1/runs/{id}/events` as a stream of body chunks.
+    pub async fn events(
+        &self,
+        gateway_run_id: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + use<>, GatewayError> {
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/runs/{gateway_run_id}/events")))
+            .bearer_auth(&self.endpoint.api_key)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(Self::transport)?;
+        if !resp.status().is_success() {
+            return Err(Self::classify(resp).await);
+        }
+        Ok(resp.bytes_stream())
+    }
+
+    /// `POST /v1/runs/{id}/stop`.
+    pub async fn stop(&self, gateway_run_id: &str) -> Result<(), GatewayError> {
+        self.post_empty(&format!("/v1/runs/{gateway_run_id}/stop"), &json!({}))
+            .await
+    }
+
+    /// `POST /v1/runs/{id}/approval` `{choice}`.
+    pub async fn approval(&self, gateway_run_id: &str, choice: &str) -> Result<(), GatewayError> {
+        self.post_empty(
+            &format!("/v1/runs/{gateway_run_id}/approval"),
+            &json!({ "choice": choice }),
+        )
+        .await
+    }
+
+    async fn post_empty(&self, path: &str, body: &Value) -> Result<(), GatewayError> {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.endpoint.api_key)
+            .timeout(Duration::from_secs(15))
+            .json(body)
+            .send()
+            .await
+            .map_err(Self::transport)?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::classify(resp).await)
+        }
+    }
+
+    /// Streaming `POST /v1/chat/completions` (for gateways without runs).
+    pub async fn chat_stream(
+        &self,
+        session_id: &str,
+        body: &Value,
+    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + use<>, GatewayError> {
+        let resp = self
+            .http
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(&self.endpoint.api_key)
+            .header("X-Hermes-Session-Id", session_id)
+            .json(body)
+            .send()
+            .await
+            .map_err(Self::transport)?;
+        if !resp.status().is_success() {
+            return Err(Self::classify(resp).await);
+        }
+        Ok(resp.bytes_stream())
+    }
+}
+
+/// The capabilities document names the runs API in one of a few shapes.
+pub fn capabilities_have_runs(v: &Value) -> bool {
+    let text = v.to_string();
+    text.contains("/v1/runs") || text.contains("\"runs\"")
+}
+
+/// One server-sent event as framed on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseFrame {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Incremental SSE parser with a bounded line buffer.
+#[derive(Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    data: Vec<String>,
+    event: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("an event stream line is longer than {MAX_LINE_BYTES} bytes")]
+pub struct LineTooLong;
+
+impl SseParser {
+    /// Feed bytes; complete frames are pushed to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseFrame>) -> Result<(), LineTooLong> {
+        for &b in chunk {
+            if b == b'\n' {
+                let mut line = std::mem::take(&mut self.line);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                self.line_done(&String::from_utf8_lossy(&line), out);
+            } else {
+                if self.line.len() >= MAX_LINE_BYTES {
+                    return Err(LineTooLong);
+                }
+                self.line.push(b);
+            }
+        }
+        Ok(())
+    }
+
+    fn line_done(&mut self, line: &str, out: &mut Vec<SseFrame>) {
+        if line.is_empty() {
+            if !self.data.is_empty() {
+                out.push(SseFrame {
+                    event: self.event.take(),
+                    data: self.data.join("\n"),
+                });
+                self.data.clear();
+            }
+            self.event = None;
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => self.data.push(value.to_owned()),
+            "event" => self.event = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// Read a body stream to SSE frames, calling `on_frame` for each; stops at
+/// the end of the stream or when `on_frame` returns `false`.
+pub async fn for_each_frame<S, F>(mut body: S, mut on_frame: F) -> Result<(), GatewayError>
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Unpin,
+    F: FnMut(SseFrame) -> bool,
+{
+    let mut parser = SseParser::default();
+    let mut frames = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| GatewayError::Unavailable(e.without_url().to_string()))?;
+        parser
+            .feed(&chunk, &mut frames)
+            .map_err(|e| GatewayError::Other(e.to_string()))?;
+        for f in frames.drain(..) {
+            if !on_frame(f) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_frames_split_across_chunks_and_ignores_comments() {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        p.feed(b": keep-alive\n\ndata: {\"event\":\"message.del", &mut out)
+            .expect("feed");
+        assert!(out.is_empty());
+        p.feed(
+            b"ta\"}\r\n\r\nevent: hermes.tool.progress\ndata: a\ndata: b\n\n",
+            &mut out,
+        )
+        .expect("feed");
+        assert_eq!(
+            out,
+            vec![
+                SseFrame {
+                    event: None,
+                    data: "{\"event\":\"message.delta\"}".into()
+                },
+                SseFrame {
+                    event: Some("hermes.tool.progress".into()),
+                    data: "a\nb".into()
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,608 @@
+//! The relay of one run: wake the agent, submit, read the gateway's event
+//! stream, number and log every event, fan it out, and record the result.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::gateway::{GatewayError, SseParser, capabilities_have_runs};
+use super::{ActiveRun, LiveEvent, Runs, StartRun, is_terminal_event};
+use crate::agent::{AgentCommand, AgentState, Desired};
+use crate::store::conversations::{self, AppendMessages, NewMessage, Role};
+use crate::store::runs::{self as run_store, RunUpdate, StoredEvent};
+use crate::store::usage::{self, NewUsage};
+use crate::store::{Store, StoreError};
+
+/// Events waiting for the writer; the reader waits when it is full.
+const WRITE_QUEUE: usize = 4096;
+/// Most events per transaction.
+const WRITE_BATCH: usize = 512;
+/// Output kept for the conversation record when the gateway sends no final text.
+const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+fn now_secs() -> f64 {
+    crate::store::now_ms() as f64 / 1000.0
+}
+
+/// What the relay learned from the events so far.
+#[derive(Default)]
+struct Outcome {
+    status: Option<&'static str>,
+    output: String,
+    final_output: Option<String>,
+    usage: Option<Value>,
+    error: Option<(String, String)>,
+    tools: Vec<Value>,
+}
+
+/// The per-run sequencer: numbers events, broadcasts them, queues them for
+/// the writer.
+struct Sequencer {
+    seq: i64,
+    active: Arc<ActiveRun>,
+    writer: mpsc::Sender<LiveEvent>,
+}
+
+impl Sequencer {
+    async fn emit(&mut self, name: String, data: String) {
+        self.seq += 1;
+        let ev = LiveEvent {
+            seq: self.seq,
+            name,
+            data: Arc::from(data),
+        };
+        // Live subscribers first (no receivers is fine), then the log.
+        let _ = self.active.events.send(ev.clone());
+        if self.writer.send(ev).await.is_err() {
+            tracing::error!("run event writer stopped; events are no longer logged");
+        }
+    }
+}
+
+fn spawn_writer(
+    store: Store,
+    run_id: String,
+    active: Arc<ActiveRun>,
+) -> (mpsc::Sender<LiveEvent>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<LiveEvent>(WRITE_QUEUE);
+    let handle = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(WRITE_BATCH);
+        while rx.recv_many(&mut buf, WRITE_BATCH).await > 0 {
+            let events: Vec<StoredEvent> = buf
+                .drain(..)
+                .map(|e| StoredEvent {
+                    seq: e.seq,
+                    name: e.name,
+                    data: e.data.to_string(),
+                })
+                .collect();
+            let last = events.last().map(|e| e.seq).unwrap_or(0);
+            let id = run_id.clone();
+            match store
+                .write(move |c| run_store::append_events(c, &id, &events))
+                .await
+            {
+                Ok(()) => {
+                    active.committed.send_replace(last);
+                }
+                Err(e) => tracing::error!(run_id, error = %e, "cannot log run events"),
+            }
+        }
+    });
+    (tx, handle)
+}
+
+pub(super) async fn drive(
+    runs: Arc<Runs>,
+    run_id: String,
+    active: Arc<ActiveRun>,
+    req: StartRun,
+    session_id: String,
+    queue_permit: OwnedSemaphorePermit,
+) {
+    let (writer, writer_task) = spawn_writer(runs.store.clone(), run_id.clone(), active.clone());
+    let mut seq = Sequencer {
+        seq: 0,
+        active: active.clone(),
+        writer,
+    };
+    let mut outcome = Outcome::default();
+    let result = relay(
+        &runs,
+        &run_id,
+        &active,
+        &req,
+        &session_id,
+        queue_permit,
+        &mut seq,
+        &mut outcome,
+    )
+    .await;
+    if let Err((code, message)) = result {
+        if runs.shutdown.is_cancelled() && code == "agent_restarted" {
+            // The daemon is stopping; the next start closes this run.
+            drop(seq);
+            let _ = writer_task.await;
+            return;
+        }
+        let gid = active
+            .gateway_run_id
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| run_id.clone());
+        let name = if code == "cancelled" {
+            "run.cancelled"
+        } else {
+            "run.failed"
+        };
+        let data = if code == "cancelled" {
+            json!({"event": name, "run_id": gid, "timestamp": now_secs()})
+        } else {
+            json!({"event": name, "run_id": gid, "error": message, "code": code, "timestamp": now_secs()})
+        };
+        seq.emit(name.into(), data.to_string()).await;
+        outcome.status = Some(if code == "cancelled" {
+            "cancelled"
+        } else {
+            "failed"
+        });
+        if code != "cancelled" {
+            outcome.error = Some((code, message));
+        }
+    }
+    // Every event is committed before the run is marked finished.
+    drop(seq);
+    let _ = writer_task.await;
+    if let Err(e) = finish(&runs.store, &run_id, &session_id, &req, outcome).await {
+        tracing::error!(run_id, error = %e, "cannot record the end of a run");
+    }
+    if let Ok(mut map) = runs.active.lock() {
+        map.remove(&run_id);
+    }
+}
+
+type RelayResult = Result<(), (String, String)>;
+
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    runs: &Arc<Runs>,
+    run_id: &str,
+    active: &Arc<ActiveRun>,
+    req: &StartRun,
+    session_id: &str,
+    queue_permit: OwnedSemaphorePermit,
+    seq: &mut Sequencer,
+    outcome: &mut Outcome,
+) -> RelayResult {
+    wait_for_agent(runs, active).await?;
+    let runs_api = match runs.agent.status().capabilities {
+        Some(c) => capabilities_have_runs(&c),
+        None => runs.gateway.has_runs_api().await,
+    };
+    if !runs_api {
+        drop(queue_permit);
+        return chat_fallback(runs, run_id, active, req, session_id, seq, outcome).await;
+    }
+    let mut body = json!({"input": req.input, "session_id": session_id});
+    if let Some(i) = &req.instructions {
+        body["instructions"] = json!(i);
+    }
+    if let Some(h) = &req.conversation_history {
+        body["conversation_history"] = h.clone();
+    }
+    let gid = loop {
+        match runs.gateway.submit(&body).await {
+            Ok(gid) => break gid,
+            Err(GatewayError::RateLimited { retry_after }) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_after.min(Duration::from_secs(30))) => {}
+                    _ = active.cancel_queued.cancelled() => return Err(("cancelled".into(), String::new())),
+                }
+            }
+            Err(GatewayError::Unavailable(_)) => {
+                // Draining or restarting: wait for the agent to be back.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = active.cancel_queued.cancelled() => return Err(("cancelled".into(), String::new())),
+                }
+                wait_for_agent(runs, active).await?;
+            }
+            Err(GatewayError::Rejected { message, .. }) => {
+                return Err(("gateway_rejected".into(), message));
+            }
+            Err(GatewayError::Other(m)) => return Err(("gateway_error".into(), m)),
+        }
+    };
+    drop(queue_permit);
+    active.gateway_run_id.send_replace(Some(gid.clone()));
+    update(
+        &runs.store,
+        run_id,
+        RunUpdate {
+            status: Some("running"),
+            gateway_run_id: Some(gid.clone()),
+            started: true,
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let stream = runs.gateway.events(&gid).await.map_err(|e| {
+        (
+            "agent_restarted".to_string(),
+            format!("the agent lost the run: {e}"),
+        )
+    })?;
+    let mut stream = Box::pin(stream);
+    let mut parser = SseParser::default();
+    let mut frames = Vec::new();
+    loop {
+        let chunk = tokio::select! {
+            c = stream.next() => c,
+            _ = runs.shutdown.cancelled() => return Err(("agent_restarted".into(), "the daemon is stopping".into())),
+        };
+        let Some(chunk) = chunk else { break };
+        let Ok(chunk) = chunk else { break };
+        if parser.feed(&chunk, &mut frames).is_err() {
+            return Err((
+                "gateway_error".into(),
+                "the agent sent an oversized event".into(),
+            ));
+        }
+        for frame in frames.drain(..) {
+            let v: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
+            let name = v["event"]
+                .as_str()
+                .map(str::to_owned)
+                .or(frame.event)
+                .unwrap_or_else(|| "message".into());
+            observe(&runs.store, run_id, &name, &v, outcome).await;
+            let terminal = is_terminal_event(&name);
+            seq.emit(name, frame.data).await;
+            if terminal {
+                return Ok(());
+            }
+        }
+    }
+    // The stream ended without a terminal event: the gateway died or
+    // restarted and its in-memory run is gone.
+    Err((
+        "agent_restarted".into(),
+        "the agent stopped or restarted before the run finished".into(),
+    ))
+}
+
+/// Wait until the agent is running, waking it if it is stopped by desire.
+async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>) -> RelayResult {
+    let deadline = Instant::now() + runs.limits.wake_timeout;
+    let mut status_rx = runs.agent.subscribe();
+    let mut woke = false;
+    loop {
+        let status = status_rx.borrow_and_update().clone();
+        if status.state == AgentState::Running {
+            return Ok(());
+        }
+        if status.desired == Desired::Stopped && !woke {
+            if *runs.suspended.borrow() {
+                return Err(("suspended".into(), "the tenant is suspended".into()));
+            }
+            woke = true;
+            tracing::info!("waking the agent for a run");
+            if runs.agent.send(AgentCommand::Start).await.is_err() {
+                return Err((
+                    "agent_unavailable".into(),
+                    "the supervisor is not running".into(),
+                ));
+            }
+        }
+        tokio::select! {
+            changed = status_rx.changed() => {
+                if changed.is_err() {
+                    return Err(("agent_unavailable".into(), "the supervisor is not running".into()));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                return Err((
+                    "agent_unavailable".into(),
+                    format!("the agent was not ready within {:?} (state {})", runs.limits.wake_timeout, status.state.as_str()),
+                ));
+            }
+            _ = active.cancel_queued.cancelled() => return Err(("cancelled".into(), String::new())),
+        }
+    }
+}
+
+/// Update the run row from what an event says.
+async fn observe(store: &Store, run_id: &str, name: &str, v: &Value, o: &mut Outcome) {
+    match name {
+        "message.delta" => {
+            if let Some(d) = v["delta"].as_str() {
+                if o.output.len() + d.len() <= MAX_OUTPUT_BYTES {
+                    o.output.push_str(d);
+                }
+            }
+        }
+        "tool.started" => {
+            o.tools
+                .push(json!({"tool": v["tool"], "preview": v["preview"]}));
+            update(
+                store,
+                run_id,
+                RunUpdate {
+                    tool_calls: Some(o.tools.len() as i64),
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+        "tool.completed" => {
+            if let Some(t) = o
+                .tools
+                .iter_mut()
+                .rev()
+                .find(|t| t["tool"] == v["tool"] && t.get("duration").is_none())
+            {
+                t["duration"] = v["duration"].clone();
+                t["error"] = v["error"].clone();
+            }
+        }
+        "approval.request" => {
+            update(
+                store,
+                run_id,
+                RunUpdate {
+                    status: Some("waiting_for_approval"),
+                    pending_approval: Some(Some(v.clone())),
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+        "approval.responded" => {
+            update(
+                store,
+                run_id,
+                RunUpdate {
+                    status: Some("running"),
+                    pending_approval: Some(None),
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+        "run.completed" => {
+            o.status = Some("completed");
+            o.final_output = v["output"].as_str().map(str::to_owned);
+            o.usage = v.get("usage").filter(|u| u.is_object()).cloned();
+        }
+        "run.failed" => {
+            o.status = Some("failed");
+            let message = match &v["error"] {
+                Value::String(s) => s.clone(),
+                Value::Null => "the agent reported a failure".into(),
+                other => other["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| other.to_string()),
+            };
+            o.error = Some(("agent_error".into(), message));
+        }
+        "run.cancelled" => o.status = Some("cancelled"),
+        _ => {}
+    }
+}
+
+async fn update(store: &Store, run_id: &str, u: RunUpdate) {
+    let id = run_id.to_owned();
+    if let Err(e) = store.write(move |c| run_store::update(c, &id, &u)).await {
+        tracing::error!(run_id, error = %e, "cannot update run");
+    }
+}
+
+fn tokens(usage: &Option<Value>, key: &str) -> i64 {
+    usage.as_ref().and_then(|u| u[key].as_i64()).unwrap_or(0)
+}
+
+/// Record the end: run row, assistant message, usage ledger, one transaction.
+async fn finish(
+    store: &Store,
+    run_id: &str,
+    session_id: &str,
+    req: &StartRun,
+    o: Outcome,
+) -> Result<(), StoreError> {
+    let status = o.status.unwrap_or("failed");
+    let output = o.final_output.clone().unwrap_or_else(|| o.output.clone());
+    let tokens_in = tokens(&o.usage, "input_tokens").max(tokens(&o.usage, "prompt_tokens"));
+    let tokens_out = tokens(&o.usage, "output_tokens").max(tokens(&o.usage, "completion_tokens"));
+    let total = tokens(&o.usage, "total_tokens").max(tokens_in + tokens_out);
+    let platform = req.platform.clone().unwrap_or_else(|| "api".into());
+    let run_id = run_id.to_owned();
+    let session_id = session_id.to_owned();
+    let tool_count = o.tools.len() as i64;
+    let error = o
+        .error
+        .clone()
+        .or_else(|| (status == "failed").then(|| ("agent_error".into(), "the run failed".into())));
+    store
+        .write(move |c| {
+            let tx = c.transaction()?;
+            run_store::update(
+                &tx,
+                &run_id,
+                &RunUpdate {
+                    status: Some(status),
+                    output: (!output.is_empty()).then(|| output.clone()),
+                    usage: o.usage.clone(),
+                    error,
+                    pending_approval: Some(None),
+                    tool_calls: Some(tool_count),
+                    ..Default::default()
+                },
+            )?;
+            if !output.is_empty() || !o.tools.is_empty() {
+                conversations::append_in(
+                    &tx,
+                    &session_id,
+                    &AppendMessages {
+                        platform: Some(platform),
+                        title: None,
+                        messages: vec![NewMessage {
+                            role: Role::Assistant,
+                            content: output,
+                            tool_calls: (!o.tools.is_empty())
+                                .then(|| Value::Array(o.tools.clone())),
+                            tokens_used: Some(total),
+                            created_at: None,
+                            external_id: Some(format!("{run_id}:output")),
+                        }],
+                    },
+                )?;
+            }
+            usage::record(
+                &tx,
+                &NewUsage {
+                    run_id: Some(run_id.clone()),
+                    session_id: Some(session_id.clone()),
+                    tokens_in,
+                    tokens_out,
+                    tool_calls: tool_count,
+                },
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+}
+
+/// Close a run left unfinished by a previous process.
+pub(super) async fn write_terminal_failure(
+    store: &Store,
+    run_id: &str,
+    last_seq: i64,
+    code: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    let data = json!({"event": "run.failed", "run_id": run_id, "error": message, "code": code, "timestamp": now_secs()});
+    let event = StoredEvent {
+        seq: last_seq + 1,
+        name: "run.failed".into(),
+        data: data.to_string(),
+    };
+    let (id, code, message) = (run_id.to_owned(), code.to_owned(), message.to_owned());
+    store
+        .write(move |c| {
+            run_store::append_events(c, &id, &[event])?;
+            run_store::update(
+                c,
+                &id,
+                &RunUpdate {
+                    status: Some("failed"),
+                    error: Some((code, message)),
+                    pending_approval: Some(None),
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+}
+
+/// Gateways without the runs API: stream `/v1/chat/completions` and emit
+/// the same event names, so clients see one contract.
+async fn chat_fallback(
+    runs: &Arc<Runs>,
+    run_id: &str,
+    active: &Arc<ActiveRun>,
+    req: &StartRun,
+    session_id: &str,
+    seq: &mut Sequencer,
+    outcome: &mut Outcome,
+) -> RelayResult {
+    active.chat_fallback.store(true, Ordering::Relaxed);
+    active.gateway_run_id.send_replace(Some(run_id.to_owned()));
+    let mut messages = Vec::new();
+    if let Some(i) = &req.instructions {
+        messages.push(json!({"role": "system", "content": i}));
+    }
+    if let Some(Value::Array(h)) = &req.conversation_history {
+        messages.extend(h.iter().cloned());
+    }
+    match &req.input {
+        Value::Array(items) => messages.extend(items.iter().cloned()),
+        other => messages.push(json!({"role": "user", "content": other})),
+    }
+    let body = json!({"model": "hermes-agent", "stream": true, "messages": messages, "stream_options": {"include_usage": true}});
+    update(
+        &runs.store,
+        run_id,
+        RunUpdate {
+            status: Some("running"),
+            started: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let stream = runs
+        .gateway
+        .chat_stream(session_id, &body)
+        .await
+        .map_err(|e| ("gateway_error".to_string(), e.to_string()))?;
+    let mut stream = Box::pin(stream);
+    let mut parser = SseParser::default();
+    let mut frames = Vec::new();
+    let mut output = String::new();
+    let mut usage_v = None;
+    loop {
+        let chunk = tokio::select! {
+            c = stream.next() => c,
+            _ = active.cancel_queued.cancelled() => return Err(("cancelled".into(), String::new())),
+        };
+        let Some(Ok(chunk)) = chunk else {
+            return Err((
+                "agent_restarted".into(),
+                "the agent stopped before the answer ended".into(),
+            ));
+        };
+        if parser.feed(&chunk, &mut frames).is_err() {
+            return Err((
+                "gateway_error".into(),
+                "the agent sent an oversized event".into(),
+            ));
+        }
+        for frame in frames.drain(..) {
+            if frame.data.trim() == "[DONE]" {
+                let usage_out = usage_v.clone().map(|u: Value| {
+                    json!({
+                        "input_tokens": u["prompt_tokens"],
+                        "output_tokens": u["completion_tokens"],
+                        "total_tokens": u["total_tokens"],
+                    })
+                });
+                let data = json!({"event": "run.completed", "run_id": run_id, "output": output, "usage": usage_out, "timestamp": now_secs()});
+                observe(&runs.store, run_id, "run.completed", &data, outcome).await;
+                seq.emit("run.completed".into(), data.to_string()).await;
+                return Ok(());
+            }
+            let v: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
+            if frame.event.as_deref() == Some("hermes.tool.progress") {
+                let data = json!({"event": "tool.progress", "run_id": run_id, "progress": v, "timestamp": now_secs()});
+                seq.emit("tool.progress".into(), data.to_string()).await;
+                continue;
+            }
+            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                usage_v = Some(u.clone());
+            }
+            if let Some(delta) = v["choices"][0]["delta"]["content"].as_str() {
+                if !delta.is_empty() {
+                    output.push_str(delta);
+                    let data = json!({"event": "message.delta", "run_id": run_id, "delta": delta, "timestamp": now_secs()});
+                    seq.emit("message.delta".into(), data.to_string()).await;
+                }
+            }
+        }
+    }
+}

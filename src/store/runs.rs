@@ -1,0 +1,288 @@
+//! Runs and their event logs.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::conversations::Page;
+use super::{StoreError, StoreResult, cursor, ms_to_rfc3339, now_ms};
+
+/// Run states; the last three are terminal.
+pub const STATUSES: &[&str] = &[
+    "queued",
+    "running",
+    "waiting_for_approval",
+    "stopping",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
+pub fn is_terminal(status: &str) -> bool {
+    matches!(status, "completed" | "failed" | "cancelled")
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub session_id: String,
+    pub platform: String,
+    pub input: serde_json::Value,
+    pub instructions: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub run_id: String,
+    pub status: String,
+    pub session_id: String,
+    pub platform: String,
+    pub input: serde_json::Value,
+    pub instructions: Option<String>,
+    pub output: Option<String>,
+    pub usage: Option<serde_json::Value>,
+    pub error: Option<RunError>,
+    pub pending_approval: Option<serde_json::Value>,
+    pub tool_calls: i64,
+    pub last_event_id: i64,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    #[serde(skip)]
+    pub gateway_run_id: Option<String>,
+}
+
+const COLUMNS: &str = "id, status, session_id, platform, input, instructions, output, usage, error_code, error_message, pending_approval, tool_calls, last_seq, created_at, started_at, finished_at, gateway_run_id";
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
+    let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
+        Ok(r.get::<_, Option<String>>(i)?
+            .and_then(|t| serde_json::from_str(&t).ok()))
+    };
+    let code: Option<String> = r.get(8)?;
+    let message: Option<String> = r.get(9)?;
+    let created: i64 = r.get(13)?;
+    let started: Option<i64> = r.get(14)?;
+    let finished: Option<i64> = r.get(15)?;
+    Ok(Run {
+        run_id: r.get(0)?,
+        status: r.get(1)?,
+        session_id: r.get(2)?,
+        platform: r.get(3)?,
+        input: json(4)?.unwrap_or(serde_json::Value::Null),
+        instructions: r.get(5)?,
+        output: r.get(6)?,
+        usage: json(7)?,
+        error: code.map(|code| RunError {
+            code,
+            message: message.unwrap_or_default(),
+        }),
+        pending_approval: json(10)?,
+        tool_calls: r.get(11)?,
+        last_event_id: r.get(12)?,
+        created_at: ms_to_rfc3339(created),
+        started_at: started.map(ms_to_rfc3339),
+        finished_at: finished.map(ms_to_rfc3339),
+        duration_ms: finished.map(|f| f - started.unwrap_or(created)),
+        gateway_run_id: r.get(16)?,
+    })
+}
+
+pub fn insert(conn: &Connection, r: &NewRun) -> StoreResult<Run> {
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO runs (id, session_id, platform, status, input, instructions, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?6)",
+        params![r.id, r.session_id, r.platform, r.input.to_string(), r.instructions, now],
+    )?;
+    get(conn, &r.id)
+}
+
+pub fn get(conn: &Connection, id: &str) -> StoreResult<Run> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM runs WHERE id = ?1"),
+        [id],
+        run_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("run `{id}` does not exist")))
+}
+
+pub fn list(
+    conn: &Connection,
+    session_id: Option<&str>,
+    status: Option<&str>,
+    limit: u32,
+    after: Option<&str>,
+) -> StoreResult<Page<Run>> {
+    let (c_time, c_id) = match after {
+        Some(c) => {
+            let f = cursor::fields(c, 2)?;
+            let t = f[0].parse::<i64>().map_err(|_| {
+                StoreError::Invalid("`cursor` is not a cursor this API returned".into())
+            })?;
+            (Some(t), Some(f[1].clone()))
+        }
+        None => (None, None),
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM runs
+         WHERE (?1 IS NULL OR session_id = ?1) AND (?2 IS NULL OR status = ?2)
+           AND (?3 IS NULL OR created_at < ?3 OR (created_at = ?3 AND id < ?4))
+         ORDER BY created_at DESC, id DESC LIMIT ?5"
+    ))?;
+    let mut items = stmt
+        .query_map(
+            params![session_id, status, c_time, c_id, limit as i64 + 1],
+            run_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|r| {
+            let ms = chrono::DateTime::parse_from_rfc3339(&r.created_at)
+                .map(|d| d.timestamp_millis())
+                .unwrap_or(0);
+            cursor::encode(&format!("{ms}|{}", r.run_id))
+        })
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// One event of a run's log.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub name: String,
+    pub data: String,
+}
+
+/// Append events (already numbered) and move `last_seq`, in one
+/// transaction.
+pub fn append_events(
+    conn: &mut Connection,
+    run_id: &str,
+    events: &[StoredEvent],
+) -> StoreResult<()> {
+    let Some(last) = events.last() else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO run_events (run_id, seq, name, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for e in events {
+            stmt.execute(params![run_id, e.seq, e.name, e.data, now])?;
+        }
+    }
+    tx.execute(
+        "UPDATE runs SET last_seq = ?2, updated_at = ?3 WHERE id = ?1",
+        params![run_id, last.seq, now],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Events after `after_seq`, at most `limit`.
+pub fn events_after(
+    conn: &Connection,
+    run_id: &str,
+    after_seq: i64,
+    limit: u32,
+) -> StoreResult<Vec<StoredEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, name, data FROM run_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt
+        .query_map(params![run_id, after_seq, limit as i64], |r| {
+            Ok(StoredEvent {
+                seq: r.get(0)?,
+                name: r.get(1)?,
+                data: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// A change to a run's row.
+#[derive(Debug, Clone, Default)]
+pub struct RunUpdate {
+    pub status: Option<&'static str>,
+    pub gateway_run_id: Option<String>,
+    pub started: bool,
+    pub output: Option<String>,
+    pub usage: Option<serde_json::Value>,
+    pub error: Option<(String, String)>,
+    /// `Some(None)` clears it.
+    pub pending_approval: Option<Option<serde_json::Value>>,
+    pub tool_calls: Option<i64>,
+}
+
+pub fn update(conn: &Connection, id: &str, u: &RunUpdate) -> StoreResult<()> {
+    let now = now_ms();
+    let finished = u.status.is_some_and(is_terminal).then_some(now);
+    conn.execute(
+        "UPDATE runs SET
+            status = coalesce(?2, status),
+            gateway_run_id = coalesce(?3, gateway_run_id),
+            started_at = CASE WHEN ?4 AND started_at IS NULL THEN ?10 ELSE started_at END,
+            output = coalesce(?5, output),
+            usage = coalesce(?6, usage),
+            error_code = coalesce(?7, error_code),
+            error_message = coalesce(?8, error_message),
+            pending_approval = CASE WHEN ?11 THEN ?9 ELSE pending_approval END,
+            tool_calls = coalesce(?12, tool_calls),
+            finished_at = coalesce(finished_at, ?13),
+            updated_at = ?10
+         WHERE id = ?1",
+        params![
+            id,
+            u.status,
+            u.gateway_run_id,
+            u.started,
+            u.output,
+            u.usage.as_ref().map(|v| v.to_string()),
+            u.error.as_ref().map(|e| e.0.clone()),
+            u.error.as_ref().map(|e| e.1.clone()),
+            u.pending_approval
+                .as_ref()
+                .and_then(|p| p.as_ref().map(|v| v.to_string())),
+            now,
+            u.pending_approval.is_some(),
+            u.tool_calls,
+            finished,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Runs not in a terminal state (at start-up they can only be leftovers of
+/// a previous process).
+pub fn unfinished(conn: &Connection) -> StoreResult<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, last_seq FROM runs WHERE status NOT IN ('completed', 'failed', 'cancelled')",
+    )?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Delete finished runs (and their events) older than `before_ms`.
+pub fn prune(conn: &Connection, before_ms: i64) -> StoreResult<usize> {
+    Ok(conn.execute(
+        "DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1",
+        [before_ms],
+    )?)
+}

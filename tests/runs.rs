@@ -1,0 +1,402 @@
+//! Runs through the daemon against the fake gateway's runs API: relay,
+//! multi-subscriber fan-out, resume, replay, stop, approval, agent death,
+//! wake on run, chat-completions fallback, recording.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, PartialEq)]
+struct Frame {
+    id: i64,
+    event: String,
+    data: Value,
+}
+
+/// Read SSE frames until the stream ends or `max` frames were read.
+async fn read_frames(resp: reqwest::Response, max: usize) -> Vec<Frame> {
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut frames = Vec::new();
+    let (mut id, mut event, mut data) = (None, None, String::new());
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), body.next())
+        .await
+        .expect("event stream stalled")
+    {
+        buf.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        while let Some(pos) = buf.find('\n') {
+            let line: String = buf.drain(..=pos).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !data.is_empty() {
+                    frames.push(Frame {
+                        id: id.take().expect("every frame has an id"),
+                        event: event.take().expect("every frame has an event name"),
+                        data: serde_json::from_str(&data).expect("data is JSON"),
+                    });
+                    data.clear();
+                    if frames.len() >= max {
+                        return frames;
+                    }
+                }
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().parse().expect("numeric id"));
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+    }
+    frames
+}
+
+async fn events(d: &TestDaemon, run_id: &str, last: Option<i64>) -> reqwest::Response {
+    let mut req = d.get(&format!("/runs/{run_id}/events"));
+    if let Some(l) = last {
+        req = req.header("Last-Event-ID", l.to_string());
+    }
+    req.send().await.expect("events")
+}
+
+async fn start_run(d: &TestDaemon, body: Value) -> Value {
+    let r = d.post("/runs").json(&body).send().await.expect("post run");
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    r.json().await.expect("json")
+}
+
+async fn wait_run(d: &TestDaemon, run_id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = d
+            .get(&format!("/runs/{run_id}"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if v["status"] == status {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "run never reached {status}: {v}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn assert_sequence(frames: &[Frame], from: i64) {
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f.id, from + i as i64, "ids must be consecutive: {frames:?}");
+        assert_eq!(
+            f.data["event"],
+            f.event.as_str(),
+            "event line names the JSON event"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_run_is_relayed_with_names_and_ids_and_recorded() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let run = start_run(
+        &d,
+        json!({"input": "what is the weather in lisbon", "platform": "web"}),
+    )
+    .await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let session = run["session_id"].as_str().expect("session").to_owned();
+    assert!(["queued", "running"].contains(&run["status"].as_str().unwrap_or_default()));
+
+    let frames = read_frames(events(&d, &id, None).await, 1000).await;
+    let names: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "message.delta",
+            "message.delta",
+            "message.delta",
+            "tool.started",
+            "tool.completed",
+            "run.completed"
+        ]
+    );
+    assert_sequence(&frames, 1);
+    // Payloads pass through unchanged (the gateway's own run id, timestamp).
+    assert!(
+        frames[0].data["run_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("run_")
+    );
+    assert_eq!(frames[0].data["delta"], "Hello");
+
+    let v = wait_run(&d, &id, "completed").await;
+    assert_eq!(v["output"], "Hello from the fake gateway.");
+    assert_eq!(v["usage"]["total_tokens"], 18);
+    assert_eq!(v["tool_calls"], 1);
+    assert_eq!(v["last_event_id"], 6);
+
+    let m: Value = d
+        .get(&format!("/conversations/{session}/messages"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let items = m["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{m}");
+    assert_eq!(items[0]["role"], "user");
+    assert_eq!(items[0]["platform"], "web");
+    assert_eq!(items[1]["role"], "assistant");
+    assert_eq!(items[1]["tokens_used"], 18);
+    assert_eq!(items[1]["tool_calls"][0]["tool"], "web_search");
+    let s: Value = d
+        .get("/conversations/search?q=lisbon")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(s["items"][0]["session_id"], session.as_str());
+
+    let conn = rusqlite::Connection::open(d.data_dir().join("tenantd.db")).expect("db");
+    let (tin, tout, tools): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT tokens_in, tokens_out, tool_calls FROM usage_ledger WHERE run_id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("one usage row");
+    assert_eq!((tin, tout, tools), (12, 6, 1));
+
+    let list: Value = d
+        .get(&format!("/runs?session_id={session}"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["items"][0]["run_id"], id.as_str());
+}
+
+#[tokio::test]
+async fn concurrent_subscribers_resume_and_replay_see_the_same_sequence() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let run = start_run(&d, json!({"input": "events:300 rate:1500"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+
+    let (a, b, first) = tokio::join!(
+        async { read_frames(events(&d, &id, None).await, usize::MAX).await },
+        async { read_frames(events(&d, &id, None).await, usize::MAX).await },
+        async { read_frames(events(&d, &id, None).await, 10).await },
+    );
+    assert_eq!(a.len(), 301);
+    assert_sequence(&a, 1);
+    assert_eq!(a, b, "two subscribers saw different sequences");
+    assert_eq!(first.len(), 10);
+    // Reconnect after id 10: exactly the rest, no gap, no duplicate.
+    let rest = read_frames(events(&d, &id, Some(10)).await, usize::MAX).await;
+    assert_eq!(rest.first().map(|f| f.id), Some(11));
+    assert_sequence(&rest, 11);
+    let mut joined = first.clone();
+    joined.extend(rest);
+    assert_eq!(joined, a);
+    // A finished run replays in full, again and again.
+    for _ in 0..2 {
+        let replay = read_frames(events(&d, &id, None).await, usize::MAX).await;
+        assert_eq!(replay, a);
+    }
+    let r = d
+        .get(&format!("/runs/{id}/events"))
+        .header("Last-Event-ID", "x")
+        .send()
+        .await
+        .expect("send");
+    expect_problem(r, 400, "invalid_argument").await;
+    let r = d.get("/runs/run_nope/events").send().await.expect("send");
+    expect_problem(r, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_does_not_hold_back_another() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let run = start_run(&d, json!({"input": "events:5000"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    // The slow one connects first and reads nothing for now.
+    let slow = events(&d, &id, None).await;
+    let fast = read_frames(events(&d, &id, None).await, usize::MAX).await;
+    assert_eq!(fast.len(), 5001);
+    wait_run(&d, &id, "completed").await;
+    // Now the slow one reads: complete and in order (caught up from the log).
+    let late = read_frames(slow, usize::MAX).await;
+    assert_eq!(late.len(), 5001);
+    assert_sequence(&late, 1);
+}
+
+#[tokio::test]
+async fn stop_and_approval_pass_through() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+
+    let run = start_run(&d, json!({"input": "hang please"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let first = read_frames(events(&d, &id, None).await, 1).await;
+    assert_eq!(first[0].event, "message.delta");
+    let r = d
+        .post(&format!("/runs/{id}/stop"))
+        .send()
+        .await
+        .expect("stop");
+    assert_eq!(r.status(), 202);
+    let rest = read_frames(events(&d, &id, Some(1)).await, usize::MAX).await;
+    assert_eq!(rest.last().map(|f| f.event.as_str()), Some("run.cancelled"));
+    wait_run(&d, &id, "cancelled").await;
+    let r = d
+        .post(&format!("/runs/{id}/stop"))
+        .send()
+        .await
+        .expect("stop");
+    expect_problem(r, 409, "conflict").await;
+
+    let run = start_run(&d, json!({"input": "needs approval"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let frames = read_frames(events(&d, &id, None).await, 2).await;
+    assert_eq!(frames[1].event, "approval.request");
+    let v = wait_run(&d, &id, "waiting_for_approval").await;
+    assert_eq!(v["pending_approval"]["command"], "rm -rf /tmp/x");
+    let r = d
+        .post(&format!("/runs/{id}/approval"))
+        .json(&json!({"choice": "maybe"}))
+        .send()
+        .await
+        .expect("send");
+    expect_problem(r, 400, "invalid_argument").await;
+    let r = d
+        .post(&format!("/runs/{id}/approval"))
+        .json(&json!({"choice": "deny"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let rest = read_frames(events(&d, &id, Some(2)).await, usize::MAX).await;
+    let names: Vec<&str> = rest.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(
+        names,
+        ["approval.responded", "message.delta", "run.completed"]
+    );
+    assert!(!names.contains(&"tool.started"), "a denied tool ran");
+    let v = wait_run(&d, &id, "completed").await;
+    assert!(v["pending_approval"].is_null());
+    let r = d
+        .post(&format!("/runs/{id}/approval"))
+        .json(&json!({"choice": "once"}))
+        .send()
+        .await
+        .expect("send");
+    expect_problem(r, 409, "conflict").await;
+}
+
+#[tokio::test]
+async fn a_gateway_killed_mid_run_fails_the_run_with_agent_restarted() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    let agent = w.wait_agent(&d, "running").await;
+    let pid = agent["pid"].as_u64().expect("pid") as u32;
+    let run = start_run(&d, json!({"input": "hang"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let first = read_frames(events(&d, &id, None).await, 1).await;
+    assert_eq!(first.len(), 1);
+    signal(pid, "KILL");
+    let rest = read_frames(events(&d, &id, Some(1)).await, usize::MAX).await;
+    let last = rest.last().expect("a terminal event");
+    assert_eq!(last.event, "run.failed");
+    assert_eq!(last.data["code"], "agent_restarted");
+    let v = wait_run(&d, &id, "failed").await;
+    assert_eq!(v["error"]["code"], "agent_restarted");
+}
+
+#[tokio::test]
+async fn a_run_wakes_a_stopped_agent_and_in_flight_runs_are_closed_after_a_daemon_restart() {
+    let w = GatewayWorld::new();
+    let mut d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let r = d.post("/agent/stop").send().await.expect("stop");
+    assert_eq!(r.status(), 202);
+    w.wait_agent(&d, "stopped").await;
+    let run = start_run(&d, json!({"input": "wake up"})).await;
+    assert_eq!(run["status"], "queued");
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    wait_run(&d, &id, "completed").await;
+
+    let run = start_run(&d, json!({"input": "hang"})).await;
+    let hung = run["run_id"].as_str().expect("run_id").to_owned();
+    wait_run(&d, &hung, "running").await;
+    d.kill();
+    let dir = d.dir.clone();
+    drop(d);
+    let d = w.daemon_in(dir).await;
+    let v = wait_run(&d, &hung, "failed").await;
+    assert_eq!(v["error"]["code"], "agent_restarted");
+    let frames = read_frames(events(&d, &hung, None).await, usize::MAX).await;
+    assert_eq!(frames.last().map(|f| f.event.as_str()), Some("run.failed"));
+}
+
+#[tokio::test]
+async fn without_the_runs_api_the_daemon_falls_back_to_chat_completions() {
+    let w = GatewayWorld::new().fake("no_runs", "1");
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let run = start_run(&d, json!({"input": "fallback please"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let frames = read_frames(events(&d, &id, None).await, usize::MAX).await;
+    let names: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "message.delta").count(),
+        3,
+        "{names:?}"
+    );
+    assert_eq!(names.last(), Some(&"run.completed"));
+    let v = wait_run(&d, &id, "completed").await;
+    assert_eq!(v["output"], "You said: fallback please");
+    assert_eq!(v["usage"]["total_tokens"], 10);
+}
+
+#[tokio::test]
+async fn bad_run_requests_are_refused_clearly() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    for (body, needle) in [
+        (json!({"input": ""}), "input"),
+        (json!({"input": 5}), "input"),
+        (json!({"input": "x", "platform": "myspace"}), "platform"),
+        (json!({"input": "x", "session_id": "bad id"}), "session_id"),
+        (json!({"inputs": "x"}), "inputs"),
+        (json!({"input": "x".repeat(300_000)}), "bytes"),
+    ] {
+        let r = d.post("/runs").json(&body).send().await.expect("send");
+        let v = expect_problem(r, 400, "invalid_argument").await;
+        assert!(
+            v["message"].as_str().unwrap_or_default().contains(needle),
+            "{v}"
+        );
+    }
+    let r = d.get("/runs?status=bogus").send().await.expect("send");
+    expect_problem(r, 400, "invalid_argument").await;
+    let r = d.get("/runs/run_nope").send().await.expect("send");
+    expect_problem(r, 404, "not_found").await;
+}

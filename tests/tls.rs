@@ -1,0 +1,62 @@
+//! The API served over rustls when a certificate is configured; plain HTTP
+//! on a non-loopback address is refused.
+
+mod common;
+use common::*;
+
+#[tokio::test]
+async fn serves_https_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    let cert_path = dir.path().join("tls.crt");
+    let key_path = dir.path().join("tls.key");
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    write_private(&key_path, &key.serialize_pem());
+    let d = TestDaemon::start_with(Options {
+        env: vec![
+            (
+                "HERMES_TENANTD_LISTEN__TLS_CERT".into(),
+                cert_path.display().to_string(),
+            ),
+            (
+                "HERMES_TENANTD_LISTEN__TLS_KEY".into(),
+                key_path.display().to_string(),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("ca"))
+        .resolve("localhost", d.addr)
+        .build()
+        .expect("client");
+    let url = format!(
+        "https://localhost:{}/v1/tenant-runtime/{TENANT}/version",
+        d.addr.port()
+    );
+    let r = client
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("https request");
+    assert_eq!(r.status(), 200);
+    // Plain HTTP on the TLS port does not get an answer.
+    let plain = d.client.get(d.url("/v1/healthz")).send().await;
+    assert!(plain.is_err() || !plain.expect("resp").status().is_success());
+}
+
+#[test]
+fn non_loopback_without_tls_is_refused_at_start() {
+    let out = std::process::Command::new(binary())
+        .args(["check-config", "--dev"])
+        .env("HERMES_TENANTD_LISTEN__ADDR", "0.0.0.0:8643")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen.addr") && err.contains("tls"), "{err}");
+}
