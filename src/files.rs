@@ -150,6 +150,26 @@ impl PrivatePaths {
         }
     }
 
+    /// A fast test for the entries of `dir` (itself not private): the
+    /// private trees and patterns that sit directly in it, by name.
+    fn entries_of(&self, dir: &Path) -> DirFilter {
+        let mut exact = Vec::new();
+        for t in &self.trees {
+            if t.parent() == Some(dir) {
+                if let Some(n) = t.file_name().and_then(|n| n.to_str()) {
+                    exact.push(n.to_owned());
+                }
+            }
+        }
+        let patterns = self
+            .in_dir
+            .iter()
+            .filter(|(d, _)| d == dir)
+            .map(|(_, p)| *p)
+            .collect();
+        DirFilter { exact, patterns }
+    }
+
     /// `true` when `path` (absolute, canonical) must not be served.
     pub fn is_private(&self, path: &Path) -> bool {
         let by_name = path.components().any(|c| match c {
@@ -172,6 +192,23 @@ impl PrivatePaths {
                 None => first == *pat,
             }
         })
+    }
+}
+
+/// Private entries of one directory, by name.
+struct DirFilter {
+    exact: Vec<String>,
+    patterns: Vec<&'static str>,
+}
+
+impl DirFilter {
+    fn hides(&self, name: &str) -> bool {
+        is_private_name(name)
+            || self.exact.iter().any(|e| e == name)
+            || self.patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == *p,
+            })
     }
 }
 
@@ -413,19 +450,22 @@ impl FileRoots {
             Ok(i) => i,
             Err(_) => std::fs::read_dir(&r.real)?,
         };
+        let filter = self.private.entries_of(&r.real);
         let mut names: Vec<String> = Vec::new();
         for entry in iter {
             let entry = entry?;
             let Ok(name) = entry.file_name().into_string() else {
                 continue; // not UTF-8: cannot be named in a request either
             };
-            if cursor.is_some_and(|c| name.as_str() <= c) {
-                continue;
-            }
-            if is_private_name(&name) || self.private.is_private(&r.real.join(&name)) {
+            if cursor.is_some_and(|c| name.as_str() <= c) || filter.hides(&name) {
                 continue;
             }
             names.push(name);
+        }
+        // Only the first `limit + 1` names matter: select them in O(n).
+        if names.len() > limit + 1 {
+            names.select_nth_unstable(limit);
+            names.truncate(limit + 1);
         }
         names.sort_unstable();
         let more = names.len() > limit;
