@@ -3,10 +3,13 @@
 //! Blocking: call from the blocking pool.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Write `bytes` to `path` atomically with permission bits `mode`.
+/// Write `bytes` to `path` atomically with permission bits `mode`. The
+/// new file gets the owner of the file it replaces (or of the directory),
+/// so a daemon running as another user does not take the gateway's files
+/// away from it; where changing owner is not permitted it is left as is.
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path
         .parent()
@@ -31,6 +34,14 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
             .open(&tmp)?;
         // `mode` above is filtered by the umask; set it exactly.
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        let owner = std::fs::metadata(path).or_else(|_| std::fs::metadata(dir));
+        if let Ok(m) = owner {
+            if let Err(e) = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid())) {
+                if e.raw_os_error() != Some(libc::EPERM) {
+                    return Err(e);
+                }
+            }
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);

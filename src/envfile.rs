@@ -37,6 +37,8 @@ pub enum EnvError {
     NotFound(String),
     #[error("the environment file is larger than {MAX_FILE_BYTES} bytes")]
     TooLarge,
+    #[error("the environment file is not UTF-8 text; fix it by hand before changing keys")]
+    NotUtf8,
     #[error("environment file: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -115,7 +117,7 @@ impl EnvFile {
     /// Names present in the file, in file order, without duplicates.
     pub async fn names(&self) -> Result<Vec<String>, EnvError> {
         let path = self.path.clone();
-        let text = blocking(move || read_text(&path)).await?;
+        let text = blocking(move || read_text(&path, false)).await?;
         let mut out: Vec<String> = Vec::new();
         for line in text.lines() {
             if let Some(k) = line_key(line) {
@@ -151,7 +153,7 @@ impl EnvFile {
         let path = self.path.clone();
         let text = blocking({
             let path = path.clone();
-            move || read_text(&path)
+            move || read_text(&path, true)
         })
         .await?;
         let (kept, stripped) = self.strip_reserved(&text);
@@ -170,7 +172,7 @@ impl EnvFile {
         let path = self.path.clone();
         let text = blocking({
             let path = path.clone();
-            move || read_text(&path)
+            move || read_text(&path, true)
         })
         .await?;
         let (kept, stripped) = self.strip_reserved(&text);
@@ -222,7 +224,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| EnvError::Io(std::io::Error::other(e)))?
 }
 
-fn read_text(path: &Path) -> Result<String, EnvError> {
+/// `strict`: refuse a file that is not UTF-8 (it is about to be rewritten,
+/// and a lossy copy would damage lines the daemon does not own).
+fn read_text(path: &Path, strict: bool) -> Result<String, EnvError> {
     match std::fs::metadata(path) {
         Ok(m) if m.len() > MAX_FILE_BYTES => return Err(EnvError::TooLarge),
         Ok(_) => {}
@@ -230,8 +234,11 @@ fn read_text(path: &Path) -> Result<String, EnvError> {
         Err(e) => return Err(e.into()),
     }
     let bytes = std::fs::read(path)?;
-    // A stray non-UTF-8 byte must not make the whole file unmanageable.
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    match String::from_utf8(bytes) {
+        Ok(t) => Ok(t),
+        Err(_) if strict => Err(EnvError::NotUtf8),
+        Err(e) => Ok(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
 }
 
 fn write_text(path: &Path, text: &str) -> Result<(), EnvError> {
