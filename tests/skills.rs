@@ -328,3 +328,28 @@ async fn skill_files_are_listed_and_readable_but_nothing_outside() {
         assert!(!body.contains("TOPSECRET"), "{bad}: {body}");
     }
 }
+
+#[tokio::test]
+async fn skills_tree_removed_and_recreated_is_followed() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let d = TestDaemon::start_with(options(home.path())).await;
+    d.wait_for_log(
+        "waiting for the skills directory",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    write_skill(
+        home.path(),
+        "first",
+        "first",
+        "Appears once the tree exists",
+    );
+    wait_for(&d, "tree created after start", |s| {
+        names(s) == vec!["first"]
+    })
+    .await;
+    std::fs::remove_dir_all(home.path().join("skills")).expect("rm tree");
+    wait_for(&d, "tree removed", |s| s.is_empty()).await;
+    write_skill(home.path(), "again", "again", "Back again");
+    wait_for(&d, "tree recreated", |s| names(s) == vec!["again"]).await;
+}
