@@ -116,7 +116,21 @@ impl Daemon {
             metrics: Arc::new(Metrics::new()),
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
             hub: hub_link.clone(),
+            files: Arc::new(crate::files::FileRoots::from_config(&config)),
+            env_file: Arc::new(crate::envfile::EnvFile::new(
+                &config.gateway.hermes_home,
+                config.env.reserved.clone(),
+                config.env.value_max_bytes,
+            )),
+            hermes_config: Arc::new(crate::settings::HermesConfig::new(
+                &config.gateway.hermes_home,
+            )),
         };
+        // A reserved key in the tenant's .env would override what the
+        // platform sets: drop it before the agent starts.
+        if let Err(e) = state.env_file.sanitize().await {
+            tracing::warn!(error = %e, "cannot check the Hermes .env for reserved keys");
+        }
 
         let mut components = Vec::new();
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
@@ -141,6 +155,12 @@ impl Daemon {
         if let Some(hb) = heartbeat {
             components.push(hb.spawn(cancel.clone()));
         }
+        components.push(crate::skills::watcher::start(
+            store.clone(),
+            config.gateway.hermes_home.join("skills"),
+            config.skills.clone(),
+            cancel.clone(),
+        ));
 
         let listener = bind(config.listen.addr).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {

@@ -3,15 +3,20 @@
 
 pub mod agent;
 pub mod api;
+pub mod atomic_file;
 pub mod auth;
 pub mod config;
 pub mod daemon;
+pub mod envfile;
 pub mod error;
+pub mod files;
 pub mod history_sync;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod runs;
+pub mod settings;
+pub mod skills;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
@@ -26,4 +31,9 @@ pub const CAPABILITIES: &[&str] = &[
     "memory",
     "metrics",
     "usage",
+    "skills",
+    "files",
+    "env",
+    "settings",
+    "agent-card",
 ];
