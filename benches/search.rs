@@ -229,9 +229,11 @@ fn main() {
         ingest.as_secs_f64()
     );
     println!(
-        "  RSS idle after start: {:.1} MiB; after ingest: {:.1} MiB",
+        "  RSS idle after start: {:.1} MiB (anon {:.1}); after ingest: {:.1} MiB (anon {:.1})",
         idle_rss as f64 / 1024.0,
-        loaded_rss as f64 / 1024.0
+        idle_anon as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0,
+        loaded_anon as f64 / 1024.0
     );
     println!("  search latency, limit 20, {iterations} runs each (ms):");
     println!(
@@ -292,8 +294,9 @@ fn main() {
         );
     }
     println!(
-        "  RSS after searches:  {:.1} MiB",
-        rss_kib(pid) as f64 / 1024.0
+        "  RSS after searches:  {:.1} MiB (anon {:.1}; the rest is mapped database pages)",
+        rss_kib(pid) as f64 / 1024.0,
+        anon_kib(pid) as f64 / 1024.0
     );
     let _ = child.kill();
     let _ = child.wait();

@@ -155,6 +155,18 @@ impl Credentials {
         current | previous
     }
 
+    /// `Bearer <current credential>` for calls to the hub, marked sensitive
+    /// so it never shows in a debug print.
+    pub fn bearer_header(&self) -> Option<reqwest::header::HeaderValue> {
+        let state = self.state.read().ok()?;
+        let mut value = Vec::with_capacity(7 + state.current.0.len());
+        value.extend_from_slice(b"Bearer ");
+        value.extend_from_slice(&state.current.0);
+        let mut header = reqwest::header::HeaderValue::from_bytes(&value).ok()?;
+        header.set_sensitive(true);
+        Some(header)
+    }
+
     /// Re-read the file. A changed credential becomes current and the old
     /// one stays valid for the overlap. An unreadable or invalid file keeps
     /// what is in force (and says so in the log).

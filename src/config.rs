@@ -54,6 +54,53 @@ pub struct Config {
     pub store: StoreConfig,
     pub runs: RunsConfig,
     pub log: LogConfig,
+    pub files: FilesConfig,
+    pub env: EnvConfig,
+    pub skills: SkillsConfig,
+    pub agent_card: AgentCardConfig,
+}
+
+/// Tenant-visible file roots (`[files]`).
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    pub roots: Vec<FileRoot>,
+    /// Largest file `GET /files/content` and `/skill-files` return as text.
+    pub preview_bytes: u64,
+}
+
+/// One named directory the tenant may browse.
+#[derive(Debug, Clone)]
+pub struct FileRoot {
+    pub name: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// The Hermes `.env` (`[env]`).
+#[derive(Debug, Clone)]
+pub struct EnvConfig {
+    /// Operator-reserved names, on top of the built-in ones.
+    pub reserved: Vec<String>,
+    pub value_max_bytes: usize,
+}
+
+/// The skills index (`[skills]`).
+#[derive(Debug, Clone)]
+pub struct SkillsConfig {
+    /// Quiet time after a change on disk before it is indexed.
+    pub debounce: Duration,
+    /// Full reconciliation period, a safety net for missed events.
+    pub rescan_interval: Duration,
+}
+
+/// What the public A2A agent card says (`[agent_card]`).
+#[derive(Debug, Clone)]
+pub struct AgentCardConfig {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub url: Option<String>,
+    pub organization: Option<String>,
+    pub organization_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +111,7 @@ pub struct RunsConfig {
     pub queue_depth: usize,
     pub retention: Duration,
     pub keepalive: Duration,
+    pub history_sync_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +169,16 @@ pub struct HubConfig {
     pub url: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub heartbeat_interval: Duration,
+    /// Each beat's delay is the interval times a factor in `1 ± jitter`.
+    pub heartbeat_jitter: f64,
+    /// Cap of the exponential backoff after failed beats.
+    pub backoff_max: Duration,
+    /// Timeout of one heartbeat request (well under the interval).
+    pub request_timeout: Duration,
+    /// A hub clock further than this from ours raises a warning.
+    pub clock_skew_threshold: Duration,
+    /// Most usage deltas carried by one beat.
+    pub usage_batch: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +230,73 @@ struct Raw {
     store: RawStore,
     runs: RawRuns,
     log: RawLog,
+    files: RawFiles,
+    env: RawEnv,
+    skills: RawSkills,
+    agent_card: RawAgentCard,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFiles {
+    roots: Option<Vec<RawRoot>>,
+    #[serde(deserialize_with = "lenient")]
+    preview_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoot {
+    name: String,
+    path: PathBuf,
+    #[serde(default)]
+    read_only: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEnv {
+    reserved: Option<ListOrCsv>,
+    #[serde(deserialize_with = "lenient")]
+    value_max_bytes: Option<usize>,
+}
+
+/// A list from the file, or comma-separated text from the environment.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ListOrCsv {
+    List(Vec<String>),
+    Csv(String),
+}
+
+impl ListOrCsv {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            ListOrCsv::List(v) => v,
+            ListOrCsv::Csv(s) => s
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSkills {
+    debounce: Option<String>,
+    rescan_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAgentCard {
+    name: Option<String>,
+    description: Option<String>,
+    url: Option<String>,
+    organization: Option<String>,
+    organization_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +312,7 @@ struct RawRuns {
     queue_depth: Option<usize>,
     retention: Option<String>,
     keepalive: Option<String>,
+    history_sync_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +364,13 @@ struct RawHub {
     url: Option<String>,
     ca_file: Option<PathBuf>,
     heartbeat_interval: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    heartbeat_jitter_percent: Option<u32>,
+    backoff_max: Option<String>,
+    request_timeout: Option<String>,
+    clock_skew_threshold: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    usage_batch: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -552,10 +685,41 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let heartbeat_interval = duration("hub.heartbeat_interval", raw.hub.heartbeat_interval, "30s")?;
+    let jitter_percent = raw.hub.heartbeat_jitter_percent.unwrap_or(10);
+    if jitter_percent > 50 {
+        return Err(invalid(
+            "hub.heartbeat_jitter_percent",
+            "must be between 0 and 50",
+        ));
+    }
+    // Default: a third of the interval, at most 10 s, so a hung hub costs
+    // one slot and never overlaps the next beat.
+    let default_timeout = humantime::format_duration(
+        (heartbeat_interval / 3).clamp(Duration::from_millis(50), Duration::from_secs(10)),
+    )
+    .to_string();
+    let usage_batch = raw.hub.usage_batch.unwrap_or(500);
+    if !(1..=10_000).contains(&usage_batch) {
+        return Err(invalid("hub.usage_batch", "must be between 1 and 10000"));
+    }
     let hub = HubConfig {
         url,
         ca_file,
-        heartbeat_interval: duration("hub.heartbeat_interval", raw.hub.heartbeat_interval, "30s")?,
+        heartbeat_interval,
+        heartbeat_jitter: f64::from(jitter_percent) / 100.0,
+        backoff_max: duration("hub.backoff_max", raw.hub.backoff_max, "5m")?,
+        request_timeout: duration(
+            "hub.request_timeout",
+            raw.hub.request_timeout,
+            &default_timeout,
+        )?,
+        clock_skew_threshold: duration(
+            "hub.clock_skew_threshold",
+            raw.hub.clock_skew_threshold,
+            "60s",
+        )?,
+        usage_batch,
     };
 
     let body_bytes = raw.limits.body_bytes.unwrap_or(1024 * 1024);
@@ -628,6 +792,11 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         queue_depth: count("runs.queue_depth", raw.runs.queue_depth, 64, 10_000)?,
         retention: duration("runs.retention", raw.runs.retention, "7d")?,
         keepalive: duration("runs.keepalive", raw.runs.keepalive, "15s")?,
+        history_sync_interval: duration(
+            "runs.history_sync_interval",
+            raw.runs.history_sync_interval,
+            "30s",
+        )?,
     };
 
     let format = match non_empty(raw.log.format).as_deref() {
@@ -648,6 +817,29 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         ));
     }
 
+    let files = validate_files(raw.files, &gateway.hermes_home)?;
+    let env = validate_env(raw.env)?;
+    let skills = SkillsConfig {
+        debounce: duration("skills.debounce", raw.skills.debounce, "150ms")?,
+        rescan_interval: duration("skills.rescan_interval", raw.skills.rescan_interval, "5m")?,
+    };
+    if skills.debounce > Duration::from_secs(5) {
+        return Err(invalid("skills.debounce", "must be at most 5s"));
+    }
+    let agent_card = AgentCardConfig {
+        name: non_empty(raw.agent_card.name),
+        description: non_empty(raw.agent_card.description),
+        url: match non_empty(raw.agent_card.url) {
+            Some(u) => Some(http_url("agent_card.url", u)?),
+            None => None,
+        },
+        organization: non_empty(raw.agent_card.organization),
+        organization_url: match non_empty(raw.agent_card.organization_url) {
+            Some(u) => Some(http_url("agent_card.organization_url", u)?),
+            None => None,
+        },
+    };
+
     Ok(Config {
         dev,
         tenant_id,
@@ -667,6 +859,118 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         },
         runs,
         log: LogConfig { format, level },
+        files,
+        env,
+        skills,
+        agent_card,
+    })
+}
+
+fn http_url(key: &str, u: String) -> Result<String, ConfigError> {
+    let parsed =
+        reqwest::Url::parse(&u).map_err(|e| invalid(key, format!("`{u}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(invalid(key, "must be an http(s) URL"));
+    }
+    Ok(u)
+}
+
+/// `true` for a root name usable in a query string: `[a-z0-9_-]{1,64}`.
+fn is_valid_root_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
+}
+
+fn validate_files(raw: RawFiles, hermes_home: &Path) -> Result<FilesConfig, ConfigError> {
+    let roots = match raw.roots {
+        // Default: the agent's workspace and the skills tree.
+        None => vec![
+            FileRoot {
+                name: "workspace".into(),
+                path: hermes_home.join("workspace"),
+                read_only: false,
+            },
+            FileRoot {
+                name: "skills".into(),
+                path: hermes_home.join("skills"),
+                read_only: true,
+            },
+        ],
+        Some(list) => {
+            let mut roots: Vec<FileRoot> = Vec::with_capacity(list.len());
+            for (i, r) in list.into_iter().enumerate() {
+                let key = format!("files.roots[{i}]");
+                if !is_valid_root_name(&r.name) {
+                    return Err(invalid(
+                        &format!("{key}.name"),
+                        "must be 1-64 characters of a-z, 0-9, `-`, `_`",
+                    ));
+                }
+                if roots.iter().any(|x| x.name == r.name) {
+                    return Err(invalid(
+                        &format!("{key}.name"),
+                        format!("`{}` is used twice", r.name),
+                    ));
+                }
+                if !r.path.is_absolute() {
+                    return Err(invalid(&format!("{key}.path"), "must be an absolute path"));
+                }
+                if r.path.parent().is_none() {
+                    return Err(invalid(&format!("{key}.path"), "must not be `/`"));
+                }
+                roots.push(FileRoot {
+                    name: r.name,
+                    path: r.path,
+                    read_only: r.read_only,
+                });
+            }
+            roots
+        }
+    };
+    let preview_bytes = raw.preview_bytes.unwrap_or(1024 * 1024);
+    if !(1024..=64 * 1024 * 1024).contains(&preview_bytes) {
+        return Err(invalid(
+            "files.preview_bytes",
+            "must be between 1024 and 67108864",
+        ));
+    }
+    Ok(FilesConfig {
+        roots,
+        preview_bytes,
+    })
+}
+
+fn validate_env(raw: RawEnv) -> Result<EnvConfig, ConfigError> {
+    let reserved = raw.reserved.map(ListOrCsv::into_vec).unwrap_or_default();
+    for name in &reserved {
+        // A trailing `*` reserves a prefix.
+        let stem = name.strip_suffix('*').unwrap_or(name);
+        let ok = !stem.is_empty()
+            && stem.len() <= 128
+            && stem.as_bytes()[0].is_ascii_uppercase()
+            && stem
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(invalid(
+                "env.reserved",
+                format!("`{name}` is not an env name like `MY_KEY` or a prefix like `MY_*`"),
+            ));
+        }
+    }
+    let value_max_bytes = raw.value_max_bytes.unwrap_or(32 * 1024);
+    if !(1..=1024 * 1024).contains(&value_max_bytes) {
+        return Err(invalid(
+            "env.value_max_bytes",
+            "must be between 1 and 1048576",
+        ));
+    }
+    Ok(EnvConfig {
+        reserved,
+        value_max_bytes,
     })
 }
 
@@ -916,6 +1220,54 @@ mod tests {
         assert_eq!(c.tenant_id, DEV_TENANT_ID);
         assert!(c.data_dir.ends_with(DEV_DATA_DIR));
         assert_eq!(c.hub.url.as_deref(), Some("http://127.0.0.1:9"));
+    }
+
+    #[test]
+    fn surface_sections_validate() {
+        let c = load(
+            "tenant_id = \"t1\"\n[gateway]\nhermes_home = \"/h\"\n",
+            &[],
+            false,
+        )
+        .expect("valid");
+        let names: Vec<&str> = c.files.roots.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["workspace", "skills"]);
+        assert_eq!(c.files.roots[1].path, PathBuf::from("/h/skills"));
+        let e = load(
+            "tenant_id = \"t1\"\n[[files.roots]]\nname = \"a\"\npath = \"rel\"\n",
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("files.roots[0].path"), "{e}");
+        let e = load(
+            "tenant_id = \"t1\"\n[[files.roots]]\nname = \"A B\"\npath = \"/x\"\n",
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("files.roots[0].name"), "{e}");
+        let c = load(
+            "tenant_id = \"t1\"\n",
+            &[("HERMES_TENANTD_ENV__RESERVED", "OPENAI_API_KEY, CORP_*")],
+            false,
+        )
+        .expect("valid");
+        assert_eq!(c.env.reserved, vec!["OPENAI_API_KEY", "CORP_*"]);
+        let e = load(
+            "tenant_id = \"t1\"\n[env]\nreserved = [\"lower\"]\n",
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("env.reserved"), "{e}");
+        let e = load(
+            "tenant_id = \"t1\"\n[skills]\ndebounce = \"1h\"\n",
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("skills.debounce"), "{e}");
     }
 
     #[test]

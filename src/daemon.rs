@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{self, Credentials};
 use crate::config::Config;
+use crate::hub::{self, HubLink};
 use crate::metrics::Metrics;
+use crate::runs::{GatewayClient, RunLimits, Runs};
 use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,8 @@ pub enum StartError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Supervisor(#[from] crate::supervisor::SupervisorError),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::heartbeat::ClientError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -78,22 +82,85 @@ impl Daemon {
         let store =
             tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts)).await??;
 
+        let hub_link = HubLink::load(&store).await?;
         let (agent, supervisor) =
             crate::supervisor::Supervisor::prepare(config.clone(), store.clone()).await?;
+        let cancel = CancellationToken::new();
+        let runs = Runs::new(
+            store.clone(),
+            agent.clone(),
+            GatewayClient::new(agent.endpoint().clone()),
+            RunLimits {
+                max_input_bytes: config.runs.max_input_bytes,
+                subscribers_per_run: config.runs.subscribers_per_run,
+                subscribers_total: config.runs.subscribers_total,
+                queue_depth: config.runs.queue_depth,
+                retention: config.runs.retention,
+                keepalive: config.runs.keepalive,
+                wake_timeout: config.gateway.start_timeout + Duration::from_secs(5),
+            },
+            hub_link.suspended(),
+            cancel.clone(),
+        );
+        runs.recover().await?;
+        {
+            let runs = runs.clone();
+            hub_link.set_open_runs_source(move || runs.open_runs() as u64);
+        }
         let state = AppState {
-            agent,
+            runs: runs.clone(),
+            agent: agent.clone(),
             config: config.clone(),
             store: store.clone(),
             credentials: credentials.clone(),
             metrics: Arc::new(Metrics::new()),
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
+            hub: hub_link.clone(),
+            files: Arc::new(crate::files::FileRoots::from_config(&config)),
+            env_file: Arc::new(crate::envfile::EnvFile::new(
+                &config.gateway.hermes_home,
+                config.env.reserved.clone(),
+                config.env.value_max_bytes,
+            )),
+            hermes_config: Arc::new(crate::settings::HermesConfig::new(
+                &config.gateway.hermes_home,
+            )),
         };
+        // A reserved key in the tenant's .env would override what the
+        // platform sets: drop it before the agent starts.
+        if let Err(e) = state.env_file.sanitize().await {
+            tracing::warn!(error = %e, "cannot check the Hermes .env for reserved keys");
+        }
 
-        let cancel = CancellationToken::new();
         let mut components = Vec::new();
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
         // Stops the gateway (planned stop, grace, SIGKILL) when cancelled.
         components.push(supervisor.start(cancel.clone()));
+
+        components.push(hub::uptime::spawn(
+            &agent,
+            store.clone(),
+            state.metrics.clone(),
+            cancel.clone(),
+        ));
+        let heartbeat = hub::heartbeat::Heartbeat::new(hub::heartbeat::Deps {
+            config: config.clone(),
+            store: store.clone(),
+            agent: agent.clone(),
+            link: hub_link,
+            metrics: state.metrics.clone(),
+            credentials: credentials.clone(),
+        })
+        .await?;
+        if let Some(hb) = heartbeat {
+            components.push(hb.spawn(cancel.clone()));
+        }
+        components.push(crate::skills::watcher::start(
+            store.clone(),
+            config.gateway.hermes_home.join("skills"),
+            config.skills.clone(),
+            cancel.clone(),
+        ));
 
         let listener = bind(config.listen.addr).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -130,6 +197,13 @@ impl Daemon {
         };
 
         components.push(watchdog(store.clone(), cancel.clone()));
+        components.push(prune_runs(runs, cancel.clone()));
+        components.push(crate::history_sync::spawn(
+            store.clone(),
+            config.gateway.hermes_home.clone(),
+            config.runs.history_sync_interval,
+            cancel.clone(),
+        ));
         tracing::info!(
             %addr,
             tls = config.listen.tls.is_some(),
@@ -226,6 +300,24 @@ fn serve(
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "listener failed");
+        }
+    })
+}
+
+/// Delete finished runs past their retention, hourly.
+fn prune_runs(runs: Arc<Runs>, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match runs.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "pruned finished runs past retention"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune runs"),
+            }
         }
     })
 }

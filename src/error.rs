@@ -31,6 +31,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{message}")]
+    FileTooLarge { message: String },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{message}")]
@@ -62,6 +64,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::FileTooLarge { .. } => "file_too_large",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -142,5 +146,11 @@ impl From<StoreError> for ApiError {
             | StoreError::TooNew { .. }
             | StoreError::Migration { .. }) => ApiError::internal(other),
         }
+    }
+}
+
+impl From<crate::hub::Suspended> for ApiError {
+    fn from(_: crate::hub::Suspended) -> Self {
+        ApiError::Suspended
     }
 }

@@ -3,13 +3,20 @@
 
 pub mod agent;
 pub mod api;
+pub mod atomic_file;
 pub mod auth;
 pub mod config;
 pub mod daemon;
+pub mod envfile;
 pub mod error;
+pub mod files;
+pub mod history_sync;
+pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod runs;
+pub mod settings;
+pub mod skills;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
@@ -18,4 +25,15 @@ pub mod tls;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What this build can do, reported by `/version`.
-pub const CAPABILITIES: &[&str] = &["conversations", "conversations.search", "memory", "metrics"];
+pub const CAPABILITIES: &[&str] = &[
+    "conversations",
+    "conversations.search",
+    "memory",
+    "metrics",
+    "usage",
+    "skills",
+    "files",
+    "env",
+    "settings",
+    "agent-card",
+];

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub uptime_seconds: Gauge<f64, AtomicU64>,
     pub db_bytes: Gauge,
+    pub hub: crate::hub::HubMetrics,
 }
 
 impl Metrics {
@@ -72,6 +73,7 @@ impl Metrics {
             "Size of the SQLite database with its WAL",
             db_bytes.clone(),
         );
+        let hub = crate::hub::HubMetrics::register(&mut registry);
         Metrics {
             registry,
             started: Instant::now(),
@@ -80,6 +82,7 @@ impl Metrics {
             auth_failures,
             uptime_seconds,
             db_bytes,
+            hub,
         }
     }
 

@@ -49,6 +49,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fake_gateway_runs  # noqa: E402  (the runs API, in its own file)
+
 STARTED = time.monotonic()
 
 
@@ -145,11 +148,23 @@ def health(handler, state):
 
 
 def capabilities(handler, state):
+    # The shape of hermes-agent 0.19.0's document (the parts the daemon reads).
+    runs = fake_gateway_runs.capabilities_runs(state)
+    endpoints = {"chat_completions": {"method": "POST", "path": "/v1/chat/completions"}}
+    if runs:
+        endpoints["runs"] = {"method": "POST", "path": "/v1/runs"}
     return 200, {
-        "object": "hermes.capabilities",
-        "runs": True,
-        "responses": True,
-        "chat_completions": True,
+        "object": "hermes.api_server.capabilities",
+        "platform": "hermes-agent",
+        "features": {
+            "chat_completions": True,
+            "chat_completions_streaming": True,
+            "run_submission": runs,
+            "run_events_sse": runs,
+            "run_stop": runs,
+            "run_approval_response": runs,
+        },
+        "endpoints": endpoints,
         "fake": True,
     }
 
@@ -180,6 +195,7 @@ ROUTES = {
 }
 # (method, path prefix) -> (handler, needs the API key); checked after ROUTES.
 PREFIX_ROUTES = {}
+fake_gateway_runs.register(ROUTES, PREFIX_ROUTES)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -190,13 +206,16 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write("fake-gateway: " + (fmt % args) + "\n")
 
     def json_body(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        if n <= 0:
-            return None
-        try:
-            return json.loads(self.rfile.read(n))
-        except ValueError:
-            return None
+        # Read once and keep it: an unread body would be taken for the
+        # next request on a kept-alive connection.
+        if not hasattr(self, "_body"):
+            n = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(n) if n > 0 else b""
+            try:
+                self._body = json.loads(raw) if raw else None
+            except ValueError:
+                self._body = None
+        return self._body
 
     def send_json(self, status, body, headers=None):
         data = json.dumps(body).encode()
@@ -213,6 +232,9 @@ class Handler(BaseHTTPRequestHandler):
         return bool(key) and self.headers.get("Authorization") == f"Bearer {key}"
 
     def dispatch(self, method):
+        # One handler serves every request of a kept-alive connection.
+        self.__dict__.pop("_body", None)
+        self.json_body()
         path = self.path.split("?", 1)[0]
         route = ROUTES.get((method, path))
         if route is None:

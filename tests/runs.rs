@@ -276,6 +276,7 @@ async fn stop_and_approval_pass_through() {
     let run = start_run(&d, json!({"input": "needs approval"})).await;
     let id = run["run_id"].as_str().expect("run_id").to_owned();
     let frames = read_frames(events(&d, &id, None).await, 2).await;
+    assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(frames[1].event, "approval.request");
     let v = wait_run(&d, &id, "waiting_for_approval").await;
     assert_eq!(v["pending_approval"]["command"], "rm -rf /tmp/x");
@@ -399,4 +400,35 @@ async fn bad_run_requests_are_refused_clearly() {
     expect_problem(r, 400, "invalid_argument").await;
     let r = d.get("/runs/run_nope").send().await.expect("send");
     expect_problem(r, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn a_suspended_tenant_gets_403_for_runs_and_agent_start() {
+    let w = GatewayWorld::new();
+    let mut d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    d.kill();
+    let dir = d.dir.clone();
+    drop(d);
+    // The hub suspended the tenant (as its heartbeat reply would persist it).
+    let conn = rusqlite::Connection::open(dir.join("data/tenantd.db")).expect("db");
+    conn.execute(
+        "INSERT INTO daemon_state (key, value, updated_at) VALUES ('hub.access', 'suspended', 0)
+         ON CONFLICT (key) DO UPDATE SET value = 'suspended'",
+        [],
+    )
+    .expect("suspend");
+    drop(conn);
+    let d = w.daemon_in(dir).await;
+    let r = d
+        .post("/runs")
+        .json(&json!({"input": "hello"}))
+        .send()
+        .await
+        .expect("send");
+    expect_problem(r, 403, "suspended").await;
+    let r = d.post("/agent/start").send().await.expect("send");
+    expect_problem(r, 403, "suspended").await;
+    let r = d.post("/agent/restart").send().await.expect("send");
+    expect_problem(r, 403, "suspended").await;
 }

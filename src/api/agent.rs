@@ -30,6 +30,8 @@ async fn command(
 pub async fn start(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<AgentStatus>), ApiError> {
+    // A suspended tenant's agent stays stopped until the hub restores access.
+    state.hub.ensure_active().map_err(|_| ApiError::Suspended)?;
     command(&state, AgentCommand::Start).await
 }
 
@@ -44,5 +46,6 @@ pub async fn stop(
 pub async fn restart(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<AgentStatus>), ApiError> {
+    state.hub.ensure_active().map_err(|_| ApiError::Suspended)?;
     command(&state, AgentCommand::Restart).await
 }

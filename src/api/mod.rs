@@ -4,9 +4,15 @@
 
 mod agent;
 mod conversations;
+mod env;
 pub mod extract;
+mod files;
 mod memory;
+mod runs;
+mod settings;
+mod skills;
 mod system;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +22,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use tokio::sync::Semaphore;
 
 use crate::agent::AgentHandle;
@@ -37,8 +43,14 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub credentials: Arc<Credentials>,
+    pub runs: Arc<crate::runs::Runs>,
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
+    /// Access (suspended or not) and counters shared with the heartbeat.
+    pub hub: crate::hub::HubLink,
+    pub files: Arc<crate::files::FileRoots>,
+    pub env_file: Arc<crate::envfile::EnvFile>,
+    pub hermes_config: Arc<crate::settings::HermesConfig>,
 }
 
 /// One route: method, path (relative to its prefix) and handler.
@@ -96,11 +108,43 @@ fn tenant_routes() -> Vec<Route> {
             "/conversations/{session_id}/messages",
             post(conversations::append_messages),
         ),
+        r(Method::POST, "/runs", post(runs::start)),
+        r(Method::GET, "/runs", get(runs::list)),
+        r(Method::GET, "/runs/{run_id}", get(runs::get)),
+        r(Method::GET, "/runs/{run_id}/events", get(runs::events)),
+        r(Method::POST, "/runs/{run_id}/stop", post(runs::stop)),
+        r(
+            Method::POST,
+            "/runs/{run_id}/approval",
+            post(runs::approval),
+        ),
         r(Method::POST, "/memory", post(memory::create)),
         r(Method::GET, "/memory", get(memory::list)),
         r(Method::GET, "/memory/search", get(memory::search)),
         r(Method::GET, "/memory/stats", get(memory::stats)),
         r(Method::DELETE, "/memory/{id}", delete(memory::remove)),
+        r(Method::GET, "/usage", get(usage::usage)),
+        r(Method::GET, "/skills", get(skills::list)),
+        r(
+            Method::GET,
+            "/skills/{category}/{skill}/files",
+            get(skills::files),
+        ),
+        r(Method::GET, "/skill-files/{*skill_path}", get(skills::file)),
+        r(
+            Method::PUT,
+            "/skills/{skill_name}/state",
+            put(skills::set_state),
+        ),
+        r(Method::GET, "/agent-card", get(skills::agent_card)),
+        r(Method::GET, "/files", get(files::list)),
+        r(Method::GET, "/files/content", get(files::content)),
+        r(Method::GET, "/files/download", get(files::download)),
+        r(Method::GET, "/env", get(env::list)),
+        r(Method::PUT, "/env/{name}", put(env::put)),
+        r(Method::DELETE, "/env/{name}", delete(env::remove)),
+        r(Method::GET, "/settings", get(settings::get)),
+        r(Method::PATCH, "/settings", patch(settings::patch)),
     ]
 }
 

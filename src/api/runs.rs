@@ -133,7 +133,10 @@ pub async fn stop(
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RunPath>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(state.runs.stop(&p.run_id).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.runs.stop(&p.run_id).await?),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -7,12 +7,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-/// Where the gateway listens and the key it accepts.
-#[derive(Clone, Debug)]
-pub struct GatewayEndpoint {
-    pub base_url: String,
-    pub api_key: String,
-}
+use crate::agent::GatewayEndpoint;
 
 /// Failures talking to the gateway, classified by what the relay does next.
 #[derive(Debug, thiserror::Error)]
@@ -213,10 +208,14 @@ impl GatewayClient {
     }
 }
 
-/// The capabilities document names the runs API in one of a few shapes.
+/// Whether a `/v1/capabilities` document offers the runs API with its
+/// event stream (hermes-agent 0.19: `features.run_submission` and
+/// `features.run_events_sse`, and `endpoints.runs`).
 pub fn capabilities_have_runs(v: &Value) -> bool {
-    let text = v.to_string();
-    text.contains("/v1/runs") || text.contains("\"runs\"")
+    if let Some(submit) = v["features"]["run_submission"].as_bool() {
+        return submit && v["features"]["run_events_sse"].as_bool().unwrap_or(true);
+    }
+    v["endpoints"]["runs"].is_object()
 }
 
 /// One server-sent event as framed on the wire.
@@ -311,6 +310,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_real_capabilities_shape() {
+        let real = json!({"object": "hermes.api_server.capabilities",
+            "features": {"run_submission": true, "run_events_sse": true},
+            "endpoints": {"runs": {"method": "POST", "path": "/v1/runs"}}});
+        assert!(capabilities_have_runs(&real));
+        let without = json!({"features": {"run_submission": false, "chat_completions": true}});
+        assert!(!capabilities_have_runs(&without));
+        assert!(!capabilities_have_runs(&json!({"object": "x"})));
+    }
 
     #[test]
     fn parses_frames_split_across_chunks_and_ignores_comments() {

@@ -21,7 +21,7 @@ use crate::agent::AgentHandle;
 use crate::store::conversations::{self, AppendMessages, NewMessage, Role};
 use crate::store::runs::{self as run_store, NewRun, Run};
 use crate::store::{Store, StoreError};
-pub use gateway::{GatewayClient, GatewayEndpoint};
+pub use gateway::GatewayClient;
 pub use subscribe::EventStream;
 
 /// Platforms a run may come from.

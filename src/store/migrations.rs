@@ -10,6 +10,9 @@ use super::{StoreError, StoreResult};
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_core", include_str!("../../schema/0001_core.sql")),
     ("0002_agent", include_str!("../../schema/0002_agent.sql")),
+    ("0003_hub", include_str!("../../schema/0003_hub.sql")),
+    ("0004_runs", include_str!("../../schema/0004_runs.sql")),
+    ("0005_skills", include_str!("../../schema/0005_skills.sql")),
 ];
 
 /// The schema version this build writes.

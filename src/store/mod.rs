@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod conversations;
 pub mod cursor;
+pub mod hub;
 pub mod memory;
 pub mod migrations;
 pub mod runs;

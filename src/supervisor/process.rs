@@ -55,6 +55,10 @@ fn is_executable(p: &Path) -> bool {
 /// Must be called from a thread that lives as long as the daemon (an async
 /// worker, not the blocking pool): Linux delivers the parent-death signal
 /// when the spawning *thread* exits.
+/// The gateway's `oom_score_adj`: above system services (0) and far above
+/// the daemon (-500 from the systemd unit).
+const GATEWAY_OOM_SCORE_ADJ: &[u8] = b"300";
+
 pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
@@ -78,7 +82,8 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         cmd.env(k, v);
     }
     // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe functions (prctl, getppid), allocating nothing.
+    // async-signal-safe functions (prctl, getppid, open, write, close),
+    // allocating nothing.
     let parent = std::process::id() as libc::pid_t;
     unsafe {
         cmd.pre_exec(move || {
@@ -95,6 +100,22 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
             // The daemon died between fork and prctl: do not outlive it.
             if libc::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // The unit lowers the daemon's OOM score (OOMScoreAdjust=-500) and
+            // children inherit it: raise the gateway's (no privilege needed to
+            // raise) so the OOM killer takes the agent and its tools first.
+            // Best effort: a failure leaves the inherited value.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                let _ = libc::write(
+                    fd,
+                    GATEWAY_OOM_SCORE_ADJ.as_ptr().cast(),
+                    GATEWAY_OOM_SCORE_ADJ.len(),
+                );
+                libc::close(fd);
             }
             Ok(())
         });

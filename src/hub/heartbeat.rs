@@ -1,0 +1,505 @@
+//! The heartbeat task: the first beat at once, then every interval (±
+//! jitter), backing off exponentially while the hub fails. Each beat is
+//! built fresh (agent status, host resources, counters, the oldest
+//! unacknowledged usage entries), POSTed with the tenant-runtime
+//! credential, and the reply applied: acknowledge usage, desired agent
+//! state and access, interval override, clock skew. A failed beat changes
+//! nothing but the schedule: an unreachable hub never touches the agent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::payload::{AgentReport, BODY_VERSION, Beat, ClockReport, LinkReport, UsageReport};
+use super::reply::{self, Reply, ReplyError};
+use super::resources::Sampler;
+use super::schedule::Schedule;
+use super::{Access, HubLink};
+use crate::agent::{AgentCommand, AgentHandle, Desired};
+use crate::auth::Credentials;
+use crate::config::{Config, HubConfig};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError, ms_to_rfc3339, now_ms, usage};
+
+/// What the heartbeat needs from the rest of the daemon.
+#[derive(Clone)]
+pub struct Deps {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub agent: AgentHandle,
+    pub link: HubLink,
+    pub metrics: Arc<Metrics>,
+    pub credentials: Arc<Credentials>,
+}
+
+/// The hub client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("hub.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("cannot build the hub client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
+/// One beat that did not get a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum BeatError {
+    #[error("cannot build the heartbeat: {0}")]
+    Build(String),
+    #[error("cannot reach the hub: {0}")]
+    Connect(String),
+    #[error("the hub did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the hub answered HTTP {0}")]
+    Status(u16),
+    #[error("malformed reply: {0}")]
+    Malformed(#[from] ReplyError),
+}
+
+impl BeatError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BeatError::Build(_) => "build",
+            BeatError::Connect(_) => "connect",
+            BeatError::Timeout(_) => "timeout",
+            BeatError::Status(_) => "status",
+            BeatError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+impl From<StoreError> for BeatError {
+    fn from(e: StoreError) -> Self {
+        BeatError::Build(e.to_string())
+    }
+}
+
+/// The HTTP client for the hub: rustls with ring, the system's roots plus
+/// `hub.ca_file` (the bundled webpki roots are switched off, so trust is
+/// what the operator's image says), bounded timeouts, one idle connection.
+pub async fn client(cfg: &HubConfig) -> Result<reqwest::Client, ClientError> {
+    crate::tls::install_provider();
+    let connect = cfg.request_timeout.min(Duration::from_secs(5));
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_webpki_certs(false)
+        .tls_built_in_native_certs(true)
+        .https_only(
+            cfg.url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://")),
+        )
+        .timeout(cfg.request_timeout)
+        .connect_timeout(connect)
+        .pool_max_idle_per_host(1)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("hermes-tenantd/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &cfg.ca_file {
+        let shown = path.display().to_string();
+        let pem = tokio::fs::read(path)
+            .await
+            .map_err(|e| ClientError::CaFile {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaFile {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(ClientError::CaFile {
+                path: shown,
+                reason: "no PEM certificate in the file".into(),
+            });
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(ClientError::Build)
+}
+
+/// The heartbeat loop's state. Nothing here grows with time.
+pub struct Heartbeat {
+    deps: Deps,
+    url: String,
+    client: reqwest::Client,
+    sampler: Option<Sampler>,
+    boot_id: String,
+    seq: u64,
+    started: Instant,
+    failures: u32,
+    schedule: Schedule,
+    last_success_at: Option<String>,
+    command: Option<JoinHandle<()>>,
+}
+
+/// What a successful beat did, for the loop and the tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub acknowledged: usize,
+    pub command: Option<Desired>,
+}
+
+impl Heartbeat {
+    /// `None` when no hub is configured.
+    pub async fn new(deps: Deps) -> Result<Option<Heartbeat>, ClientError> {
+        let hub = &deps.config.hub;
+        let Some(base) = hub.url.clone() else {
+            return Ok(None);
+        };
+        let client = client(hub).await?;
+        let url = format!(
+            "{base}/v1/tenant-runtime/{}/heartbeat",
+            deps.config.tenant_id
+        );
+        let schedule = Schedule {
+            interval: hub.heartbeat_interval,
+            jitter: hub.heartbeat_jitter,
+            backoff_max: hub.backoff_max,
+        };
+        Ok(Some(Heartbeat {
+            url,
+            client,
+            sampler: None,
+            boot_id: crate::auth::random_token(16),
+            seq: 0,
+            started: Instant::now(),
+            failures: 0,
+            schedule,
+            last_success_at: None,
+            command: None,
+            deps,
+        }))
+    }
+
+    pub fn spawn(self, cancel: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(self.run(cancel))
+    }
+
+    /// Beat until cancelled.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        tracing::info!(
+            interval_ms = self.schedule.interval.as_millis() as u64,
+            boot_id = %self.boot_id,
+            "heartbeat started"
+        );
+        self.deps
+            .metrics
+            .hub
+            .access_suspended
+            .set(i64::from(self.deps.link.access() == Access::Suspended));
+        // A suspension persisted by an earlier run still holds.
+        if self.deps.link.access() == Access::Suspended {
+            self.command_if_needed(Desired::Stopped, "suspended");
+        }
+        loop {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.beat() => r,
+            };
+            let delay = match result {
+                Ok(_) => self.schedule.next_delay(0, &mut rand::rng()),
+                Err(_) => self.schedule.next_delay(self.failures, &mut rand::rng()),
+            };
+            tracing::debug!(delay_ms = delay.as_millis() as u64, "next heartbeat");
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::info!("heartbeat stopped");
+    }
+
+    /// One beat: build, send, apply. Updates the failure count and metrics.
+    pub async fn beat(&mut self) -> Result<Applied, BeatError> {
+        let result = self.try_beat().await;
+        let m = &self.deps.metrics.hub;
+        match result {
+            Ok(applied) => {
+                if self.failures > 0 {
+                    tracing::info!(
+                        after_failures = self.failures,
+                        "the hub answers heartbeats again"
+                    );
+                }
+                self.failures = 0;
+                let now = now_ms();
+                self.last_success_at = Some(ms_to_rfc3339(now));
+                m.heartbeat_last_success.set(now as f64 / 1000.0);
+                m.heartbeat_consecutive_failures.set(0);
+                Ok(applied)
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                m.failed(e.reason());
+                m.heartbeat_consecutive_failures
+                    .set(i64::from(self.failures));
+                tracing::warn!(
+                    error = %e,
+                    reason = e.reason(),
+                    consecutive_failures = self.failures,
+                    seq = self.seq,
+                    "heartbeat failed"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_beat(&mut self) -> Result<Applied, BeatError> {
+        self.seq += 1;
+        let (body, max_seq) = self.build().await?;
+        let m = &self.deps.metrics.hub;
+        m.heartbeat_payload_bytes.set(body.len() as i64);
+        let bearer = self
+            .deps
+            .credentials
+            .bearer_header()
+            .ok_or_else(|| BeatError::Build("the credential is not usable".into()))?;
+        m.heartbeats_sent.inc();
+        let sent_ms = now_ms();
+        let sent = Instant::now();
+        let timeout = self.deps.config.hub.request_timeout;
+        let classify = |e: reqwest::Error| {
+            let e = e.without_url();
+            if e.is_timeout() {
+                BeatError::Timeout(timeout)
+            } else {
+                BeatError::Connect(error_chain(&e))
+            }
+        };
+        let mut resp = self
+            .client
+            .post(&self.url)
+            .header(AUTHORIZATION, bearer)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body)
+            .send()
+            .await
+            .map_err(classify)?;
+        if !resp.status().is_success() {
+            return Err(BeatError::Status(resp.status().as_u16()));
+        }
+        let mut text = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+            if text.len() + chunk.len() > reply::MAX_REPLY_BYTES {
+                return Err(ReplyError::TooLarge.into());
+            }
+            text.extend_from_slice(&chunk);
+        }
+        let rtt = sent.elapsed();
+        let reply = reply::parse(&text)?;
+        Ok(self.apply(reply, max_seq, sent_ms, rtt).await)
+    }
+
+    /// The body of the next beat and the highest usage `seq` it carries.
+    pub async fn build(&mut self) -> Result<(Vec<u8>, Option<i64>), BeatError> {
+        let batch = self.deps.config.hub.usage_batch;
+        let rows = self
+            .deps
+            .store
+            .read(move |c| usage::unreported(c, batch + 1))
+            .await?;
+        let sampler = self.sampler.take();
+        let data_dir = self.deps.config.data_dir.clone();
+        let (sampler, host) = tokio::task::spawn_blocking(move || {
+            let mut s = sampler.unwrap_or_else(|| Sampler::new(&data_dir));
+            let host = s.sample();
+            (s, host)
+        })
+        .await
+        .map_err(|e| BeatError::Build(format!("resource sample: {e}")))?;
+        self.sampler = Some(sampler);
+
+        let status = self.deps.agent.status();
+        let link = &self.deps.link;
+        let usage = UsageReport::new(&rows, batch as usize);
+        let max_seq = usage.max_seq();
+        let beat = Beat {
+            version: BODY_VERSION,
+            tenant_id: &self.deps.config.tenant_id,
+            boot_id: &self.boot_id,
+            seq: self.seq,
+            sent_at: ms_to_rfc3339(now_ms()),
+            daemon_version: crate::VERSION,
+            agent_release: status.release.as_deref(),
+            agent: AgentReport::from_status(&status),
+            access: link.access(),
+            daemon_uptime_s: self.started.elapsed().as_secs(),
+            host: &host,
+            open_runs: link.open_runs(),
+            cron_jobs_due: link.cron_jobs_due(),
+            clock: ClockReport::new(
+                link.clock(),
+                self.deps.config.hub.clock_skew_threshold.as_secs_f64(),
+            ),
+            link: LinkReport {
+                consecutive_failures: self.failures,
+                last_success_at: self.last_success_at.as_deref(),
+                interval_s: self.schedule.interval.as_secs_f64(),
+            },
+            usage,
+        };
+        let body = serde_json::to_vec(&beat).map_err(|e| BeatError::Build(e.to_string()))?;
+        Ok((body, max_seq))
+    }
+
+    /// Apply a well-formed reply.
+    async fn apply(
+        &mut self,
+        reply: Reply,
+        max_seq: Option<i64>,
+        sent_ms: i64,
+        rtt: Duration,
+    ) -> Applied {
+        let mut applied = Applied::default();
+        let store = &self.deps.store;
+        let m = &self.deps.metrics.hub;
+
+        // Acknowledge only what this beat carried: an ack beyond it would
+        // mark entries the hub never saw.
+        if let (Some(ack), Some(max)) = (reply.ack_seq, max_seq) {
+            if ack > max {
+                tracing::warn!(
+                    ack_seq = ack,
+                    max_sent = max,
+                    "the hub acknowledged usage beyond what this beat carried; clamped"
+                );
+            }
+            let upto = ack.min(max);
+            match store.write(move |c| usage::acknowledge(c, upto)).await {
+                Ok(n) => {
+                    m.usage_acknowledged.inc_by(n as u64);
+                    applied.acknowledged = n;
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "cannot mark usage as reported; it will be sent again"
+                ),
+            }
+        }
+
+        let desired = reply.desired.unwrap_or_default();
+        let mut resumed = false;
+        if let Some(access) = desired.access {
+            match self.deps.link.set_access(store, access).await {
+                Ok(true) => {
+                    tracing::warn!(
+                        access = access.as_str(),
+                        "the hub changed this tenant's access"
+                    );
+                    m.access_suspended
+                        .set(i64::from(access == Access::Suspended));
+                    resumed = access == Access::Active;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "cannot persist the access the hub set"),
+            }
+        }
+        let want = match (self.deps.link.access(), desired.agent) {
+            (Access::Suspended, _) => Some((Desired::Stopped, "suspended")),
+            (Access::Active, Some(d)) => Some((d, "hub desired state")),
+            // Back from a suspension that stopped the agent.
+            (Access::Active, None) if resumed => Some((Desired::Running, "access restored")),
+            (Access::Active, None) => None,
+        };
+        if let Some((d, why)) = want {
+            if self.command_if_needed(d, why) {
+                applied.command = Some(d);
+            }
+        }
+
+        if let Some(asked) = reply.heartbeat_interval_s {
+            match Schedule::bounded_override(self.deps.config.hub.heartbeat_interval, asked) {
+                Some(i) if i != self.schedule.interval => {
+                    tracing::info!(
+                        interval_ms = i.as_millis() as u64,
+                        asked_s = asked,
+                        "the hub changed the heartbeat interval"
+                    );
+                    self.schedule.interval = i;
+                }
+                Some(_) => {}
+                None => tracing::warn!(
+                    asked_s = asked,
+                    "ignored a meaningless interval from the hub"
+                ),
+            }
+        }
+
+        if let Some(now) = reply.now {
+            self.observe_clock(now.timestamp_millis(), sent_ms, rtt);
+        }
+        applied
+    }
+
+    /// Compare the hub's clock with ours at the middle of the exchange.
+    fn observe_clock(&mut self, hub_ms: i64, sent_ms: i64, rtt: Duration) {
+        let ours = sent_ms + (rtt.as_millis() / 2) as i64;
+        let skew_ms = hub_ms - ours;
+        let threshold = self.deps.config.hub.clock_skew_threshold.as_millis() as i64;
+        let warning = skew_ms.abs() > threshold;
+        let before = self.deps.link.clock();
+        let m = &self.deps.metrics.hub;
+        m.clock_skew_seconds.set(skew_ms as f64 / 1000.0);
+        m.clock_skew_warning.set(i64::from(warning));
+        if warning && !before.warning {
+            tracing::warn!(
+                skew_s = skew_ms as f64 / 1000.0,
+                threshold_s = threshold as f64 / 1000.0,
+                "clock skew with the hub beyond the threshold: credentials and cron depend on the clock; check NTP"
+            );
+        } else if !warning && before.warning {
+            tracing::info!(
+                skew_s = skew_ms as f64 / 1000.0,
+                "clock skew with the hub back within the threshold"
+            );
+        }
+        self.deps.link.set_clock(skew_ms, warning);
+    }
+
+    /// Ask the supervisor for `want` unless the agent already wants it or
+    /// a command is still on its way. Never waits: a busy supervisor must
+    /// not hold up the heartbeat. Returns `true` if a command was sent.
+    fn command_if_needed(&mut self, want: Desired, why: &'static str) -> bool {
+        if self.deps.agent.status().desired == want {
+            return false;
+        }
+        if self.command.as_ref().is_some_and(|h| !h.is_finished()) {
+            return false;
+        }
+        let cmd = match want {
+            Desired::Running => AgentCommand::Start,
+            Desired::Stopped => AgentCommand::Stop,
+        };
+        tracing::info!(command = ?cmd, reason = why, "asking the supervisor to change the agent");
+        let agent = self.deps.agent.clone();
+        self.command = Some(tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(60), agent.send(cmd)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "agent command not delivered"),
+                Err(_) => tracing::warn!("the supervisor did not accept the command within 60 s"),
+            }
+        }));
+        true
+    }
+}
+
+/// An error with its sources, for the log (reqwest's top-level message
+/// alone says little).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

@@ -1,0 +1,337 @@
+#!/bin/bash
+# Runs inside the systemd-nspawn container booted by tests/deploy/run.sh
+# (systemd is PID 1). Writes "ok"/"not ok" lines to /out/results and ends
+# with "# done". Environment: REPO, VENV, FAST; /stage holds the releases.
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root ANSIBLE_LOCAL_TEMP=/tmp/ansible-local ANSIBLE_REMOTE_TMP=/tmp/ansible-remote
+export ANSIBLE_CONFIG=$REPO/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
+mkdir -p "$HOME" /out/logs
+# shellcheck disable=SC1091
+. /stage/env
+R=/out/results
+: >"$R"
+UNIT=hermes-tenantd
+TENANT=t-deploy-1
+CRED=deploy-test-credential-0123456789abcdef
+API=http://127.0.0.1:8643
+PLAYBOOK="$VENV/bin/ansible-playbook"
+
+ok() { echo "ok $1" >>"$R"; echo "ok $1"; }
+notok() { echo "not ok $1 # ${2:-}" >>"$R"; echo "not ok $1 # ${2:-}"; }
+# check NAME CMD...: ok when CMD succeeds; its output goes to the runner log.
+check() {
+  local name=$1
+  shift
+  if "$@"; then ok "$name"; else notok "$name" "command: $*"; fi
+}
+prop() { systemctl show -p "$1" --value "$UNIT"; }
+ready() { curl -fsS -m 2 "$API/v1/readyz" >/dev/null 2>&1; }
+version_seen() {
+  curl -fsS -m 2 -H "Authorization: Bearer $CRED" "$API/v1/tenant-runtime/$TENANT/version" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["daemon"])' 2>/dev/null
+}
+# wait_until SECONDS CMD...: poll every 0.2 s.
+wait_until() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    ((SECONDS >= deadline)) && return 1
+    sleep 0.2
+  done
+}
+recap_changed() { grep -E "^ *[0-9.]+ $2 +:" "$1" | sed -E 's/.*changed=([0-9]+).*/\1/'; }
+recap_failed() { grep -E "^ *[0-9.]+ $2 +:" "$1" | sed -E 's/.*failed=([0-9]+).*/\1/'; }
+
+cat >/tmp/inventory.yml <<EOF
+hermes_tenants:
+  vars:
+    ansible_connection: local
+    ansible_python_interpreter: /usr/bin/python3
+    hermes_tenantd_tenant_id: $TENANT
+    hermes_tenantd_credential: $CRED
+    hermes_tenantd_version: "$V0"
+    hermes_tenantd_binary_src: /stage/v0/hermes-tenantd
+    hermes_tenantd_binary_sha256: $SHA_V0
+    # The agent: stand-in hermes-agent wheels (tests/deploy/make_fake_agent_wheel.py)
+    # whose hermes command is fake_gateway.py; gateway.command follows the venv.
+    hermes_tenantd_agent_version: "0.19.0"
+    hermes_tenantd_agent_pip_packages: [hermes-agent]
+    hermes_tenantd_agent_pip_args: [--no-index, --find-links, /stage/wheels]
+    hermes_tenantd_gate_retries: 15
+    hermes_tenantd_gate_delay: 1
+  hosts:
+    tenant-vm:
+EOF
+play() { # play LOG PLAYBOOK ARGS...
+  local log=$1 pb=$2
+  shift 2
+  # Each output line is prefixed with seconds since start, to see where time goes.
+  (cd "$REPO/ansible" && "$PLAYBOOK" -i /tmp/inventory.yml "$pb" "$@" 2>&1) |
+    python3 -u -c 'import sys,time
+t=time.time()
+for l in sys.stdin: sys.stdout.write("%6.1f %s" % (time.time()-t, l))' >"/out/logs/$log"
+  return "${PIPESTATUS[0]}"
+}
+
+echo "# container: $(systemctl --version | head -1)" >>"$R"
+# The container has no network manager: the *-wait-online services would
+# hold network-online.target (which the unit wants) for 2 minutes.
+systemctl mask --runtime --now systemd-networkd-wait-online.service NetworkManager-wait-online.service >/dev/null 2>&1
+
+# ---- Ansible: install ---------------------------------------------------------
+T0=$SECONDS
+play install-1.log install.yml
+rc=$?
+check "ansible install.yml succeeds (rc=$rc, $((SECONDS - T0)) s)" test "$rc" = 0
+if [[ $rc != 0 ]]; then
+  tail -n 30 /out/logs/install-1.log
+  echo "# install failed: nothing else can be tested" >>"$R"
+  echo "# done" >>"$R"
+  exit 0
+fi
+check "hermes user exists (sysusers)" id hermes
+mode_owner() { [[ $(stat -c '%a %U:%G' "$1") == "$2" ]] || { echo "$1: $(stat -c '%a %U:%G' "$1") != $2"; return 1; }; }
+check "/etc/hermes-tenantd is 750 root:hermes" mode_owner /etc/hermes-tenantd "750 root:hermes"
+check "config.toml is 640 root:hermes" mode_owner /etc/hermes-tenantd/config.toml "640 root:hermes"
+check "credential is 600 hermes:hermes" mode_owner /etc/hermes-tenantd/credential "600 hermes:hermes"
+check "state dir is 700 hermes:hermes" mode_owner /var/lib/hermes-tenantd "700 hermes:hermes"
+check "Hermes home is 700 hermes:hermes" mode_owner /home/hermes/.hermes "700 hermes:hermes"
+check "binary is 755 root:root" mode_owner "/opt/hermes-tenantd/releases/$V0/hermes-tenantd" "755 root:root"
+check "current -> releases/$V0" test "$(readlink /opt/hermes-tenantd/current)" = "/opt/hermes-tenantd/releases/$V0"
+check "agent venv: current -> /opt/hermes-agent/0.19.0, root-owned" \
+  bash -c '[[ $(readlink /opt/hermes-agent/current) == /opt/hermes-agent/0.19.0 && $(stat -c %U /opt/hermes-agent/0.19.0/bin/hermes) == root ]]'
+check "credential never printed by ansible" bash -c "! grep -q '$CRED' /out/logs/install-1.log"
+check "config accepted by check-config (as hermes)" \
+  setpriv --reuid=hermes --regid=hermes --clear-groups -- /opt/hermes-tenantd/current/hermes-tenantd check-config --config /etc/hermes-tenantd/config.toml
+check "unit enabled" test "$(systemctl is-enabled $UNIT)" = enabled
+check "unit active" test "$(systemctl is-active $UNIT)" = active
+check "installed unit: systemd-analyze verify prints nothing" \
+  bash -c "systemd-analyze verify /etc/systemd/system/$UNIT.service 2>&1 | tee /out/logs/verify-installed.log | (! grep -q .)"
+
+T0=$SECONDS
+play install-2.log install.yml
+rc=$?
+c=$(recap_changed /out/logs/install-2.log tenant-vm)
+check "second install run: rc=0 and changed=0 (changed=$c, $((SECONDS - T0)) s)" test "$rc:$c" = "0:0"
+
+# ---- systemd behaviour ----------------------------------------------------------
+systemctl stop $UNIT
+# start returns only after READY=1: the API answers on the very first try.
+T0=$(date +%s%N)
+systemctl start $UNIT
+T1=$(date +%s%N)
+first_try=fail
+ready && first_try=ok
+check "systemctl start returned after READY ($(((T1 - T0) / 1000000)) ms): readyz answers at once" test $first_try = ok
+check "unit is active (running) after start" test "$(prop ActiveState)/$(prop SubState)" = "active/running"
+check "/version reports $V0" test "$(version_seen)" = "$V0"
+check "watchdog armed (WatchdogUSec=30s)" test "$(prop WatchdogUSec)" = 30s
+
+# Hardening vs the gateway. When the daemon has no supervisor yet (no
+# /agent route), a test drop-in starts the fake gateway from the unit's own
+# ExecStart (same sandbox, same cgroup, child of the daemon's PID) so the
+# sandbox is what is tested.
+agent_code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CRED" "$API/v1/tenant-runtime/$TENANT/agent")
+rm -f /home/hermes/.hermes/selftest.json
+if [[ $agent_code == 200 ]]; then
+  echo "# gateway spawned by the daemon's supervisor" >>"$R"
+  # A fresh gateway (the desired state is running: it starts with the daemon).
+  systemctl restart $UNIT
+  curl -fsS -X POST -H "Authorization: Bearer $CRED" "$API/v1/tenant-runtime/$TENANT/agent/start" >/dev/null 2>&1
+  DROPIN=""
+else
+  echo "# no supervisor in this build (GET /agent: $agent_code): fake gateway started from ExecStart by a test drop-in" >>"$R"
+  DROPIN=/run/systemd/system/$UNIT.service.d/50-test-gateway.conf
+  mkdir -p "$(dirname "$DROPIN")"
+  cat >"$DROPIN" <<EOF
+[Service]
+ExecStart=
+ExecStart=/bin/sh -c 'HERMES_HOME=/home/hermes/.hermes /usr/bin/python3 $REPO/tests/deploy/fake_gateway.py & exec /opt/hermes-tenantd/current/hermes-tenantd run --config /etc/hermes-tenantd/config.toml'
+EOF
+  systemctl daemon-reload
+  systemctl restart $UNIT
+fi
+if wait_until 20 test -s /home/hermes/.hermes/selftest.json; then
+  cp /home/hermes/.hermes/selftest.json /out/logs/gateway-selftest.json
+  for step in write_state sqlite_wal tool_subprocess ctypes_callback tcp_client resolve tmp_write; do
+    res=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2]))" /out/logs/gateway-selftest.json $step)
+    if [[ $res == ok ]]; then ok "sandboxed gateway: $step"; else notok "sandboxed gateway: $step" "$res"; fi
+  done
+  GW_PID=$(python3 -c "import json; print(json.load(open('/out/logs/gateway-selftest.json'))['pid'])")
+  MAIN=$(prop MainPID)
+  check "gateway runs as hermes" test "$(stat -c %U /proc/"$GW_PID")" = hermes
+  check "gateway is the daemon's child, in the unit's cgroup" \
+    bash -c "[[ \$(cut -d' ' -f4 /proc/$GW_PID/stat) == $MAIN ]] && grep -q '$UNIT.service' /proc/$GW_PID/cgroup"
+  check "gateway /health answers on 127.0.0.1:8642" curl -fsS -m 2 http://127.0.0.1:8642/health
+  check "gateway wrote its state in the Hermes home" test -s /home/hermes/.hermes/state.db -a -s /home/hermes/.hermes/tool-output.txt
+  adj=$(python3 -c "import json; print(json.load(open('/out/logs/gateway-selftest.json'))['oom_score_adj'])")
+  dadj=$(cat /proc/"$MAIN"/oom_score_adj)
+  echo "# oom_score_adj: daemon $dadj (unit OOMScoreAdjust=$(prop OOMScoreAdjust)), gateway $adj" >>"$R"
+  if [[ $dadj == -500 ]]; then
+    ok "daemon runs with OOMScoreAdjust=-500"
+  else
+    # systemd ignores EPERM here when the host lacks CAP_SYS_RESOURCE (a docker host).
+    echo "# daemon oom_score_adj not settable in this container (no CAP_SYS_RESOURCE): not verified" >>"$R"
+  fi
+  if [[ -z $DROPIN ]]; then
+    check "gateway oom_score_adj ($adj) above the daemon's ($dadj)" test "$adj" -gt "$dadj"
+  fi
+else
+  notok "fake gateway started under the unit's sandbox" "no selftest.json; journal: $(journalctl -u $UNIT -n 20 --no-pager | tail -5)"
+  GW_PID=""
+fi
+
+# Clean stop: exit 0, gateway gone, empty cgroup.
+# The unit's cgroup directory, wherever nspawn mounted the hierarchy.
+CG=$(find /sys/fs/cgroup -type d -name "$UNIT.service" -print -quit)
+# (cgroupfs files report size 0: count lines, never test -s)
+check "cgroup of the running unit has processes ($CG)" grep -q . "$CG/cgroup.procs"
+T0=$(date +%s%N)
+systemctl stop $UNIT
+T1=$(date +%s%N)
+check "stop: clean exit ($(((T1 - T0) / 1000000)) ms): status 0, Result=success" \
+  test "$(prop ExecMainCode)/$(prop ExecMainStatus)/$(prop Result)" = "1/0/success"
+journalctl -u $UNIT --no-pager -o cat >/out/logs/journal-stop.log
+check "stop: daemon logged its own shutdown" grep -q '"stopped"\|stopped' /out/logs/journal-stop.log
+if [[ -n $GW_PID ]]; then check "stop: gateway process gone" bash -c "! kill -0 $GW_PID 2>/dev/null"; fi
+check "stop: no process left in the unit's cgroup" \
+  bash -c "[[ -n '$CG' ]] && ! grep -q . '$CG/cgroup.procs' 2>/dev/null"
+check "stop: no process of user hermes left" bash -c "! pgrep -u hermes"
+
+# kill -9: systemd restarts it.
+systemctl start $UNIT
+P1=$(prop MainPID)
+N1=$(prop NRestarts)
+T0=$(date +%s%N)
+[[ $P1 -gt 1 ]] && kill -9 "$P1"
+restarted() { local p; p=$(prop MainPID); [[ $p != 0 && $p != "$P1" && $(prop ActiveState) == active ]] && ready; }
+if wait_until 30 restarted; then
+  T1=$(date +%s%N)
+  ok "kill -9: restarted by systemd and answering after $(((T1 - T0) / 1000000)) ms (NRestarts $N1 -> $(prop NRestarts))"
+else
+  notok "kill -9: restarted by systemd" "MainPID $(prop MainPID) state $(prop ActiveState)/$(prop SubState)"
+fi
+# A fresh gateway after the restart, and only one: daemon + gateway = 2 processes.
+check "kill -9: one gateway after the restart" \
+  wait_until 15 bash -c "[[ \$(pgrep -c -u hermes) == 2 ]] && curl -fsS -m 1 http://127.0.0.1:8642/health >/dev/null"
+
+if [[ $FAST == 0 ]]; then
+  # Watchdog: a frozen daemon (SIGSTOP) is killed and restarted. WatchdogSec
+  # is shortened by a runtime drop-in to keep this fast.
+  mkdir -p /run/systemd/system/$UNIT.service.d
+  printf '[Service]\nWatchdogSec=3s\n' >/run/systemd/system/$UNIT.service.d/60-test-watchdog.conf
+  systemctl daemon-reload
+  systemctl restart $UNIT
+  P1=$(prop MainPID)
+  [[ $P1 -gt 1 ]] && kill -STOP "$P1"
+  wd() { [[ $(prop MainPID) != "$P1" && $(prop ActiveState) == active ]]; }
+  if wait_until 20 wd; then
+    ok "watchdog: frozen daemon killed and restarted ($(journalctl -u $UNIT --no-pager | grep -c -i 'watchdog timeout') watchdog timeout logged)"
+  else
+    notok "watchdog: frozen daemon killed and restarted" "$(prop Result) $(prop ActiveState)"
+  fi
+  rm -f /run/systemd/system/$UNIT.service.d/60-test-watchdog.conf
+fi
+[[ -n $DROPIN ]] && rm -f "$DROPIN"
+systemctl daemon-reload
+systemctl restart $UNIT
+journalctl -u $UNIT --no-pager >/out/logs/journal-systemd-phase.log
+
+# ---- Ansible: upgrade to a good release -----------------------------------------
+V1_ARGS=(-e "hermes_tenantd_version=$V1" -e hermes_tenantd_binary_src=/stage/v1/hermes-tenantd -e "hermes_tenantd_binary_sha256=$SHA_V1")
+T0=$SECONDS
+play upgrade-good.log upgrade.yml "${V1_ARGS[@]}"
+rc=$?
+check "upgrade to $V1: passes the health gate (rc=$rc, $((SECONDS - T0)) s)" test "$rc" = 0
+check "upgrade to $V1: /version reports $V1" test "$(version_seen)" = "$V1"
+check "upgrade to $V1: previous release kept beside it" test -x "/opt/hermes-tenantd/releases/$V0/hermes-tenantd"
+
+# ---- Ansible: upgrade to a bad release --------------------------------------------
+BAD=$V0-bad1
+BAD_ARGS=(-e "hermes_tenantd_version=$BAD" -e hermes_tenantd_binary_src=/stage/bad/hermes-tenantd -e "hermes_tenantd_binary_sha256=$SHA_BAD")
+T0=$SECONDS
+play upgrade-bad.log upgrade.yml "${BAD_ARGS[@]}"
+rc=$?
+check "upgrade to bad $BAD: host fails (rc=$rc, $((SECONDS - T0)) s)" test "$rc" != 0
+check "upgrade to bad $BAD: failure says rolled back" grep -q "rolled back to $V1" /out/logs/upgrade-bad.log
+check "upgrade to bad $BAD: current -> $V1 again" test "$(readlink /opt/hermes-tenantd/current)" = "/opt/hermes-tenantd/releases/$V1"
+check "upgrade to bad $BAD: unit active" test "$(systemctl is-active $UNIT)" = active
+check "upgrade to bad $BAD: old version $V1 answers" test "$(version_seen)" = "$V1"
+check "upgrade to bad $BAD: recorded as bad" grep -q "release=$BAD" "/opt/hermes-tenantd/bad-releases/$BAD"
+P1=$(prop MainPID)
+play upgrade-bad-2.log upgrade.yml "${BAD_ARGS[@]}"
+rc=$?
+c=$(recap_changed /out/logs/upgrade-bad-2.log tenant-vm)
+check "rerun of bad $BAD: refused without trying (rc=$rc changed=$c)" \
+  bash -c "[[ $rc != 0 && $c == 0 ]] && grep -q 'failed the health gate on this host before' /out/logs/upgrade-bad-2.log"
+check "rerun of bad $BAD: daemon untouched (same MainPID)" test "$(prop MainPID)" = "$P1"
+check "rerun of bad $BAD: $V1 still answers" test "$(version_seen)" = "$V1"
+
+# ---- canary: several hosts -----------------------------------------------------------
+if [[ $FAST == 0 ]]; then
+  # Five inventory aliases of this one machine (local connection). A bad
+  # release must stop after the canary batch; a good one goes 1, 2, 2.
+  sed -i 's/^    tenant-vm:$/    canary-1:\n    fleet-2:\n    fleet-3:\n    fleet-4:\n    fleet-5:/' /tmp/inventory.yml
+  BAD2=$V0-bad2
+  play canary-bad.log upgrade.yml -e "hermes_tenantd_version=$BAD2" -e hermes_tenantd_binary_src=/stage/bad/hermes-tenantd \
+    -e "hermes_tenantd_binary_sha256=$SHA_BAD" -e '{"hermes_tenantd_serial": [1, "40%", "100%"]}'
+  rc=$?
+  check "canary with a bad release: rollout fails (rc=$rc)" test "$rc" != 0
+  check "canary with a bad release: canary-1 failed" test "$(recap_failed /out/logs/canary-bad.log canary-1)" = 1
+  check "canary with a bad release: only the canary batch ran" \
+    bash -c "grep -q 'batch: canary-1' /out/logs/canary-bad.log && ! grep -q 'fleet-[2-5]' /out/logs/canary-bad.log"
+  check "canary with a bad release: $V1 still answers" test "$(version_seen)" = "$V1"
+  # The batch plan (--tags rollout-plan runs only the announcement).
+  play canary-plan.log upgrade.yml --tags rollout-plan -e '{"hermes_tenantd_serial": [1, "40%", "100%"]}'
+  rc=$?
+  check "canary plan: 5 hosts go in batches 1, 2, 2 (rc=$rc)" \
+    bash -c "grep -q \"batch: canary-1'\" /out/logs/canary-plan.log && grep -q \"batch: fleet-2,fleet-3'\" /out/logs/canary-plan.log && grep -q \"batch: fleet-4,fleet-5'\" /out/logs/canary-plan.log"
+  sed -i 's/^    canary-1:$/    tenant-vm:/; /^    fleet-[2-5]:$/d' /tmp/inventory.yml
+fi
+
+
+# ---- credential rotation: no restart, old and new both accepted -----------------
+if [[ $FAST == 0 ]]; then
+  NEW_CRED=deploy-test-credential-rotated-fedcba9876543210
+  P1=$(prop MainPID)
+  # Same release as running ($V1): only the credential differs.
+  play rotate.log install.yml -e "hermes_tenantd_credential=$NEW_CRED" "${V1_ARGS[@]}"
+  rc=$?
+  # (old release directories may be pruned in the same run: that is not a restart)
+  check "rotation: credential written, no restart task ran (rc=$rc)" bash -c "[[ $rc == 0 ]] &&
+    grep -A1 'TASK \[hermes_tenantd : Write the tenant-runtime credential' /out/logs/rotate.log | grep -q 'changed:' &&
+    grep -A1 'TASK \[hermes_tenantd : Restart hermes-tenantd' /out/logs/rotate.log | grep -q 'skipping:'"
+  check "rotation: daemon not restarted" test "$(prop MainPID)" = "$P1"
+  check "rotation: new value never printed" bash -c "! grep -q '$NEW_CRED' /out/logs/rotate.log"
+  code_for() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" "$API/v1/tenant-runtime/$TENANT/version"; }
+  # The daemon polls the file every 30 s.
+  check "rotation: new credential accepted within 40 s" wait_until 40 bash -c "[[ \$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer $NEW_CRED' $API/v1/tenant-runtime/$TENANT/version) == 200 ]]"
+  check "rotation: old credential still accepted during the overlap" test "$(code_for "$CRED")" = 200
+  check "rotation: a wrong credential is refused" test "$(code_for wrong-credential-0123456789)" = 401
+  sed -i "s/hermes_tenantd_credential: $CRED/hermes_tenantd_credential: $NEW_CRED/" /tmp/inventory.yml
+  CRED=$NEW_CRED
+fi
+
+# ---- hermes-agent venv upgrade (needs the daemon's gateway supervisor) ----------
+if [[ $FAST == 0 && $agent_code == 200 ]]; then
+  AGENT_ARGS=()
+  gw_version() { curl -fsS -m 2 http://127.0.0.1:8642/health | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])' 2>/dev/null; }
+  check "agent 0.19.0 (installed with the daemon): gateway /health reports it" wait_until 20 bash -c '[[ $(curl -fsS -m 2 http://127.0.0.1:8642/health) == *0.19.0* ]]'
+  play agent-2.log upgrade.yml "${AGENT_ARGS[@]}" -e hermes_tenantd_agent_version=0.19.1
+  rc=$?
+  check "agent upgrade to 0.19.1 through /agent/restart passes its gate (rc=$rc)" test "$rc:$(gw_version)" = "0:0.19.1"
+  check "agent 0.19.0 venv kept beside 0.19.1" test -x /opt/hermes-agent/0.19.0/bin/hermes
+  play agent-bad.log upgrade.yml "${AGENT_ARGS[@]}" -e hermes_tenantd_agent_version=0.19.2
+  rc=$?
+  check "broken agent 0.19.2: host fails (rc=$rc)" test "$rc" != 0
+  check "broken agent 0.19.2: rolled back, current -> 0.19.1" \
+    bash -c "[[ \$(readlink /opt/hermes-agent/current) == /opt/hermes-agent/0.19.1 ]]" 
+  check "broken agent 0.19.2: gateway answers 0.19.1" wait_until 20 bash -c '[[ $(curl -fsS -m 2 http://127.0.0.1:8642/health) == *0.19.1* ]]'
+  check "broken agent 0.19.2: recorded as bad" test -s /opt/hermes-tenantd/bad-releases/agent-0.19.2
+elif [[ $FAST == 0 ]]; then
+  echo "# agent venv upgrade not tested: this daemon build has no gateway supervisor (GET /agent: $agent_code)" >>"$R"
+fi
+
+journalctl -u $UNIT --no-pager >/out/logs/journal-all.log
+echo "# done" >>"$R"
