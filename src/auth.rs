@@ -210,10 +210,15 @@ impl Credentials {
                 let mut w =
                     notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                         if let Ok(ev) = res {
-                            let ours = ev
-                                .paths
-                                .iter()
-                                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
+                            // Only changes: the reload's own open/read of the
+                            // file raises access events, which would loop.
+                            let change =
+                                ev.kind.is_create() || ev.kind.is_modify() || ev.kind.is_remove();
+                            let ours = change
+                                && ev
+                                    .paths
+                                    .iter()
+                                    .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
                             if ours {
                                 let _ = tx.try_send(());
                             }

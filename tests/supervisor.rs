@@ -768,6 +768,26 @@ async fn a_leftover_gateway_from_an_older_daemon_is_stopped_before_spawning() {
 }
 
 #[tokio::test]
+async fn a_foreign_process_on_the_port_is_not_taken_for_the_gateway() {
+    let w = World::new();
+    // Someone else listens on the gateway's port (and would answer /health).
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", w.port)).expect("bind");
+    let d = w.daemon().await;
+    let v = wait_agent(&d, LONG, "port_in_use", |v| v["reason"] == "port_in_use").await;
+    assert_eq!(v["state"], "backoff", "{v}");
+    assert!(
+        v["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("in use"),
+        "{v}"
+    );
+    assert!(w.spawns().is_empty(), "spawned while the port was taken");
+    drop(squatter);
+    wait_state(&d, "running", LONG).await;
+}
+
+#[tokio::test]
 async fn desired_state_survives_daemon_restarts() {
     let w = World::new();
     let mut d = w.daemon().await;

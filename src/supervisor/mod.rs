@@ -504,6 +504,22 @@ impl Machine {
             Ok(Err(message)) => return self.spawn_failed(message),
             Err(e) => return self.spawn_failed(format!("preparing the spawn failed: {e}")),
         };
+        // Something else on the port would answer our readiness probe and
+        // make a gateway that cannot bind look healthy.
+        if port_in_use(self.cfg.port).await {
+            let message = format!(
+                "port {} on 127.0.0.1 is already in use by another process; the gateway cannot listen",
+                self.cfg.port
+            );
+            tracing::error!(port = self.cfg.port, "gateway port already in use");
+            self.status.last_error = Some(message.clone());
+            self.status.pid = None;
+            let extra = TransitionExtra {
+                detail: Some(message),
+                ..Default::default()
+            };
+            return self.retry_later("port_in_use", extra, Instant::now());
+        }
         let spawned = match process::spawn(&spec) {
             Ok(s) => s,
             Err(e) => {
@@ -731,7 +747,7 @@ impl Machine {
         }
         let delay = self.backoff.next_delay();
         extra.delay = Some(delay);
-        extra.detail = Some(reason.to_owned());
+        extra.detail.get_or_insert_with(|| reason.to_owned());
         self.phase = Phase::Waiting { until: now + delay };
         self.transition(AgentState::Backoff, reason, extra);
     }
@@ -739,7 +755,7 @@ impl Machine {
     fn crash_loop(&mut self, cause: &'static str, mut extra: TransitionExtra) {
         let delay = self.backoff.cap();
         extra.delay = Some(delay);
-        extra.detail = Some(cause.to_owned());
+        extra.detail.get_or_insert_with(|| cause.to_owned());
         self.status.last_error = Some(format!(
             "more than {} restarts within {}; retrying every {}",
             self.cfg.crash_loop_count,
@@ -1113,6 +1129,15 @@ fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::SpawnSpec, S
             cfg.hermes_home.clone()
         },
     })
+}
+
+/// `true` when something accepts connections on the gateway's port.
+async fn port_in_use(port: u16) -> bool {
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+    matches!(
+        tokio::time::timeout(Duration::from_millis(250), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Modification time and size of the files whose change lifts a `config`
