@@ -831,7 +831,7 @@ async fn hung_hub_blocks_nothing_else() {
             let r = d.get(path).send().await.expect("send");
             assert_eq!(r.status(), 200, "{path}");
             assert!(
-                t.elapsed() < Duration::from_millis(1000),
+                t.elapsed() < Duration::from_millis(3000),
                 "{path} took {:?}",
                 t.elapsed()
             );
