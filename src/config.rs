@@ -53,6 +53,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub store: StoreConfig,
     pub runs: RunsConfig,
+    pub cron: CronConfig,
     pub log: LogConfig,
 }
 
@@ -64,6 +65,23 @@ pub struct RunsConfig {
     pub queue_depth: usize,
     pub retention: Duration,
     pub keepalive: Duration,
+}
+
+/// Agent cron limits and timings.
+#[derive(Debug, Clone)]
+pub struct CronConfig {
+    pub max_jobs: usize,
+    pub max_prompt_chars: usize,
+    /// The shortest allowed gap between two firings of a job.
+    pub min_interval: Duration,
+    /// A firing missed while the daemon was down runs at start if it is
+    /// at most this old.
+    pub missed_grace: Duration,
+    pub history_per_job: usize,
+    /// Deliveries kept while the hub is away; beyond, the oldest are dropped.
+    pub deliveries_max: usize,
+    pub delivery_backoff_base: Duration,
+    pub delivery_backoff_cap: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +189,7 @@ struct Raw {
     limits: RawLimits,
     store: RawStore,
     runs: RawRuns,
+    cron: RawCron,
     log: RawLog,
 }
 
@@ -187,6 +206,23 @@ struct RawRuns {
     queue_depth: Option<usize>,
     retention: Option<String>,
     keepalive: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCron {
+    #[serde(deserialize_with = "lenient")]
+    max_jobs: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    max_prompt_chars: Option<usize>,
+    min_interval: Option<String>,
+    missed_grace: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    history_per_job: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    deliveries_max: Option<usize>,
+    delivery_backoff_base: Option<String>,
+    delivery_backoff_cap: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -629,6 +665,45 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         retention: duration("runs.retention", raw.runs.retention, "7d")?,
         keepalive: duration("runs.keepalive", raw.runs.keepalive, "15s")?,
     };
+    let cron = CronConfig {
+        max_jobs: count("cron.max_jobs", raw.cron.max_jobs, 100, 100_000)?,
+        max_prompt_chars: count(
+            "cron.max_prompt_chars",
+            raw.cron.max_prompt_chars,
+            5000,
+            1024 * 1024,
+        )?,
+        min_interval: duration("cron.min_interval", raw.cron.min_interval, "60s")?,
+        missed_grace: duration("cron.missed_grace", raw.cron.missed_grace, "10m")?,
+        history_per_job: count(
+            "cron.history_per_job",
+            raw.cron.history_per_job,
+            100,
+            100_000,
+        )?,
+        deliveries_max: count(
+            "cron.deliveries_max",
+            raw.cron.deliveries_max,
+            1000,
+            1_000_000,
+        )?,
+        delivery_backoff_base: duration(
+            "cron.delivery_backoff_base",
+            raw.cron.delivery_backoff_base,
+            "2s",
+        )?,
+        delivery_backoff_cap: duration(
+            "cron.delivery_backoff_cap",
+            raw.cron.delivery_backoff_cap,
+            "10m",
+        )?,
+    };
+    if cron.delivery_backoff_cap < cron.delivery_backoff_base {
+        return Err(invalid(
+            "cron.delivery_backoff_cap",
+            "must not be shorter than cron.delivery_backoff_base",
+        ));
+    }
 
     let format = match non_empty(raw.log.format).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -666,6 +741,7 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
             readers,
         },
         runs,
+        cron,
         log: LogConfig { format, level },
     })
 }

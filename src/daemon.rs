@@ -33,6 +33,8 @@ pub enum StartError {
     Tls(String),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cron: {0}")]
+    Cron(#[from] crate::cron::CronError),
     #[error(transparent)]
     Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error("data directory {path}: {source}")]
@@ -101,8 +103,23 @@ impl Daemon {
             cancel.clone(),
         );
         runs.recover().await?;
+        let cron = crate::cron::CronService::new(
+            store.clone(),
+            runs.clone(),
+            config.cron.clone(),
+            config.hub.url.clone().map(|url| crate::cron::HubTarget {
+                url,
+                tenant_id: config.tenant_id.clone(),
+                credential_file: config.auth.credential_file.clone(),
+                ca_file: config.hub.ca_file.clone(),
+            }),
+            Arc::new(crate::cron::SystemClock),
+            cancel.clone(),
+        );
+        cron.prepare(config.gateway.hermes_home.clone()).await?;
         let state = AppState {
             runs: runs.clone(),
+            cron: cron.clone(),
             agent,
             config: config.clone(),
             store: store.clone(),
@@ -152,6 +169,7 @@ impl Daemon {
 
         components.push(watchdog(store.clone(), cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));
+        components.extend(cron.spawn());
         tracing::info!(
             %addr,
             tls = config.listen.tls.is_some(),

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod cron;
 pub mod daemon;
 pub mod error;
 pub mod logging;

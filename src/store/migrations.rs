@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_core", include_str!("../../schema/0001_core.sql")),
     ("0002_agent", include_str!("../../schema/0002_agent.sql")),
     ("0003_runs", include_str!("../../schema/0003_runs.sql")),
+    ("0004_cron", include_str!("../../schema/0004_cron.sql")),
 ];
 
 /// The schema version this build writes.
