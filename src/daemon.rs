@@ -103,9 +103,11 @@ impl Daemon {
             cancel.clone(),
         );
         runs.recover().await?;
+        let metrics = Arc::new(Metrics::new());
         let cron = crate::cron::CronService::new(
             store.clone(),
             runs.clone(),
+            metrics.clone(),
             config.cron.clone(),
             config.hub.url.clone().map(|url| crate::cron::HubTarget {
                 url,
@@ -124,7 +126,7 @@ impl Daemon {
             config: config.clone(),
             store: store.clone(),
             credentials: credentials.clone(),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
         };
 

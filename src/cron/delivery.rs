@@ -9,6 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::{CronService, HubTarget};
+use crate::metrics::OutcomeLabels;
 use crate::store::cron as db;
 
 /// Deliveries attempted per pass.
@@ -68,10 +69,18 @@ pub(super) async fn run(cron: Arc<CronService>, hub: HubTarget) {
             let id = d.id;
             let write = match result {
                 Ok(()) => {
+                    cron.metrics
+                        .cron_deliveries
+                        .get_or_create(&OutcomeLabels { outcome: "acked" })
+                        .inc();
                     tracing::info!(job_id = %d.job_id, run_id = %d.run_id, attempts = d.attempts + 1, "cron output delivered to the hub");
                     cron.store.write(move |c| db::ack_delivery(c, id)).await
                 }
                 Err(e) => {
+                    cron.metrics
+                        .cron_deliveries
+                        .get_or_create(&OutcomeLabels { outcome: "failed" })
+                        .inc();
                     let wait = backoff(base, cap, d.attempts);
                     tracing::warn!(job_id = %d.job_id, run_id = %d.run_id, attempts = d.attempts + 1, retry_in = ?wait, error = %e, "cron delivery failed; will retry");
                     let next = cron.clock.now_ms() + wait.as_millis() as i64;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CronConfig;
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::runs::{RunError, Runs, StartRun};
 use crate::store::cron::{self as db, HistoryRow, JobRow};
 use crate::store::{Store, StoreError, ms_to_rfc3339};
@@ -198,6 +199,7 @@ impl Trigger {
 pub struct CronService {
     store: Store,
     runs: Arc<Runs>,
+    metrics: Arc<Metrics>,
     config: CronConfig,
     hub: Option<HubTarget>,
     clock: Arc<dyn Clock>,
@@ -213,7 +215,7 @@ pub struct CronService {
 /// jumps are noticed within this).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Missed occurrences counted at start before giving up counting.
-const MISSED_COUNT_LIMIT: usize = 100_000;
+const MISSED_COUNT_LIMIT: usize = 1000;
 
 fn active(job: &JobRow) -> bool {
     job.enabled && !job.paused && job.state == "scheduled"
@@ -245,6 +247,7 @@ impl CronService {
     pub fn new(
         store: Store,
         runs: Arc<Runs>,
+        metrics: Arc<Metrics>,
         config: CronConfig,
         hub: Option<HubTarget>,
         clock: Arc<dyn Clock>,
@@ -254,6 +257,7 @@ impl CronService {
         Arc::new(CronService {
             store,
             runs,
+            metrics,
             config,
             hub,
             clock,
@@ -330,13 +334,22 @@ impl CronService {
                 Some(t) if t > now => Some(t),
                 None => next_for(job, now),
                 Some(first_missed) => {
-                    // Walk the missed occurrences up to now.
-                    let mut latest = first_missed;
+                    // The latest missed occurrence, found directly; the
+                    // count walks at most MISSED_COUNT_LIMIT occurrences.
+                    let latest = parse_schedule(&job.schedule, &job.timezone)
+                        .ok()
+                        .and_then(|(s, tz)| {
+                            s.latest_at_or_before(ms_to_dt(now), ms_to_dt(job.anchor_at), tz)
+                        })
+                        .map(|t| t.timestamp_millis())
+                        .filter(|t| *t >= first_missed)
+                        .unwrap_or(first_missed);
                     let mut count = 1usize;
+                    let mut cursor = first_missed;
                     while count < MISSED_COUNT_LIMIT {
-                        match next_for(job, latest) {
-                            Some(n) if n <= now => {
-                                latest = n;
+                        match next_for(job, cursor) {
+                            Some(n) if n <= latest => {
+                                cursor = n;
                                 count += 1;
                             }
                             _ => break,
@@ -345,6 +358,7 @@ impl CronService {
                     let catch_up = now - latest <= grace;
                     let missed = if catch_up { count - 1 } else { count };
                     if missed > 0 {
+                        self.count("missed");
                         tracing::info!(job_id = %job.id, missed, "cron firings missed while the daemon was down");
                         let h = HistoryRow {
                             id: 0,
@@ -468,8 +482,15 @@ impl CronService {
                     Trigger::Schedule
                 };
                 tokio::spawn(async move {
-                    if let Err(e) = this.fire(&id, Some(t), trigger).await {
-                        tracing::warn!(job_id = %id, error = %e, "cron firing failed");
+                    match this.fire(&id, Some(t), trigger).await {
+                        Ok(_)
+                        | Err(CronError::NotFound(_) | CronError::Store(StoreError::NotFound(_))) =>
+                            {}
+                        // Changed or deleted since it was queued.
+                        Err(CronError::Conflict(m)) => {
+                            tracing::debug!(job_id = %id, m, "cron firing dropped")
+                        }
+                        Err(e) => tracing::warn!(job_id = %id, error = %e, "cron firing failed"),
                     }
                 });
             }
@@ -522,16 +543,13 @@ impl CronService {
         };
         if let Some(prev) = overlapping {
             let why = format!(
-                "skipped: the previous firing is still running{}",
+                "the previous firing is still running{}",
                 prev.map(|r| format!(" (run {r})")).unwrap_or_default()
             );
             if trigger == Trigger::Manual {
-                return Err(CronError::Conflict(format!(
-                    "cron job `{id}` is {}",
-                    &why[9..]
-                )));
+                return Err(CronError::Conflict(format!("cron job `{id}`: {why}")));
             }
-            let h = HistoryRow {
+            let mut h = HistoryRow {
                 id: 0,
                 job_id: id.to_owned(),
                 trigger: trigger.as_str().into(),
@@ -541,33 +559,22 @@ impl CronService {
                 status: "skipped".into(),
                 finished_at: Some(now),
                 duration_ms: None,
-                error: Some(why),
+                error: Some(format!("skipped: {why}")),
             };
             let next = updated.next_run_at;
-            let jid = id.to_owned();
+            let (jid, row) = (id.to_owned(), h.clone());
             let hid = self
                 .store
                 .write(move |c| {
                     db::set_next_run(c, &jid, next)?;
-                    db::insert_history(c, &h, keep)
+                    db::insert_history(c, &row, keep)
                 })
                 .await?;
             self.requeue(id, next);
-            tracing::info!(job_id = %id, "cron firing skipped: previous one still running");
-            let mut f = Firing::from(HistoryRow {
-                id: hid.unwrap_or(0),
-                job_id: id.to_owned(),
-                trigger: trigger.as_str().into(),
-                scheduled_at: scheduled,
-                fired_at: now,
-                run_id: None,
-                status: "skipped".into(),
-                finished_at: Some(now),
-                duration_ms: None,
-                error: None,
-            });
-            f.error = Some("the previous firing is still running".into());
-            return Ok(f);
+            self.count("skipped");
+            tracing::info!(job_id = %id, "cron firing skipped: the previous one is still running");
+            h.id = hid.unwrap_or(0);
+            return Ok(h.into());
         }
         if trigger != Trigger::Manual {
             updated.repeat_completed += 1;
@@ -645,6 +652,12 @@ impl CronService {
                 self.store
                     .write(move |c| db::set_history_run(c, hid, &rid))
                     .await?;
+                self.count("started");
+                if let (Trigger::Schedule, Some(t)) = (trigger, scheduled) {
+                    self.metrics
+                        .cron_fire_lag_seconds
+                        .observe((now - t).max(0) as f64 / 1000.0);
+                }
                 tracing::info!(job_id = %id, run_id = %run_id, trigger = trigger.as_str(), "cron job fired");
                 let this = self.clone();
                 let jid = id.to_owned();
@@ -666,6 +679,7 @@ impl CronService {
             }
             Err(e) => {
                 let msg = e.to_string();
+                self.count("start_failed");
                 tracing::warn!(job_id = %id, error = %msg, "cron firing could not start a run");
                 self.record_end(id, hid, "failed", now, Some(msg.clone()))
                     .await?;
@@ -673,6 +687,13 @@ impl CronService {
                 Err(CronError::Run(e))
             }
         }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .cron_firings
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     fn clear_inflight(&self, id: &str) {

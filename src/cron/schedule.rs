@@ -161,6 +161,34 @@ impl Schedule {
         }
     }
 
+    /// The last firing at or before `now` (and after `anchor` for interval
+    /// and delay schedules), without walking every occurrence.
+    pub fn latest_at_or_before(
+        &self,
+        now: DateTime<Utc>,
+        anchor: DateTime<Utc>,
+        tz: Tz,
+    ) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Cron { expr, .. } => {
+                let start = tz.from_utc_datetime(&now.trunc_subsecs(0).naive_utc());
+                expr.find_previous_occurrence(&start, true)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+            }
+            Schedule::Every(period) => {
+                let p = i64::try_from(period.as_millis()).ok()?.max(1);
+                let (a, x) = (anchor.timestamp_millis(), now.timestamp_millis());
+                (x >= a).then(|| DateTime::from_timestamp_millis(a + (x - a) / p * p))?
+            }
+            Schedule::OnceIn(d) => {
+                let at = anchor + chrono::Duration::from_std(*d).ok()?;
+                (at <= now).then_some(at)
+            }
+            Schedule::OnceAt(at) => (*at <= now).then_some(*at),
+        }
+    }
+
     /// The shortest gap between firings seen over the next few (for the
     /// minimum-interval limit); `None` for one-shot schedules.
     pub fn shortest_gap(&self, from: DateTime<Utc>, tz: Tz) -> Option<Duration> {
@@ -295,6 +323,24 @@ mod tests {
         for w in seen.windows(2) {
             assert_eq!((w[1] - w[0]).num_minutes(), 60, "{seen:?}");
         }
+    }
+
+    #[test]
+    fn latest_occurrence_before_now() {
+        let now = utc("2026-01-01T10:07:30Z");
+        let s = Schedule::parse("*/5 * * * *").expect("parse");
+        assert_eq!(
+            s.latest_at_or_before(now, now, Tz::UTC),
+            Some(utc("2026-01-01T10:05:00Z"))
+        );
+        let s = Schedule::parse("every 15m").expect("parse");
+        let anchor = utc("2026-01-01T09:00:00Z");
+        assert_eq!(
+            s.latest_at_or_before(now, anchor, Tz::UTC),
+            Some(utc("2026-01-01T10:00:00Z"))
+        );
+        let s = Schedule::parse("2026-01-01T11:00:00Z").expect("parse");
+        assert_eq!(s.latest_at_or_before(now, now, Tz::UTC), None);
     }
 
     #[test]
