@@ -315,6 +315,7 @@ impl CronService {
     /// jobs file once, and re-attach firings left running. Call before
     /// [`spawn`](Self::spawn).
     pub async fn prepare(self: &Arc<Self>, hermes_home: PathBuf) -> Result<(), CronError> {
+        let began = std::time::Instant::now();
         import::import_once(self, &hermes_home).await?;
         let now = self.clock.now_ms();
         let jobs = self.store.read(|c| db::list_jobs(c, None, None)).await?;
@@ -448,6 +449,7 @@ impl CronService {
         tracing::info!(
             jobs = jobs.len(),
             due_now,
+            elapsed_ms = began.elapsed().as_millis() as u64,
             "cron scheduler rebuilt from the store"
         );
         Ok(())
