@@ -110,14 +110,14 @@ pub struct GatewayEndpoint {
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub base_url: String,
     /// The `API_SERVER_KEY` the daemon generated; send as `Bearer`.
-    pub key: String,
+    pub api_key: String,
 }
 
 impl std::fmt::Debug for GatewayEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayEndpoint")
             .field("base_url", &self.base_url)
-            .field("key", &"<redacted>")
+            .field("api_key", &"<redacted>")
             .finish()
     }
 }
@@ -180,6 +180,22 @@ impl AgentHandle {
     /// A receiver to await changes.
     pub fn subscribe(&self) -> watch::Receiver<AgentStatus> {
         self.status.clone()
+    }
+
+    /// Wait until the status satisfies `pred` (for example: `running`
+    /// after a wake-on-demand start), at most `timeout`. `Err` carries the
+    /// last status seen.
+    pub async fn wait_for(
+        &self,
+        pred: impl Fn(&AgentStatus) -> bool,
+        timeout: std::time::Duration,
+    ) -> Result<AgentStatus, AgentStatus> {
+        let mut rx = self.status.clone();
+        let result = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s))).await;
+        match result {
+            Ok(Ok(s)) => Ok(s.clone().at(crate::store::now_ms())),
+            _ => Err(self.status()),
+        }
     }
 
     /// Send a command; resolves with the status once the supervisor has

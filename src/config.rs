@@ -65,6 +65,7 @@ pub struct RunsConfig {
     pub queue_depth: usize,
     pub retention: Duration,
     pub keepalive: Duration,
+    pub history_sync_interval: Duration,
 }
 
 /// Agent cron limits and timings.
@@ -206,6 +207,7 @@ struct RawRuns {
     queue_depth: Option<usize>,
     retention: Option<String>,
     keepalive: Option<String>,
+    history_sync_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -664,6 +666,11 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         queue_depth: count("runs.queue_depth", raw.runs.queue_depth, 64, 10_000)?,
         retention: duration("runs.retention", raw.runs.retention, "7d")?,
         keepalive: duration("runs.keepalive", raw.runs.keepalive, "15s")?,
+        history_sync_interval: duration(
+            "runs.history_sync_interval",
+            raw.runs.history_sync_interval,
+            "30s",
+        )?,
     };
     let cron = CronConfig {
         max_jobs: count("cron.max_jobs", raw.cron.max_jobs, 100, 100_000)?,
@@ -932,6 +939,41 @@ mod tests {
         assert!(e.to_string().contains("adr"), "{e}");
         let e = load("", &[], false).unwrap_err();
         assert!(e.to_string().contains("tenant_id"), "{e}");
+    }
+
+    #[test]
+    fn gateway_supervision_keys_are_validated_by_name() {
+        let c = load(
+            "tenant_id = \"t1\"\n[gateway]\nbackoff_base = \"100ms\"\nhealth_interval = \"250ms\"\ncrash_loop_count = 2\n",
+            &[("HERMES_TENANTD_GATEWAY__UNHEALTHY_THRESHOLD", "4")],
+            false,
+        )
+        .expect("valid");
+        assert_eq!(c.gateway.backoff_base, Duration::from_millis(100));
+        assert_eq!(c.gateway.backoff_cap, Duration::from_secs(300));
+        assert_eq!(c.gateway.health_interval, Duration::from_millis(250));
+        assert_eq!(c.gateway.unhealthy_threshold, 4);
+        assert_eq!(c.gateway.crash_loop_count, 2);
+        assert_eq!(c.gateway.workdir, c.gateway.hermes_home);
+        for (toml_text, key) in [
+            (
+                "backoff_base = \"10s\"\nbackoff_cap = \"1s\"",
+                "gateway.backoff_cap",
+            ),
+            ("unhealthy_threshold = 0", "gateway.unhealthy_threshold"),
+            ("crash_loop_count = 0", "gateway.crash_loop_count"),
+            ("health_interval = \"often\"", "gateway.health_interval"),
+            ("log_file_bytes = 10", "gateway.log_file_bytes"),
+            ("venv = \"/nonexistent/venv\"", "gateway.venv"),
+        ] {
+            let e = load(
+                &format!("tenant_id = \"t1\"\n[gateway]\n{toml_text}\n"),
+                &[],
+                false,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(key), "{toml_text}: {e}");
+        }
     }
 
     #[test]

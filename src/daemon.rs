@@ -172,6 +172,12 @@ impl Daemon {
         components.push(watchdog(store.clone(), cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));
         components.extend(cron.spawn());
+        components.push(crate::history_sync::spawn(
+            store.clone(),
+            config.gateway.hermes_home.clone(),
+            config.runs.history_sync_interval,
+            cancel.clone(),
+        ));
         tracing::info!(
             %addr,
             tls = config.listen.tls.is_some(),

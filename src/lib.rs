@@ -8,6 +8,7 @@ pub mod config;
 pub mod cron;
 pub mod daemon;
 pub mod error;
+pub mod history_sync;
 pub mod logging;
 pub mod metrics;
 pub mod runs;

@@ -25,6 +25,8 @@ request, so a test can flip modes while the process runs or between spawns):
   ignore_term  ignore SIGTERM (so the daemon must SIGKILL)            [false]
   grandchild   spawn a grandchild process (same process group)        [false]
   unhealthy    /health answers 503 (also: POST /fake/unhealthy {"on": true})
+  term_exit_code  exit code on SIGTERM                                [1]
+  POST /fake/crash {"signal": N}: die by signal N now (default SIGSEGV)
   version      version reported by /health                            [0.19.0-fake]
   no_listen    never open the port at all                             [false]
 
@@ -173,12 +175,23 @@ def set_unhealthy(handler, state):
     return 200, {"unhealthy": state.unhealthy_override}
 
 
+def crash(handler, state):
+    body = handler.json_body() or {}
+    sig = int(body.get("signal", signal.SIGSEGV))
+    handler.send_json(200, {"crashing": sig})
+    handler.wfile.flush()
+    # Python leaves SIGSEGV/SIGABRT/SIGKILL at their defaults: the process dies.
+    os.kill(os.getpid(), sig)
+    return None
+
+
 # (method, exact path) -> (handler, needs the API key)
 ROUTES = {
     ("GET", "/health"): (health, False),
     ("GET", "/v1/health"): (health, False),
     ("GET", "/v1/capabilities"): (capabilities, True),
     ("POST", "/fake/unhealthy"): (set_unhealthy, False),
+    ("POST", "/fake/crash"): (crash, False),
 }
 # (method, path prefix) -> (handler, needs the API key); checked after ROUTES.
 PREFIX_ROUTES = {}
@@ -277,7 +290,8 @@ def main():
         if state.setting("ignore_term", False):
             print(f"fake-gateway {pid}: ignoring SIGTERM", flush=True)
             return
-        exit_code[0] = 1  # the real gateway exits 1 on SIGTERM on purpose
+        # The real gateway exits 1 on SIGTERM on purpose (0 after a planned stop).
+        exit_code[0] = int(state.setting("term_exit_code", 1))
         done.set()
 
     signal.signal(signal.SIGTERM, on_term)

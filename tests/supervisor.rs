@@ -172,6 +172,27 @@ struct Tr {
     pid: Option<u32>,
 }
 
+/// The transitions once the table has caught up with `GET /agent` (rows
+/// are written by a queue behind the state machine).
+async fn settled(w: &World, d: &TestDaemon) -> Vec<Tr> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let state = agent(d).await["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let trs = w.transitions();
+        if trs.last().is_some_and(|t| t.to == state) {
+            return trs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transitions never caught up with {state}: {trs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn has(trs: &[Tr], from: &str, to: &str, reason: &str) -> bool {
     trs.iter()
         .any(|t| t.from == from && t.to == to && t.reason == reason)
@@ -287,7 +308,7 @@ async fn starts_to_running_with_managed_scope_capabilities_and_logs() {
     let file = std::fs::read_to_string(d.data_dir().join("logs/gateway.log")).expect("log file");
     assert!(file.contains("a line on stderr"), "{file}");
 
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     assert!(
         has(&trs, "stopped", "starting", "desired_running"),
         "{trs:?}"
@@ -343,7 +364,7 @@ async fn stop_and_start_are_idempotent_planned_and_leave_nothing_behind() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(w.spawns().len(), spawned);
 
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     assert!(has(&trs, "running", "stopping", "stop"), "{trs:?}");
     assert!(has(&trs, "stopping", "stopped", "stop"), "{trs:?}");
     assert!(has(&trs, "stopped", "starting", "start"), "{trs:?}");
@@ -362,7 +383,7 @@ async fn restart_command_replaces_the_process() {
     .await;
     assert_eq!(v["restarts"], 1);
     wait_gone(pid as u32, LONG).await;
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     assert!(has(&trs, "running", "stopping", "restart"), "{trs:?}");
     assert!(has(&trs, "stopped", "starting", "restart"), "{trs:?}");
 }
@@ -401,7 +422,7 @@ async fn never_ready_hits_the_start_timeout_and_backs_off() {
             .contains("/health"),
         "{v}"
     );
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     assert!(
         has(&trs, "starting", "stopping", "start_timeout"),
         "{trs:?}"
@@ -439,7 +460,7 @@ async fn crashes_back_off_growing_to_the_cap_then_crash_loop_fails_and_start_cle
             .contains("restarts"),
         "{v}"
     );
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     let delays: Vec<i64> = trs
         .iter()
         .filter(|t| t.to == "backoff")
@@ -489,7 +510,7 @@ async fn crashes_back_off_growing_to_the_cap_then_crash_loop_fails_and_start_cle
     })
     .await;
     assert_eq!(v["state"], "backoff", "{v}");
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     let last = trs
         .iter()
         .rev()
@@ -514,7 +535,7 @@ async fn exit_75_respawns_at_once_without_a_backoff_step() {
         v["state"] == "running" && w.spawns().len() == 2
     })
     .await;
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     assert!(!trs.iter().any(|t| t.to == "backoff"), "{trs:?}");
     let i = trs
         .iter()
@@ -561,7 +582,7 @@ async fn exit_78_fails_with_config_until_the_config_changes_or_a_start() {
     // A start from the hub lifts it too.
     command(&d, "start").await;
     wait_state(&d, "running", LONG).await;
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     assert!(
         has(&trs, "starting", "failed", "config") || has(&trs, "running", "failed", "config"),
         "{trs:?}"
@@ -590,11 +611,38 @@ async fn unhealthy_gateway_is_restarted() {
     })
     .await;
     assert_eq!(v["restarts"], 1);
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     assert!(has(&trs, "running", "unhealthy", "unhealthy"), "{trs:?}");
     assert!(has(&trs, "unhealthy", "stopping", "unhealthy"), "{trs:?}");
     assert!(has(&trs, "stopping", "backoff", "unhealthy"), "{trs:?}");
     wait_gone(pid as u32, LONG).await;
+}
+
+#[tokio::test]
+async fn death_by_signal_is_a_crash_with_the_signal_recorded() {
+    let w = World::new();
+    let d = w.daemon().await;
+    let v = wait_state(&d, "running", LONG).await;
+    let pid = v["pid"].as_u64().expect("pid");
+    let _ = d
+        .client
+        .post(format!("http://127.0.0.1:{}/fake/crash", w.port))
+        .json(&serde_json::json!({"signal": 11}))
+        .send()
+        .await;
+    let v = wait_agent(&d, LONG, "running again with a new pid", |v| {
+        v["state"] == "running" && v["pid"].as_u64().is_some_and(|p| p != pid)
+    })
+    .await;
+    assert_eq!(v["last_exit"]["reason"], "crash", "{v}");
+    assert_eq!(v["last_exit"]["signal"], 11, "{v}");
+    assert_eq!(v["last_exit"]["code"], Value::Null, "{v}");
+    let trs = settled(&w, &d).await;
+    let b = trs.iter().find(|t| t.to == "backoff").expect("backoff");
+    assert_eq!(
+        (b.from.as_str(), b.reason.as_str(), b.signal),
+        ("running", "crash", Some(11))
+    );
 }
 
 #[tokio::test]
@@ -711,7 +759,7 @@ async fn a_leftover_gateway_from_an_older_daemon_is_stopped_before_spawning() {
     let status = leftover.wait().expect("leftover reaped");
     assert!(!status.success());
     assert_eq!(w.gateway_processes(), vec![pid]);
-    let trs = w.transitions();
+    let trs = settled(&w, &d).await;
     assert!(
         has(&trs, "stopped", "stopped", "leftover_stopped"),
         "{trs:?}"
@@ -746,6 +794,7 @@ async fn desired_state_survives_daemon_restarts() {
     assert!(d.terminate().success());
     wait_gone(pid2, LONG).await;
     drop(d);
+    // The daemon flushed its records before exiting.
     let trs = w.transitions();
     assert!(
         has(&trs, "stopping", "stopped", "daemon_shutdown"),

@@ -97,7 +97,7 @@ impl GatewayClient {
         let Ok(resp) = self
             .http
             .get(self.url("/v1/capabilities"))
-            .bearer_auth(&self.endpoint.key)
+            .bearer_auth(&self.endpoint.api_key)
             .timeout(Duration::from_secs(5))
             .send()
             .await
@@ -116,7 +116,7 @@ impl GatewayClient {
         let resp = self
             .http
             .post(self.url("/v1/runs"))
-            .bearer_auth(&self.endpoint.key)
+            .bearer_auth(&self.endpoint.api_key)
             .timeout(Duration::from_secs(30))
             .json(body)
             .send()
@@ -143,7 +143,7 @@ impl GatewayClient {
         let resp = self
             .http
             .get(self.url(&format!("/v1/runs/{gateway_run_id}/events")))
-            .bearer_auth(&self.endpoint.key)
+            .bearer_auth(&self.endpoint.api_key)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
@@ -173,7 +173,7 @@ impl GatewayClient {
         let resp = self
             .http
             .post(self.url(path))
-            .bearer_auth(&self.endpoint.key)
+            .bearer_auth(&self.endpoint.api_key)
             .timeout(Duration::from_secs(15))
             .json(body)
             .send()
@@ -195,7 +195,7 @@ impl GatewayClient {
         let resp = self
             .http
             .post(self.url("/v1/chat/completions"))
-            .bearer_auth(&self.endpoint.key)
+            .bearer_auth(&self.endpoint.api_key)
             .header("X-Hermes-Session-Id", session_id)
             .json(body)
             .send()

@@ -77,6 +77,12 @@ pub fn write_managed_env(dir: &Path, port: u16, key: &str) -> io::Result<()> {
     out.push_str("API_SERVER_HOST=127.0.0.1\n");
     out.push_str(&format!("API_SERVER_PORT={port}\n"));
     out.push_str(&format!("API_SERVER_KEY={key}\n"));
+    // Unchanged (every respawn but the first): no rewrite, no fsync.
+    if std::fs::read(&path).is_ok_and(|old| old == out.as_bytes())
+        && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600)
+    {
+        return Ok(());
+    }
     write_atomic(&path, out.as_bytes(), 0o600)
 }
 

@@ -121,7 +121,7 @@ impl Supervisor {
         };
         let endpoint = GatewayEndpoint {
             base_url: format!("http://127.0.0.1:{}", config.gateway.port),
-            key,
+            api_key: key,
         };
         let (handle, channels) = agent::channel(AgentStatus::initial(desired), endpoint.clone());
         Ok((
@@ -240,6 +240,7 @@ enum Event {
 
 enum Record {
     Transition(Transition),
+    Process(Option<ProcessRecord>),
 }
 
 struct Machine {
@@ -286,7 +287,7 @@ impl Machine {
         cancel: CancellationToken,
     ) {
         self.stop_leftovers().await;
-        if self.status.desired == Desired::Running {
+        if self.status.desired == Desired::Running && !cancel.is_cancelled() {
             self.spawn_now("desired_running").await;
         } else {
             self.publish();
@@ -495,7 +496,7 @@ impl Machine {
         let counts_as_restart = !matches!(why, "desired_running" | "start");
         let prepared = {
             let cfg = self.cfg.clone();
-            let key = self.endpoint.key.clone();
+            let key = self.endpoint.api_key.clone();
             tokio::task::spawn_blocking(move || prepare_spawn(&cfg, &key)).await
         };
         let spec = match prepared {
@@ -522,14 +523,14 @@ impl Machine {
             pid,
             start_time,
         } = spawned;
-        // Persist the identity before anything else can go wrong, so a
-        // daemon crash now still leaves the next daemon a trail.
+        // The identity goes to the store first thing, so a daemon crash
+        // leaves the next daemon a trail (besides the marker).
         let record = ProcessRecord {
             pid,
             start_time,
             pgid: pid,
         };
-        self.persist_process(Some(record)).await;
+        self.persist_process(Some(record));
         for (stream, fd) in [
             (
                 "stdout",
@@ -593,13 +594,12 @@ impl Machine {
         );
     }
 
-    async fn persist_process(&self, record: Option<ProcessRecord>) {
-        let value = record
-            .as_ref()
-            .and_then(|r| serde_json::to_string(r).ok())
-            .unwrap_or_default();
-        if let Err(e) = self.store.set_state(PROCESS_KEY, value).await {
-            tracing::error!(error = %e, "cannot record the gateway process");
+    /// Queue the gateway's identity for the store (in order with the
+    /// transitions, without holding up a respawn on an fsync). A daemon that
+    /// dies before it lands still has the managed-dir marker to find it by.
+    fn persist_process(&self, record: Option<ProcessRecord>) {
+        if self.record_tx.try_send(Record::Process(record)).is_err() {
+            tracing::warn!("record queue full; the gateway's identity was not persisted");
         }
     }
 
@@ -654,7 +654,7 @@ impl Machine {
         };
         // Tool subprocesses of the dead gateway go with it.
         process::signal_group(child.pid, libc::SIGKILL);
-        self.persist_process(None).await;
+        self.persist_process(None);
         self.generation += 1;
         self.probe_inflight = false;
         self.status.pid = None;
@@ -974,7 +974,7 @@ impl Machine {
         .unwrap_or_default();
         if found.is_empty() {
             if recorded.is_some() {
-                self.persist_process(None).await;
+                self.persist_process(None);
             }
             return;
         }
@@ -1009,7 +1009,7 @@ impl Machine {
             }
         }
         let _ = tokio::fs::remove_file(self.cfg.hermes_home.join(process::PLANNED_STOP_FILE)).await;
-        self.persist_process(None).await;
+        self.persist_process(None);
         self.transition(
             AgentState::Stopped,
             "leftover_stopped",
@@ -1067,7 +1067,9 @@ fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::SpawnSpec, S
     let program = process::resolve_program(name, cfg.venv.as_deref()).ok_or_else(|| {
         format!("gateway command `{name}` not found (set gateway.command or gateway.venv)")
     })?;
-    managed::create_private_dir(&cfg.hermes_home)
+    // Created if missing (the planned-stop marker goes there); an existing
+    // home keeps its owner's permissions.
+    std::fs::create_dir_all(&cfg.hermes_home)
         .map_err(|e| format!("cannot create the Hermes home: {e}"))?;
     managed::write_managed_env(&cfg.managed_dir, cfg.port, key)
         .map_err(|e| format!("cannot write the managed scope: {e}"))?;
@@ -1136,6 +1138,12 @@ async fn write_records(store: Store, mut rx: mpsc::Receiver<Record>) {
     while let Some(rec) = rx.recv().await {
         let result = match rec {
             Record::Transition(t) => store.write(move |c| store::agent::insert(c, &t)).await,
+            Record::Process(p) => {
+                let value = p
+                    .and_then(|r| serde_json::to_string(&r).ok())
+                    .unwrap_or_default();
+                store.set_state(PROCESS_KEY, value).await
+            }
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot record an agent transition");

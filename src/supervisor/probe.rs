@@ -57,7 +57,7 @@ impl Prober {
         let resp = self
             .client
             .get(&url)
-            .bearer_auth(&self.endpoint.key)
+            .bearer_auth(&self.endpoint.api_key)
             .timeout(timeout)
             .send()
             .await

@@ -1,0 +1,253 @@
+//! Imports the gateway's own conversation history (`HERMES_HOME/state.db`:
+//! its messaging platforms, CLI and cron) into the daemon's conversation
+//! store, incrementally, so the whole tenant history is searchable in one
+//! place.
+//!
+//! Sessions with source `api_server` are skipped: the daemon holds the only
+//! API key, so those are runs it already recorded itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::conversations::{self, AppendMessages, NewMessage, Role, TimeInput};
+use crate::store::{Store, StoreError, now_ms};
+
+/// `daemon_state` key: the highest gateway message id imported.
+const CURSOR_KEY: &str = "history_sync.last_message_id";
+/// Messages read per pass.
+const BATCH: i64 = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("gateway state.db: {0}")]
+    Source(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One message read from the gateway's store.
+#[derive(Debug, Clone)]
+struct SourceMessage {
+    id: i64,
+    session_id: String,
+    source: String,
+    title: Option<String>,
+    role: String,
+    content: Option<String>,
+    tool_calls: Option<String>,
+    timestamp: f64,
+    tokens: Option<i64>,
+}
+
+/// Read messages after `after` from the gateway's database. Opened
+/// read-only but not immutable, so rows still in its WAL are seen.
+fn read_batch(db: &Path, after: i64) -> Result<Vec<SourceMessage>, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(2))?;
+    let mut stmt = conn.prepare(
+        "SELECT m.id, m.session_id, s.source, s.title, m.role, m.content, m.tool_calls,
+                m.timestamp, m.token_count
+         FROM messages m JOIN sessions s ON s.id = m.session_id
+         WHERE m.id > ?1 ORDER BY m.id LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![after, BATCH], |r| {
+            Ok(SourceMessage {
+                id: r.get(0)?,
+                session_id: r.get(1)?,
+                source: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                title: r.get(3)?,
+                role: r.get(4)?,
+                content: r.get(5)?,
+                tool_calls: r.get(6)?,
+                // Stored as REAL seconds; never assume an integer.
+                timestamp: r.get::<_, f64>(7)?,
+                tokens: r.get(8)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// A session id the daemon's store accepts, derived from the gateway's.
+fn local_session_id(id: &str) -> String {
+    let cleaned: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    if cleaned.is_empty() {
+        "gateway".into()
+    } else {
+        cleaned
+    }
+}
+
+fn platform_of(source: &str) -> String {
+    let p = source.to_ascii_lowercase();
+    if conversations::validate_platform(&p).is_ok() {
+        p
+    } else {
+        "gateway".into()
+    }
+}
+
+/// Import one batch into the daemon's store, advancing the cursor in the
+/// same transaction. Returns (messages read, messages inserted).
+fn import(conn: &mut Connection, batch: &[SourceMessage]) -> Result<(usize, usize), StoreError> {
+    let Some(last) = batch.last().map(|m| m.id) else {
+        return Ok((0, 0));
+    };
+    let mut by_session: BTreeMap<String, (String, Option<String>, Vec<NewMessage>)> =
+        BTreeMap::new();
+    for m in batch {
+        if m.source == "api_server" {
+            continue;
+        }
+        let Some(role) = Role::parse(&m.role) else {
+            continue;
+        };
+        let content = m.content.clone().unwrap_or_default();
+        if content.len() > conversations::MAX_CONTENT_BYTES || content.contains('\0') {
+            continue;
+        }
+        let tool_calls = m
+            .tool_calls
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .filter(|v| v.is_array() || v.is_object());
+        let entry = by_session
+            .entry(local_session_id(&m.session_id))
+            .or_insert_with(|| (platform_of(&m.source), m.title.clone(), Vec::new()));
+        entry.2.push(NewMessage {
+            role,
+            content,
+            tool_calls,
+            tokens_used: m.tokens.filter(|t| *t >= 0),
+            created_at: Some(TimeInput::Seconds(
+                if m.timestamp.is_finite() && m.timestamp >= 0.0 {
+                    m.timestamp
+                } else {
+                    0.0
+                },
+            )),
+            external_id: Some(format!("statedb:{}", m.id)),
+        });
+    }
+    let tx = conn.transaction()?;
+    let mut inserted = 0;
+    for (session, (platform, title, messages)) in by_session {
+        for chunk in messages.chunks(conversations::MAX_BATCH) {
+            let r = conversations::append_in(
+                &tx,
+                &session,
+                &AppendMessages {
+                    platform: Some(platform.clone()),
+                    title: title.clone().filter(|t| t.len() <= 512),
+                    messages: chunk.to_vec(),
+                },
+            )?;
+            inserted += r.inserted;
+        }
+    }
+    tx.execute(
+        "INSERT INTO daemon_state (key, value, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        params![CURSOR_KEY, last.to_string(), now_ms()],
+    )?;
+    tx.commit()?;
+    Ok((batch.len(), inserted))
+}
+
+/// One full pass: import everything new. Returns messages inserted.
+pub async fn sync_once(store: &Store, db: PathBuf) -> Result<usize, SyncError> {
+    let mut total = 0;
+    loop {
+        let after: i64 = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT value FROM daemon_state WHERE key = ?1",
+                    [CURSOR_KEY],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0))
+            })
+            .await?;
+        let path = db.clone();
+        let batch = tokio::task::spawn_blocking(move || read_batch(&path, after))
+            .await
+            .map_err(StoreError::from)??;
+        let n = batch.len();
+        let (_, inserted) = store.write(move |c| import(c, &batch)).await?;
+        total += inserted;
+        if (n as i64) < BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// The periodic component: a pass at start, then every `interval`.
+pub fn spawn(
+    store: Store,
+    hermes_home: PathBuf,
+    interval: Duration,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let db = hermes_home.join("state.db");
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let exists = tokio::fs::try_exists(&db).await.unwrap_or(false);
+            if !exists {
+                continue;
+            }
+            match sync_once(&store, db.clone()).await {
+                Ok(0) => warned = false,
+                Ok(n) => {
+                    warned = false;
+                    tracing::info!(messages = n, "imported the gateway's conversation history");
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "cannot import the gateway's history; will retry");
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_ids_and_platforms_are_made_acceptable() {
+        assert_eq!(
+            super::local_session_id("20261125_1430 a/b"),
+            "20261125_1430_a_b"
+        );
+        assert_eq!(super::local_session_id(""), "gateway");
+        assert_eq!(super::platform_of("Telegram"), "telegram");
+        assert_eq!(super::platform_of("weird source!"), "gateway");
+    }
+}

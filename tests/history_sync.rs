@@ -1,0 +1,166 @@
+//! The gateway's own history (`HERMES_HOME/state.db`) is imported into the
+//! daemon's conversation store exactly once, including rows still in its WAL.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The parts of hermes-agent 0.19's state.db schema the import reads.
+const GATEWAY_SCHEMA: &str = "
+CREATE TABLE sessions (id TEXT PRIMARY KEY, source TEXT NOT NULL, title TEXT, model TEXT,
+    started_at REAL NOT NULL, ended_at REAL, message_count INTEGER DEFAULT 0);
+CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL REFERENCES sessions(id),
+    role TEXT NOT NULL, content TEXT, tool_call_id TEXT, tool_calls TEXT, tool_name TEXT,
+    timestamp REAL NOT NULL, token_count INTEGER, finish_reason TEXT);
+";
+
+fn seed(home: &Path) -> rusqlite::Connection {
+    std::fs::create_dir_all(home).expect("home");
+    let c = rusqlite::Connection::open(home.join("state.db")).expect("state.db");
+    c.pragma_update(None, "journal_mode", "WAL").expect("wal");
+    // Keep everything in the WAL while this connection lives.
+    c.pragma_update(None, "wal_autocheckpoint", 0)
+        .expect("no checkpoint");
+    c.execute_batch(GATEWAY_SCHEMA).expect("schema");
+    c
+}
+
+fn add(c: &rusqlite::Connection, session: &str, source: &str, role: &str, content: &str, ts: f64) {
+    c.execute(
+        "INSERT OR IGNORE INTO sessions (id, source, title, started_at) VALUES (?1, ?2, 'From the gateway', ?3)",
+        rusqlite::params![session, source, ts],
+    )
+    .expect("session");
+    c.execute(
+        "INSERT INTO messages (session_id, role, content, timestamp, token_count) VALUES (?1, ?2, ?3, ?4, 7)",
+        rusqlite::params![session, role, content, ts],
+    )
+    .expect("message");
+}
+
+async fn search_count(d: &TestDaemon, q: &str) -> usize {
+    let v: Value = d
+        .get(&format!("/conversations/search?q={q}&limit=200"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    v["items"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+async fn wait_count(d: &TestDaemon, q: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = search_count(d, q).await;
+        if got == n {
+            return;
+        }
+        assert!(got < n, "imported more than once: {got} > {n}");
+        assert!(Instant::now() < deadline, "only {got} of {n} imported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn gateway_history_is_imported_once_including_wal_rows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let home = dir.path().join("home");
+    let gw = seed(&home);
+    add(
+        &gw,
+        "20261125_080000_tg1",
+        "telegram",
+        "user",
+        "telegram chat about pelicans",
+        1_780_000_000.25,
+    );
+    add(
+        &gw,
+        "20261125_080000_tg1",
+        "telegram",
+        "assistant",
+        "pelicans are large birds",
+        1_780_000_001.75,
+    );
+    add(
+        &gw,
+        "20261125_090000_cron",
+        "cron",
+        "assistant",
+        "daily pelicans digest",
+        1_780_000_100.5,
+    );
+    add(
+        &gw,
+        "api1",
+        "api_server",
+        "user",
+        "pelicans via the daemon's own api",
+        1_780_000_200.0,
+    );
+    // Rows are in the WAL, not the main file.
+    let wal = std::fs::metadata(home.join("state.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(wal > 0, "seeded rows should sit in the WAL");
+
+    let extra = format!(
+        "[gateway]\ncommand = \"/nonexistent/hermes gateway run\"\nhermes_home = \"{}\"\n\n[runs]\nhistory_sync_interval = \"200ms\"\n",
+        home.display()
+    );
+    let mut d = TestDaemon::start_with(Options {
+        config_extra: extra.clone(),
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    // api_server sessions are the daemon's own runs: not imported again.
+    wait_count(&d, "pelicans", 3).await;
+    let m: Value = d
+        .get("/conversations/20261125_080000_tg1/messages")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let items = m["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["platform"], "telegram");
+    assert_eq!(items[0]["created_at"], "2026-05-28T20:26:40.250Z");
+    assert_eq!(items[1]["tokens_used"], 7);
+
+    // New rows are picked up incrementally.
+    add(
+        &gw,
+        "20261125_080000_tg1",
+        "telegram",
+        "user",
+        "more pelicans please",
+        1_780_000_300.0,
+    );
+    wait_count(&d, "pelicans", 4).await;
+
+    // A restart imports nothing twice.
+    d.kill();
+    drop(d);
+    let d = TestDaemon::start_with(Options {
+        config_extra: extra,
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    d.wait_for_log("listening", Duration::from_secs(5)).await;
+    // Give the importer a full pass (it logs nothing when nothing is new):
+    // add a marker row and wait for it, then check the total.
+    add(&gw, "marker", "cli", "user", "marker row", 1_780_000_400.0);
+    wait_count(&d, "marker", 1).await;
+    assert_eq!(search_count(&d, "pelicans").await, 4);
+    drop(gw);
+}
