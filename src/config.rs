@@ -942,6 +942,35 @@ mod tests {
     }
 
     #[test]
+    fn cron_keys_have_defaults_and_are_validated_by_name() {
+        let c = load("tenant_id = \"t1\"\n", &[], false).expect("defaults");
+        assert_eq!(c.cron.max_jobs, 100);
+        assert_eq!(c.cron.min_interval, Duration::from_secs(60));
+        assert_eq!(c.cron.missed_grace, Duration::from_secs(600));
+        let c = load(
+            "tenant_id = \"t1\"\n[cron]\nmissed_grace = \"30s\"\nmax_jobs = 7\n",
+            &[("HERMES_TENANTD_CRON__MIN_INTERVAL", "1s")],
+            false,
+        )
+        .expect("set");
+        assert_eq!(c.cron.missed_grace, Duration::from_secs(30));
+        assert_eq!(c.cron.max_jobs, 7);
+        assert_eq!(c.cron.min_interval, Duration::from_secs(1));
+        for (text, key) in [
+            ("[cron]\nmax_jobs = 0\n", "cron.max_jobs"),
+            ("[cron]\nmissed_grace = \"soon\"\n", "cron.missed_grace"),
+            (
+                "[cron]\ndelivery_backoff_base = \"10m\"\ndelivery_backoff_cap = \"1s\"\n",
+                "cron.delivery_backoff_cap",
+            ),
+            ("[cron]\nbogus = 1\n", "bogus"),
+        ] {
+            let e = load(&format!("tenant_id = \"t1\"\n{text}"), &[], false).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn gateway_supervision_keys_are_validated_by_name() {
         let c = load(
             "tenant_id = \"t1\"\n[gateway]\nbackoff_base = \"100ms\"\nhealth_interval = \"250ms\"\ncrash_loop_count = 2\n",
