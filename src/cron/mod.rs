@@ -176,6 +176,8 @@ impl Queue {
 
 struct InFlight {
     run_id: Option<String>,
+    /// The job was deleted before its run had an id: stop the run once it has.
+    stop_requested: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -216,6 +218,8 @@ pub struct CronService {
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Missed occurrences counted at start before giving up counting.
 const MISSED_COUNT_LIMIT: usize = 1000;
+/// Output sent to the hub per delivery (longer output is cut).
+const MAX_DELIVERY_BYTES: usize = 256 * 1024;
 
 fn active(job: &JobRow) -> bool {
     job.enabled && !job.paused && job.state == "scheduled"
@@ -421,6 +425,7 @@ impl CronService {
                             h.job_id.clone(),
                             InFlight {
                                 run_id: Some(run_id.clone()),
+                                stop_requested: false,
                             },
                         );
                     }
@@ -538,7 +543,13 @@ impl CronService {
             match m.get(id) {
                 Some(f) => Some(f.run_id.clone()),
                 None => {
-                    m.insert(id.to_owned(), InFlight { run_id: None });
+                    m.insert(
+                        id.to_owned(),
+                        InFlight {
+                            run_id: None,
+                            stop_requested: false,
+                        },
+                    );
                     None
                 }
             }
@@ -642,13 +653,22 @@ impl CronService {
         match started {
             Ok(run) => {
                 let run_id = run.run_id.clone();
-                if let Ok(mut m) = self.inflight.lock() {
-                    m.insert(
-                        id.to_owned(),
-                        InFlight {
-                            run_id: Some(run_id.clone()),
-                        },
-                    );
+                let stop_now = match self.inflight.lock() {
+                    Ok(mut m) => {
+                        let f = m.entry(id.to_owned()).or_insert(InFlight {
+                            run_id: None,
+                            stop_requested: false,
+                        });
+                        f.run_id = Some(run_id.clone());
+                        f.stop_requested
+                    }
+                    Err(_) => false,
+                };
+                if stop_now {
+                    // Deleted while the run was being started.
+                    if let Err(e) = self.runs.stop(&run_id).await {
+                        tracing::info!(job_id = %id, run_id = %run_id, error = %e, "deleted cron job: its run could not be stopped");
+                    }
                 }
                 let rid = run_id.clone();
                 self.store
@@ -794,7 +814,14 @@ impl CronService {
             tracing::warn!(job_id, deliver = %deliver, "cron output not delivered: no hub.url configured");
             return;
         }
-        let output = output.unwrap_or_default();
+        let mut output = output.unwrap_or_default();
+        if output.len() > MAX_DELIVERY_BYTES {
+            let mut cut = MAX_DELIVERY_BYTES;
+            while !output.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            output.truncate(cut);
+        }
         let (jid, rid, max, now) = (
             job_id.to_owned(),
             run_id.to_owned(),
@@ -990,7 +1017,14 @@ impl CronService {
             )));
         }
         self.requeue(id, None);
-        if let Some(run_id) = self.running_run(id) {
+        let run = match self.inflight.lock() {
+            Ok(mut m) => m.get_mut(id).and_then(|f| {
+                f.stop_requested = f.run_id.is_none();
+                f.run_id.clone()
+            }),
+            Err(_) => None,
+        };
+        if let Some(run_id) = run {
             match self.runs.stop(&run_id).await {
                 Ok(_) => {
                     tracing::info!(job_id = %id, run_id = %run_id, "deleted cron job: its run was stopped")
@@ -1010,6 +1044,12 @@ impl CronService {
         row.paused = paused;
         row.updated_at = self.clock.now_ms();
         row.next_run_at = next_for(&row, row.updated_at);
+        if !paused && active(&row) && row.next_run_at.is_none() {
+            // A one-shot whose time passed while it was paused.
+            row.state = "completed".into();
+            row.last_status = Some("missed".into());
+            row.last_error = Some("its time passed while the job was paused".into());
+        }
         let r = row.clone();
         self.store.write(move |c| db::update_job(c, &r)).await?;
         self.requeue(id, row.next_run_at);
