@@ -250,6 +250,12 @@ mod tests {
             Schedule::parse("2030-01-02T03:04:05"),
             Ok(Schedule::OnceAt(_))
         ));
+        let daily = Schedule::parse("@daily").expect("nickname");
+        let t = utc("2026-01-01T10:00:00Z");
+        assert_eq!(
+            daily.next_after(t, t, Tz::UTC),
+            Some(utc("2026-01-02T00:00:00Z"))
+        );
         assert!(Schedule::parse("every 0m").is_err());
         assert!(Schedule::parse("every banana").is_err());
         assert!(Schedule::parse("").is_err());
