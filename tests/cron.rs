@@ -234,6 +234,12 @@ async fn crud_round_trip_in_three_shapes_and_every_bad_input_is_a_400_naming_the
             "invalid_argument",
         ),
         (
+            json!({"schedule": "0 0 30 2 *", "prompt": "x"}),
+            "schedule:",
+            400,
+            "invalid_argument",
+        ),
+        (
             json!({"schedule": "2001-01-01T00:00:00Z", "prompt": "x"}),
             "schedule:",
             400,

@@ -902,6 +902,12 @@ impl CronService {
             }
         }
         row.next_run_at = next_for(row, now.timestamp_millis());
+        if schedule_changed && active(row) && row.next_run_at.is_none() {
+            return Err(CronError::Invalid(format!(
+                "schedule: `{}` never fires",
+                row.schedule
+            )));
+        }
         Ok(())
     }
 

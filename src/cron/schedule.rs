@@ -154,7 +154,7 @@ impl Schedule {
                 DateTime::from_timestamp_millis(a.checked_add(k.checked_mul(p)?)?)
             }
             Schedule::OnceIn(d) => {
-                let at = anchor + chrono::Duration::from_std(*d).ok()?;
+                let at = anchor.checked_add_signed(chrono::Duration::from_std(*d).ok()?)?;
                 (at > after).then_some(at)
             }
             Schedule::OnceAt(at) => (*at > after).then_some(*at),
@@ -182,7 +182,7 @@ impl Schedule {
                 (x >= a).then(|| DateTime::from_timestamp_millis(a + (x - a) / p * p))?
             }
             Schedule::OnceIn(d) => {
-                let at = anchor + chrono::Duration::from_std(*d).ok()?;
+                let at = anchor.checked_add_signed(chrono::Duration::from_std(*d).ok()?)?;
                 (at <= now).then_some(at)
             }
             Schedule::OnceAt(at) => (*at <= now).then_some(*at),
@@ -256,6 +256,11 @@ mod tests {
             daily.next_after(t, t, Tz::UTC),
             Some(utc("2026-01-02T00:00:00Z"))
         );
+        // Absurd spans do not overflow.
+        let huge = Schedule::parse("165343915w").expect("parse");
+        let t = utc("2026-01-01T10:00:00Z");
+        assert_eq!(huge.next_after(t, t, Tz::UTC), None);
+        assert!(Schedule::parse("every 99999999999999w").is_err());
         assert!(Schedule::parse("every 0m").is_err());
         assert!(Schedule::parse("every banana").is_err());
         assert!(Schedule::parse("").is_err());
