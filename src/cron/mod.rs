@@ -902,11 +902,17 @@ impl CronService {
             }
         }
         row.next_run_at = next_for(row, now.timestamp_millis());
-        if schedule_changed && active(row) && row.next_run_at.is_none() {
-            return Err(CronError::Invalid(format!(
-                "schedule: `{}` never fires",
-                row.schedule
-            )));
+        if active(row) && row.next_run_at.is_none() {
+            if schedule_changed {
+                return Err(CronError::Invalid(format!(
+                    "schedule: `{}` never fires",
+                    row.schedule
+                )));
+            }
+            // A one-shot whose time passed while it could not fire.
+            row.state = "completed".into();
+            row.last_status = Some("missed".into());
+            row.last_error = Some("its time passed while the job was paused or disabled".into());
         }
         Ok(())
     }

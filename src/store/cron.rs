@@ -335,3 +335,108 @@ pub fn retry_delivery(conn: &Connection, id: i64, next: i64, error: &str) -> Sto
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().expect("open");
+        c.pragma_update(None, "foreign_keys", "ON").expect("fk");
+        super::super::migrations::apply(&mut c).expect("migrate");
+        c
+    }
+
+    fn job(id: &str) -> JobRow {
+        JobRow {
+            id: id.into(),
+            name: id.into(),
+            schedule: "every 1m".into(),
+            timezone: "UTC".into(),
+            prompt: "p".into(),
+            enabled: true,
+            paused: false,
+            state: "scheduled".into(),
+            skills: Some(vec!["a".into()]),
+            deliver: None,
+            repeat_times: None,
+            repeat_completed: 0,
+            anchor_at: 0,
+            created_at: 0,
+            updated_at: 0,
+            last_run_at: None,
+            last_status: None,
+            last_error: None,
+            next_run_at: Some(60_000),
+            origin: "api".into(),
+        }
+    }
+
+    fn firing(job_id: &str, at: i64) -> HistoryRow {
+        HistoryRow {
+            id: 0,
+            job_id: job_id.into(),
+            trigger: "schedule".into(),
+            scheduled_at: Some(at),
+            fired_at: at,
+            run_id: None,
+            status: "skipped".into(),
+            finished_at: Some(at),
+            duration_ms: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn job_limit_history_bound_and_cascade() {
+        let mut c = db();
+        insert_job(&mut c, &job("a"), 2).expect("a");
+        assert!(matches!(
+            insert_job(&mut c, &job("a"), 2),
+            Err(StoreError::Conflict(_))
+        ));
+        insert_job(&mut c, &job("b"), 2).expect("b");
+        let e = insert_job(&mut c, &job("c"), 2).unwrap_err();
+        assert!(e.to_string().contains("cron.max_jobs"), "{e}");
+        assert_eq!(get_job(&c, "a").expect("get"), job("a"));
+        for t in 0..10 {
+            insert_history(&c, &firing("a", t), 3).expect("insert");
+        }
+        let h = list_history(&c, "a", 100).expect("list");
+        assert_eq!(
+            h.iter().map(|f| f.fired_at).collect::<Vec<_>>(),
+            vec![9, 8, 7]
+        );
+        assert_eq!(
+            insert_history(&c, &firing("zzz", 1), 3).expect("no job"),
+            None
+        );
+        assert!(delete_job(&c, "a").expect("delete"));
+        assert!(list_history(&c, "a", 100).expect("list").is_empty());
+        assert!(!delete_job(&c, "a").expect("again"));
+    }
+
+    #[test]
+    fn deliveries_are_bounded_oldest_dropped_and_retried_later() {
+        let mut c = db();
+        for i in 0..5 {
+            insert_delivery(&mut c, "j", &format!("r{i}"), "telegram", "out", 100, 3)
+                .expect("insert");
+        }
+        assert_eq!(pending_deliveries(&c).expect("count"), 3);
+        let due = due_deliveries(&c, 100, 10).expect("due");
+        assert_eq!(
+            due.iter().map(|d| d.run_id.as_str()).collect::<Vec<_>>(),
+            vec!["r2", "r3", "r4"]
+        );
+        retry_delivery(&c, due[0].id, 500, "hub answered 503").expect("retry");
+        ack_delivery(&c, due[1].id).expect("ack");
+        let due = due_deliveries(&c, 100, 10).expect("due");
+        assert_eq!(due.len(), 1);
+        assert_eq!(next_delivery_at(&c).expect("next"), Some(100));
+        ack_delivery(&c, due[0].id).expect("ack");
+        assert_eq!(next_delivery_at(&c).expect("next"), Some(500));
+        let later = due_deliveries(&c, 500, 10).expect("due");
+        assert_eq!(later[0].attempts, 1);
+    }
+}
