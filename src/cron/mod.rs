@@ -791,10 +791,7 @@ impl CronService {
                     "cancelled" => "cancelled",
                     _ => "error",
                 };
-                tx.execute(
-                    "UPDATE cron_jobs SET last_status = ?2, last_error = ?3 WHERE id = ?1",
-                    rusqlite::params![jid, last, error],
-                )?;
+                db::set_last_result(&tx, &jid, last, error.as_deref())?;
                 tx.commit()?;
                 Ok(())
             })

@@ -154,6 +154,20 @@ pub fn set_next_run(conn: &Connection, id: &str, next: Option<i64>) -> StoreResu
     Ok(())
 }
 
+/// A firing's outcome on its job (`ok`, `error`, `cancelled`).
+pub fn set_last_result(
+    conn: &Connection,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE cron_jobs SET last_status = ?2, last_error = ?3 WHERE id = ?1",
+        params![id, status, error],
+    )?;
+    Ok(())
+}
+
 /// One line of a job's history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryRow {
