@@ -53,6 +53,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub store: StoreConfig,
     pub runs: RunsConfig,
+    pub cron: CronConfig,
     pub log: LogConfig,
     pub files: FilesConfig,
     pub env: EnvConfig,
@@ -112,6 +113,23 @@ pub struct RunsConfig {
     pub retention: Duration,
     pub keepalive: Duration,
     pub history_sync_interval: Duration,
+}
+
+/// Agent cron limits and timings.
+#[derive(Debug, Clone)]
+pub struct CronConfig {
+    pub max_jobs: usize,
+    pub max_prompt_chars: usize,
+    /// The shortest allowed gap between two firings of a job.
+    pub min_interval: Duration,
+    /// A firing missed while the daemon was down runs at start if it is
+    /// at most this old.
+    pub missed_grace: Duration,
+    pub history_per_job: usize,
+    /// Deliveries kept while the hub is away; beyond, the oldest are dropped.
+    pub deliveries_max: usize,
+    pub delivery_backoff_base: Duration,
+    pub delivery_backoff_cap: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +247,7 @@ struct Raw {
     limits: RawLimits,
     store: RawStore,
     runs: RawRuns,
+    cron: RawCron,
     log: RawLog,
     files: RawFiles,
     env: RawEnv,
@@ -313,6 +332,23 @@ struct RawRuns {
     retention: Option<String>,
     keepalive: Option<String>,
     history_sync_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCron {
+    #[serde(deserialize_with = "lenient")]
+    max_jobs: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    max_prompt_chars: Option<usize>,
+    min_interval: Option<String>,
+    missed_grace: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    history_per_job: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    deliveries_max: Option<usize>,
+    delivery_backoff_base: Option<String>,
+    delivery_backoff_cap: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -798,6 +834,45 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
             "30s",
         )?,
     };
+    let cron = CronConfig {
+        max_jobs: count("cron.max_jobs", raw.cron.max_jobs, 100, 100_000)?,
+        max_prompt_chars: count(
+            "cron.max_prompt_chars",
+            raw.cron.max_prompt_chars,
+            5000,
+            1024 * 1024,
+        )?,
+        min_interval: duration("cron.min_interval", raw.cron.min_interval, "60s")?,
+        missed_grace: duration("cron.missed_grace", raw.cron.missed_grace, "10m")?,
+        history_per_job: count(
+            "cron.history_per_job",
+            raw.cron.history_per_job,
+            100,
+            100_000,
+        )?,
+        deliveries_max: count(
+            "cron.deliveries_max",
+            raw.cron.deliveries_max,
+            1000,
+            1_000_000,
+        )?,
+        delivery_backoff_base: duration(
+            "cron.delivery_backoff_base",
+            raw.cron.delivery_backoff_base,
+            "2s",
+        )?,
+        delivery_backoff_cap: duration(
+            "cron.delivery_backoff_cap",
+            raw.cron.delivery_backoff_cap,
+            "10m",
+        )?,
+    };
+    if cron.delivery_backoff_cap < cron.delivery_backoff_base {
+        return Err(invalid(
+            "cron.delivery_backoff_cap",
+            "must not be shorter than cron.delivery_backoff_base",
+        ));
+    }
 
     let format = match non_empty(raw.log.format).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -858,6 +933,7 @@ fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
             readers,
         },
         runs,
+        cron,
         log: LogConfig { format, level },
         files,
         env,
@@ -1160,6 +1236,35 @@ mod tests {
         assert!(e.to_string().contains("adr"), "{e}");
         let e = load("", &[], false).unwrap_err();
         assert!(e.to_string().contains("tenant_id"), "{e}");
+    }
+
+    #[test]
+    fn cron_keys_have_defaults_and_are_validated_by_name() {
+        let c = load("tenant_id = \"t1\"\n", &[], false).expect("defaults");
+        assert_eq!(c.cron.max_jobs, 100);
+        assert_eq!(c.cron.min_interval, Duration::from_secs(60));
+        assert_eq!(c.cron.missed_grace, Duration::from_secs(600));
+        let c = load(
+            "tenant_id = \"t1\"\n[cron]\nmissed_grace = \"30s\"\nmax_jobs = 7\n",
+            &[("HERMES_TENANTD_CRON__MIN_INTERVAL", "1s")],
+            false,
+        )
+        .expect("set");
+        assert_eq!(c.cron.missed_grace, Duration::from_secs(30));
+        assert_eq!(c.cron.max_jobs, 7);
+        assert_eq!(c.cron.min_interval, Duration::from_secs(1));
+        for (text, key) in [
+            ("[cron]\nmax_jobs = 0\n", "cron.max_jobs"),
+            ("[cron]\nmissed_grace = \"soon\"\n", "cron.missed_grace"),
+            (
+                "[cron]\ndelivery_backoff_base = \"10m\"\ndelivery_backoff_cap = \"1s\"\n",
+                "cron.delivery_backoff_cap",
+            ),
+            ("[cron]\nbogus = 1\n", "bogus"),
+        ] {
+            let e = load(&format!("tenant_id = \"t1\"\n{text}"), &[], false).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum StartError {
     Tls(String),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cron: {0}")]
+    Cron(#[from] crate::cron::CronError),
     #[error(transparent)]
     Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error(transparent)]
@@ -107,13 +109,30 @@ impl Daemon {
             let runs = runs.clone();
             hub_link.set_open_runs_source(move || runs.open_runs() as u64);
         }
+        let metrics = Arc::new(Metrics::new());
+        let cron = crate::cron::CronService::new(
+            store.clone(),
+            runs.clone(),
+            metrics.clone(),
+            config.cron.clone(),
+            config.hub.url.clone().map(|url| crate::cron::HubTarget {
+                url,
+                tenant_id: config.tenant_id.clone(),
+                credential_file: config.auth.credential_file.clone(),
+                ca_file: config.hub.ca_file.clone(),
+            }),
+            Arc::new(crate::cron::SystemClock),
+            cancel.clone(),
+        );
+        cron.prepare(config.gateway.hermes_home.clone()).await?;
         let state = AppState {
             runs: runs.clone(),
+            cron: cron.clone(),
             agent: agent.clone(),
             config: config.clone(),
             store: store.clone(),
             credentials: credentials.clone(),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
             hub: hub_link.clone(),
             files: Arc::new(crate::files::FileRoots::from_config(&config)),
@@ -198,6 +217,7 @@ impl Daemon {
 
         components.push(watchdog(store.clone(), cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));
+        components.extend(cron.spawn());
         components.push(crate::history_sync::spawn(
             store.clone(),
             config.gateway.hermes_home.clone(),

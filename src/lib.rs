@@ -6,6 +6,7 @@ pub mod api;
 pub mod atomic_file;
 pub mod auth;
 pub mod config;
+pub mod cron;
 pub mod daemon;
 pub mod envfile;
 pub mod error;

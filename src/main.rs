@@ -147,12 +147,13 @@ fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let dev = config.dev;
+        let mut signals = Signals::install()?;
         let daemon = Daemon::start(config).await.map_err(|e| e.to_string())?;
         if dev {
             print_dev_banner(&daemon);
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        wait_for_signal().await;
+        signals.wait().await;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down");
         daemon.shutdown().await;
@@ -160,18 +161,29 @@ fn run(config: Config) -> Result<(), String> {
     })
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM / SIGINT handlers, installed before start-up so a signal that
+/// arrives while the daemon starts is not fatal: it is seen once the
+/// daemon is up, which then shuts down cleanly.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+        let int = signal(SignalKind::interrupt())
+            .map_err(|e| format!("cannot install the SIGINT handler: {e}"))?;
+        Ok(Signals { term, int })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

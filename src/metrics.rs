@@ -25,6 +25,11 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     started: Instant,
@@ -34,6 +39,12 @@ pub struct Metrics {
     pub uptime_seconds: Gauge<f64, AtomicU64>,
     pub db_bytes: Gauge,
     pub hub: crate::hub::HubMetrics,
+    /// Cron firings by outcome: started, skipped, missed, start_failed.
+    pub cron_firings: Family<OutcomeLabels, Counter>,
+    /// Scheduled firing's start minus its planned time.
+    pub cron_fire_lag_seconds: Histogram,
+    /// Delivery attempts to the hub by outcome: acked, failed.
+    pub cron_deliveries: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -74,8 +85,30 @@ impl Metrics {
             db_bytes.clone(),
         );
         let hub = crate::hub::HubMetrics::register(&mut registry);
+        let cron_firings = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "cron_firings",
+            "Cron firings by outcome (started, skipped, missed, start_failed)",
+            cron_firings.clone(),
+        );
+        let cron_fire_lag_seconds =
+            Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]);
+        registry.register(
+            "cron_fire_lag_seconds",
+            "Delay between a scheduled firing's planned time and its start",
+            cron_fire_lag_seconds.clone(),
+        );
+        let cron_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "cron_deliveries",
+            "Delivery attempts to the hub by outcome (acked, failed)",
+            cron_deliveries.clone(),
+        );
         Metrics {
             registry,
+            cron_firings,
+            cron_fire_lag_seconds,
+            cron_deliveries,
             started: Instant::now(),
             requests,
             request_seconds,

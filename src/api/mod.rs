@@ -4,6 +4,7 @@
 
 mod agent;
 mod conversations;
+mod cron;
 mod env;
 pub mod extract;
 mod files;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub store: Store,
     pub credentials: Arc<Credentials>,
     pub runs: Arc<crate::runs::Runs>,
+    pub cron: Arc<crate::cron::CronService>,
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
     /// Access (suspended or not) and counters shared with the heartbeat.
@@ -118,6 +120,27 @@ fn tenant_routes() -> Vec<Route> {
             "/runs/{run_id}/approval",
             post(runs::approval),
         ),
+        r(Method::GET, "/agent-cron", get(cron::list)),
+        r(Method::POST, "/agent-cron", post(cron::create)),
+        r(Method::GET, "/agent-cron/{job_id}", get(cron::get)),
+        r(Method::PATCH, "/agent-cron/{job_id}", patch(cron::update)),
+        r(Method::DELETE, "/agent-cron/{job_id}", delete(cron::remove)),
+        r(
+            Method::POST,
+            "/agent-cron/{job_id}/pause",
+            post(cron::pause),
+        ),
+        r(
+            Method::POST,
+            "/agent-cron/{job_id}/resume",
+            post(cron::resume),
+        ),
+        r(
+            Method::POST,
+            "/agent-cron/{job_id}/run",
+            post(cron::run_now),
+        ),
+        r(Method::GET, "/agent-cron/{job_id}/runs", get(cron::history)),
         r(Method::POST, "/memory", post(memory::create)),
         r(Method::GET, "/memory", get(memory::list)),
         r(Method::GET, "/memory/search", get(memory::search)),

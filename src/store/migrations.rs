@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_hub", include_str!("../../schema/0003_hub.sql")),
     ("0004_runs", include_str!("../../schema/0004_runs.sql")),
     ("0005_skills", include_str!("../../schema/0005_skills.sql")),
+    ("0006_cron", include_str!("../../schema/0006_cron.sql")),
 ];
 
 /// The schema version this build writes.

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod conversations;
+pub mod cron;
 pub mod cursor;
 pub mod hub;
 pub mod memory;

@@ -1,0 +1,249 @@
+//! One-time import of the gateway's own cron jobs (`HERMES_HOME/cron/
+//! jobs.json`) into SQLite. Imported jobs are removed from that file (so the
+//! gateway does not fire them too); jobs that cannot be read stay there and
+//! are named in the log. Runs once per database (a `daemon_state` key).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::{CronError, CronService, active, next_for, parse_schedule, spec};
+use crate::store::cron::{self as db, JobRow};
+
+const DONE_KEY: &str = "cron.jobs_json_imported";
+
+fn iso_ms(v: Option<&Value>) -> Option<i64> {
+    let s = v?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc().timestamp_millis())
+        })
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// One Hermes job to a row, or why not.
+pub fn map_job(j: &Map<String, Value>, now: i64) -> Result<JobRow, String> {
+    let prompt = j
+        .get("prompt")
+        .and_then(Value::as_str)
+        .filter(|p| !p.trim().is_empty())
+        .ok_or("no prompt")?
+        .to_owned();
+    let schedule = match j.get("schedule") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => spec::schedule_object(o).map_err(|e| e.to_string())?,
+        _ => return Err("no schedule".into()),
+    };
+    parse_schedule(&schedule, "UTC").map_err(|e| e.to_string())?;
+    let id = j
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|i| valid_id(i))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("cron_{}", crate::auth::random_token(8)));
+    let state = j
+        .get("state")
+        .and_then(Value::as_str)
+        .unwrap_or("scheduled");
+    let repeat = j.get("repeat").and_then(Value::as_object);
+    let next_run_at = iso_ms(j.get("next_run_at"));
+    let created_at = iso_ms(j.get("created_at")).unwrap_or(now);
+    Ok(JobRow {
+        name: j
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.trim().is_empty())
+            .map(str::to_owned)
+            .unwrap_or_else(|| prompt.trim().chars().take(50).collect()),
+        id,
+        schedule,
+        timezone: "UTC".into(),
+        prompt,
+        enabled: j.get("enabled").and_then(Value::as_bool).unwrap_or(true),
+        paused: state == "paused",
+        state: if state == "completed" {
+            "completed"
+        } else {
+            "scheduled"
+        }
+        .into(),
+        skills: j.get("skills").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        }),
+        deliver: j
+            .get("deliver")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned),
+        repeat_times: repeat.and_then(|r| r.get("times")).and_then(Value::as_i64),
+        repeat_completed: repeat
+            .and_then(|r| r.get("completed"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        // An interval keeps the gateway's rhythm: it counts from its next firing.
+        anchor_at: next_run_at.unwrap_or(created_at),
+        created_at,
+        updated_at: now,
+        last_run_at: iso_ms(j.get("last_run_at")),
+        last_status: j
+            .get("last_status")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        last_error: j
+            .get("last_error")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        next_run_at,
+        origin: "import".into(),
+    })
+}
+
+fn read(path: &Path) -> std::io::Result<Option<Value>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Rewrite the file atomically with only `remaining` jobs.
+fn write_back(path: &Path, mut doc: Value, remaining: Vec<Value>) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Value::Object(o) = &mut doc {
+        o.insert("jobs".into(), Value::Array(remaining));
+        o.insert(
+            "updated_at".into(),
+            Value::String(chrono::Utc::now().to_rfc3339()),
+        );
+    }
+    let tmp = path.with_extension("json.tenantd-tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<(), CronError> {
+    if cron.store.get_state(DONE_KEY).await?.is_some() {
+        return Ok(());
+    }
+    let path: PathBuf = home.join("cron").join("jobs.json");
+    let p = path.clone();
+    let doc = match tokio::task::spawn_blocking(move || read(&p)).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            // Left for a later start: the file may be mid-write.
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the gateway's cron jobs; not imported");
+            return Ok(());
+        }
+        Err(e) => return Err(CronError::Store(e.into())),
+    };
+    let Some(doc) = doc else {
+        cron.store.set_state(DONE_KEY, "no file".into()).await?;
+        return Ok(());
+    };
+    let jobs = doc
+        .get("jobs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let now = cron.clock.now_ms();
+    let mut remaining = Vec::new();
+    let mut imported = 0usize;
+    for j in jobs {
+        let row = match j.as_object().map(|o| map_job(o, now)) {
+            Some(Ok(r)) => r,
+            Some(Err(why)) => {
+                let job = j
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned();
+                tracing::warn!(%job, reason = %why, "gateway cron job not imported; left in jobs.json");
+                remaining.push(j);
+                continue;
+            }
+            None => {
+                remaining.push(j);
+                continue;
+            }
+        };
+        let mut row = row;
+        if row.next_run_at.is_none() && active(&row) {
+            row.next_run_at = next_for(&row, now);
+        }
+        if !active(&row) {
+            row.next_run_at = None;
+        }
+        let r = row.clone();
+        match cron
+            .store
+            .write(move |c| db::insert_job(c, &r, usize::MAX))
+            .await
+        {
+            Ok(()) | Err(crate::store::StoreError::Conflict(_)) => {
+                imported += 1;
+                tracing::info!(job_id = %row.id, schedule = %row.schedule, "imported a cron job from the gateway's jobs.json");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let total = imported + remaining.len();
+    if imported > 0 {
+        let p = path.clone();
+        let left = remaining.len();
+        match tokio::task::spawn_blocking(move || write_back(&p, doc, remaining)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(path = %path.display(), error = %e, "imported cron jobs could not be removed from jobs.json; the gateway may fire them too");
+            }
+            Err(e) => return Err(CronError::Store(e.into())),
+        }
+        tracing::info!(imported, left, total, path = %path.display(), "gateway cron jobs imported");
+    }
+    cron.store
+        .set_state(DONE_KEY, format!("imported {imported} of {total}"))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn maps_a_hermes_job() {
+        let j = json!({"id": "a1b2c3d4e5f6", "name": "news", "prompt": "summarise", "skills": ["web"],
+            "schedule": {"kind": "cron", "expr": "0 8 * * *", "display": "0 8 * * *"},
+            "repeat": {"times": 5, "completed": 2}, "enabled": true, "state": "paused",
+            "deliver": "telegram", "next_run_at": "2030-01-01T08:00:00+00:00"});
+        let r = map_job(j.as_object().expect("obj"), 0).expect("maps");
+        assert_eq!(r.id, "a1b2c3d4e5f6");
+        assert_eq!(r.schedule, "0 8 * * *");
+        assert!(r.paused);
+        assert_eq!(r.repeat_times, Some(5));
+        assert_eq!(r.repeat_completed, 2);
+        assert_eq!(r.deliver.as_deref(), Some("telegram"));
+        let bad = json!({"id": "x", "prompt": "p", "schedule": "nonsense here"});
+        assert!(map_job(bad.as_object().expect("obj"), 0).is_err());
+    }
+}
