@@ -364,16 +364,7 @@ pub fn list_sessions(
     limit: u32,
     after: Option<&str>,
 ) -> StoreResult<Page<Session>> {
-    let (c_time, c_id) = match after {
-        Some(c) => {
-            let f = cursor::fields(c, 2)?;
-            let t = f[0].parse::<i64>().map_err(|_| {
-                StoreError::Invalid("`cursor` is not a cursor this API returned".into())
-            })?;
-            (Some(t), Some(f[1].clone()))
-        }
-        None => (None, None),
-    };
+    let (c_time, c_id) = cursor::time_id(after)?;
     let mut stmt = conn.prepare_cached(
         "SELECT id, platform, title, created_at, updated_at, message_count FROM sessions
          WHERE (?1 IS NULL OR platform = ?1)
@@ -381,24 +372,15 @@ pub fn list_sessions(
          ORDER BY updated_at DESC, id DESC
          LIMIT ?4",
     )?;
-    let mut items = stmt
+    let items = stmt
         .query_map(
             params![platform, c_time, c_id, limit as i64 + 1],
             session_row,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|s| {
-            let ms = chrono::DateTime::parse_from_rfc3339(&s.updated_at)
-                .map(|d| d.timestamp_millis())
-                .unwrap_or(0);
-            cursor::encode(&format!("{ms}|{}", s.id))
-        })
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    Ok(cursor::page(items, limit, |s| {
+        cursor::time_id_text(&s.updated_at, &s.id)
+    }))
 }
 
 pub fn get_session(conn: &Connection, id: &str) -> StoreResult<Session> {
@@ -435,26 +417,15 @@ pub fn list_messages(
 ) -> StoreResult<Page<Message>> {
     validate_session_id(session_id)?;
     get_session(conn, session_id)?;
-    let after_id = match after {
-        Some(c) => cursor::fields(c, 1)?[0].parse::<i64>().map_err(|_| {
-            StoreError::Invalid("`cursor` is not a cursor this API returned".into())
-        })?,
-        None => 0,
-    };
+    let after_id = cursor::int(after, 0)?;
     let mut stmt = conn.prepare_cached(
         "SELECT id, session_id, platform, role, content, tool_calls, tokens_used, created_at, external_id
          FROM messages WHERE session_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
-    let mut items = stmt
+    let items = stmt
         .query_map(params![session_id, after_id, limit as i64 + 1], message_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|m| cursor::encode(&m.id.to_string()))
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    Ok(cursor::page(items, limit, |m| m.id.to_string()))
 }
 
 /// Turn free text into an FTS5 query that matches every word literally.
@@ -525,12 +496,7 @@ pub fn search(conn: &Connection, f: &SearchFilter) -> StoreResult<Page<SearchHit
     if query.trim().is_empty() {
         return Err(StoreError::Invalid("`q` must not be empty".into()));
     }
-    let offset: i64 = match &f.cursor {
-        Some(c) => cursor::fields(c, 1)?[0].parse().map_err(|_| {
-            StoreError::Invalid("`cursor` is not a cursor this API returned".into())
-        })?,
-        None => 0,
-    };
+    let offset = cursor::int(f.cursor.as_deref(), 0)?;
     let mut stmt = conn.prepare_cached(SEARCH_SQL)?;
     let rows = stmt
         .query_map(
@@ -561,13 +527,9 @@ pub fn search(conn: &Connection, f: &SearchFilter) -> StoreResult<Page<SearchHit
     for row in rows {
         items.push(row.map_err(classify_fts_error)?);
     }
-    let next_cursor = if items.len() > f.limit as usize {
-        items.truncate(f.limit as usize);
-        Some(cursor::encode(&(offset + f.limit as i64).to_string()))
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    Ok(cursor::page(items, f.limit, |_| {
+        (offset + f.limit as i64).to_string()
+    }))
 }
 
 #[cfg(test)]

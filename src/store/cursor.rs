@@ -2,6 +2,7 @@
 //! as a token rather than something to build by hand.
 
 use super::StoreError;
+use super::conversations::Page;
 
 pub fn encode(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
@@ -18,6 +19,50 @@ pub fn decode(cursor: &str) -> Result<String, StoreError> {
         .collect::<Result<Vec<u8>, _>>()
         .map_err(|_| bad())?;
     String::from_utf8(bytes).map_err(|_| bad())
+}
+
+fn not_ours() -> StoreError {
+    StoreError::Invalid("`cursor` is not a cursor this API returned".into())
+}
+
+/// A cursor holding one integer (an id or an offset); `default` without one.
+pub fn int(after: Option<&str>, default: i64) -> Result<i64, StoreError> {
+    match after {
+        Some(c) => fields(c, 1)?[0].parse().map_err(|_| not_ours()),
+        None => Ok(default),
+    }
+}
+
+/// A `(unix ms, id)` keyset cursor; `(None, None)` without one.
+pub fn time_id(after: Option<&str>) -> Result<(Option<i64>, Option<String>), StoreError> {
+    match after {
+        Some(c) => {
+            let f = fields(c, 2)?;
+            let t = f[0].parse::<i64>().map_err(|_| not_ours())?;
+            Ok((Some(t), Some(f[1].clone())))
+        }
+        None => Ok((None, None)),
+    }
+}
+
+/// The `(unix ms, id)` cursor text for an RFC 3339 time and an id.
+pub fn time_id_text(rfc3339: &str, id: &str) -> String {
+    let ms = chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|d| d.timestamp_millis())
+        .unwrap_or(0);
+    format!("{ms}|{id}")
+}
+
+/// Cut rows fetched with `limit + 1` to a page; when there were more, the
+/// next cursor is `next` of the last row kept.
+pub fn page<T>(mut items: Vec<T>, limit: u32, next: impl FnOnce(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|last| encode(&next(last)))
+    } else {
+        None
+    };
+    Page { items, next_cursor }
 }
 
 /// Decode a cursor made of `n` `|`-separated fields.

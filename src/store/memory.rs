@@ -113,26 +113,15 @@ pub fn list(
     limit: u32,
     after: Option<&str>,
 ) -> StoreResult<Page<Memory>> {
-    let before_id = match after {
-        Some(c) => cursor::fields(c, 1)?[0].parse::<i64>().map_err(|_| {
-            StoreError::Invalid("`cursor` is not a cursor this API returned".into())
-        })?,
-        None => i64::MAX,
-    };
+    let before_id = cursor::int(after, i64::MAX)?;
     let mut stmt = conn.prepare_cached(
         "SELECT id, content, tags, source, created_at FROM memories
          WHERE (?1 IS NULL OR source = ?1) AND id < ?2 ORDER BY id DESC LIMIT ?3",
     )?;
-    let mut items = stmt
+    let items = stmt
         .query_map(params![source, before_id, limit as i64 + 1], memory_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|m| cursor::encode(&m.id.to_string()))
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    Ok(cursor::page(items, limit, |m| m.id.to_string()))
 }
 
 pub fn search(
@@ -150,12 +139,7 @@ pub fn search(
     if q.trim().is_empty() {
         return Err(StoreError::Invalid("`q` must not be empty".into()));
     }
-    let offset: i64 = match after {
-        Some(c) => cursor::fields(c, 1)?[0].parse().map_err(|_| {
-            StoreError::Invalid("`cursor` is not a cursor this API returned".into())
-        })?,
-        None => 0,
-    };
+    let offset = cursor::int(after, 0)?;
     let mut stmt = conn.prepare_cached(
         "SELECT m.id, m.content, m.tags, m.source, m.created_at,
                 snippet(memories_fts, 0, char(1), char(2), '…', 16), bm25(memories_fts) AS score
@@ -175,13 +159,9 @@ pub fn search(
     for row in rows {
         items.push(row.map_err(classify_fts_error)?);
     }
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        Some(cursor::encode(&(offset + limit as i64).to_string()))
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    Ok(cursor::page(items, limit, |_| {
+        (offset + limit as i64).to_string()
+    }))
 }
 
 pub fn delete(conn: &Connection, id: i64) -> StoreResult<()> {

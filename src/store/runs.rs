@@ -121,40 +121,22 @@ pub fn list(
     limit: u32,
     after: Option<&str>,
 ) -> StoreResult<Page<Run>> {
-    let (c_time, c_id) = match after {
-        Some(c) => {
-            let f = cursor::fields(c, 2)?;
-            let t = f[0].parse::<i64>().map_err(|_| {
-                StoreError::Invalid("`cursor` is not a cursor this API returned".into())
-            })?;
-            (Some(t), Some(f[1].clone()))
-        }
-        None => (None, None),
-    };
+    let (c_time, c_id) = cursor::time_id(after)?;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM runs
          WHERE (?1 IS NULL OR session_id = ?1) AND (?2 IS NULL OR status = ?2)
            AND (?3 IS NULL OR created_at < ?3 OR (created_at = ?3 AND id < ?4))
          ORDER BY created_at DESC, id DESC LIMIT ?5"
     ))?;
-    let mut items = stmt
+    let items = stmt
         .query_map(
             params![session_id, status, c_time, c_id, limit as i64 + 1],
             run_row,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|r| {
-            let ms = chrono::DateTime::parse_from_rfc3339(&r.created_at)
-                .map(|d| d.timestamp_millis())
-                .unwrap_or(0);
-            cursor::encode(&format!("{ms}|{}", r.run_id))
-        })
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    Ok(cursor::page(items, limit, |r| {
+        cursor::time_id_text(&r.created_at, &r.run_id)
+    }))
 }
 
 /// One event of a run's log.
