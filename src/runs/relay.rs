@@ -28,6 +28,15 @@ fn now_secs() -> f64 {
     crate::store::now_ms() as f64 / 1000.0
 }
 
+/// The two fields the relay reads from every gateway frame.
+#[derive(Default, serde::Deserialize)]
+struct FrameHead<'a> {
+    #[serde(borrow, default)]
+    event: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// What the relay learned from the events so far.
 #[derive(Default)]
 struct Outcome {
@@ -254,13 +263,25 @@ async fn relay(
             ));
         }
         for frame in frames.drain(..) {
-            let v: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
-            let name = v["event"]
-                .as_str()
+            // Most frames are `message.delta`: read only the name and the
+            // delta (borrowed, no tree); build a full value for the rest.
+            let head: FrameHead<'_> = serde_json::from_str(&frame.data).unwrap_or_default();
+            let name = head
+                .event
+                .as_deref()
                 .map(str::to_owned)
-                .or(frame.event)
+                .or(frame.event.clone())
                 .unwrap_or_else(|| "message".into());
-            observe(&runs.store, run_id, &name, &v, outcome).await;
+            if name == "message.delta" {
+                if let Some(d) = head.delta.as_deref() {
+                    if outcome.output.len() + d.len() <= MAX_OUTPUT_BYTES {
+                        outcome.output.push_str(d);
+                    }
+                }
+            } else {
+                let v: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
+                observe(&runs.store, run_id, &name, &v, outcome).await;
+            }
             let terminal = is_terminal_event(&name);
             seq.emit(name, frame.data).await;
             if terminal {
