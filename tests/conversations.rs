@@ -89,14 +89,7 @@ async fn appended_messages_are_found_ranked_with_highlighted_snippets() {
     assert_eq!(v["items"].as_array().map(Vec::len), Some(1));
 
     // Tool calls and tokens round-trip.
-    let m: Value = d
-        .get("/conversations/s-web/messages")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let m: Value = d.get_json("/conversations/s-web/messages").await;
     let items = m["items"].as_array().expect("items");
     assert_eq!(items.len(), 2);
     assert_eq!(items[1]["tool_calls"][0]["name"], "web.search");
@@ -207,14 +200,7 @@ async fn sessions_list_newest_first_with_cursor_and_import_is_idempotent() {
         )
         .await;
     }
-    let v: Value = d
-        .get("/conversations?limit=2")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json("/conversations?limit=2").await;
     let ids: Vec<&str> = v["items"]
         .as_array()
         .expect("items")
@@ -224,13 +210,8 @@ async fn sessions_list_newest_first_with_cursor_and_import_is_idempotent() {
     assert_eq!(ids, ["s4", "s3"]);
     let c = v["next_cursor"].as_str().expect("cursor");
     let v: Value = d
-        .get(&format!("/conversations?limit=2&cursor={c}"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+        .get_json(&format!("/conversations?limit=2&cursor={c}"))
+        .await;
     let ids: Vec<&str> = v["items"]
         .as_array()
         .expect("items")
@@ -238,14 +219,7 @@ async fn sessions_list_newest_first_with_cursor_and_import_is_idempotent() {
         .map(|s| s["id"].as_str().expect("id"))
         .collect();
     assert_eq!(ids, ["s2", "s1"]);
-    let v: Value = d
-        .get("/conversations?platform=discord")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json("/conversations?platform=discord").await;
     assert_eq!(v["items"].as_array().map(Vec::len), Some(2));
 
     // Re-importing the same external ids inserts nothing.
@@ -260,14 +234,7 @@ async fn sessions_list_newest_first_with_cursor_and_import_is_idempotent() {
     .await;
     assert_eq!(again["inserted"], 1);
     assert_eq!(again["skipped"], 1);
-    let s: Value = d
-        .get("/conversations/s1/messages")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let s: Value = d.get_json("/conversations/s1/messages").await;
     assert_eq!(s["items"].as_array().map(Vec::len), Some(2));
 
     let r = d
@@ -330,13 +297,6 @@ async fn a_bad_message_rejects_the_whole_batch_and_writes_nothing() {
         .await
         .expect("send");
     expect_problem(r, 404, "not_found").await;
-    let v: Value = d
-        .get("/conversations")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json("/conversations").await;
     assert_eq!(v["items"].as_array().map(Vec::len), Some(0));
 }

@@ -1033,14 +1033,7 @@ async fn usage_endpoint_sums_the_period() {
     )
     .expect("seed uptime");
 
-    let oct: Value = d
-        .get("/usage?period=2026-10")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let oct: Value = d.get_json("/usage?period=2026-10").await;
     assert_eq!(oct["period"], "2026-10");
     assert_eq!(oct["from"], "2026-10-01T00:00:00.000Z");
     assert_eq!(oct["to"], "2026-11-01T00:00:00.000Z");
@@ -1053,26 +1046,14 @@ async fn usage_endpoint_sums_the_period() {
     assert_eq!(oct["tenant_id"], TENANT);
 
     let range: Value = d
-        .get("/usage?from=2026-10-31&to=2026-11-03T00:00:00Z")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/usage?from=2026-10-31&to=2026-11-03T00:00:00Z")
+        .await;
     assert_eq!(range["period"], Value::Null);
     assert_eq!(range["runs"], 2);
     assert_eq!(range["tokens_in"], 57);
     assert_eq!(range["agent_uptime_s"], 3600);
 
-    let now: Value = d
-        .get("/usage")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let now: Value = d.get_json("/usage").await;
     let month = chrono::Utc::now().format("%Y-%m").to_string();
     assert_eq!(now["period"], month);
 

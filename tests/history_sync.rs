@@ -44,13 +44,8 @@ fn add(c: &rusqlite::Connection, session: &str, source: &str, role: &str, conten
 
 async fn search_count(d: &TestDaemon, q: &str) -> usize {
     let v: Value = d
-        .get(&format!("/conversations/search?q={q}&limit=200"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+        .get_json(&format!("/conversations/search?q={q}&limit=200"))
+        .await;
     v["items"].as_array().map(Vec::len).unwrap_or(0)
 }
 
@@ -123,13 +118,8 @@ async fn gateway_history_is_imported_once_including_wal_rows() {
     // api_server sessions are the daemon's own runs: not imported again.
     wait_count(&d, "pelicans", 3).await;
     let m: Value = d
-        .get("/conversations/20261125_080000_tg1/messages")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/conversations/20261125_080000_tg1/messages")
+        .await;
     let items = m["items"].as_array().expect("items");
     assert_eq!(items.len(), 2);
     assert_eq!(items[0]["platform"], "telegram");

@@ -37,34 +37,13 @@ async fn memory_round_trip_search_delete_and_stats() {
         ids.push(m["id"].as_i64().expect("id"));
     }
     // Search by content (stemmed) and by tag.
-    let v: Value = d
-        .get("/memory/search?q=prefer")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json("/memory/search?q=prefer").await;
     assert_eq!(v["items"].as_array().map(Vec::len), Some(2), "{v}");
-    let v: Value = d
-        .get("/memory/search?q=pets")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json("/memory/search?q=pets").await;
     let items = v["items"].as_array().expect("items");
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["id"], ids[1]);
-    let v: Value = d
-        .get("/memory/search?q=biscuit")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json("/memory/search?q=biscuit").await;
     assert!(
         v["items"][0]["snippet"]
             .as_str()
@@ -72,14 +51,7 @@ async fn memory_round_trip_search_delete_and_stats() {
             .contains("<mark>Biscuit</mark>")
     );
 
-    let v: Value = d
-        .get("/memory?limit=2")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json("/memory?limit=2").await;
     let got: Vec<i64> = v["items"]
         .as_array()
         .expect("items")
@@ -89,14 +61,7 @@ async fn memory_round_trip_search_delete_and_stats() {
     assert_eq!(got, vec![ids[2], ids[1]]);
     assert!(v["next_cursor"].is_string());
 
-    let s: Value = d
-        .get("/memory/stats")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let s: Value = d.get_json("/memory/stats").await;
     assert_eq!(s["count"], 3);
     assert_eq!(s["by_source"]["agent"], 2);
     assert!(s["total_bytes"].as_i64().unwrap_or(0) > 50);
@@ -113,27 +78,13 @@ async fn memory_round_trip_search_delete_and_stats() {
         .await
         .expect("send");
     expect_problem(r, 404, "not_found").await;
-    let v: Value = d
-        .get("/memory/search?q=biscuit")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json("/memory/search?q=biscuit").await;
     assert_eq!(
         v["items"].as_array().map(Vec::len),
         Some(0),
         "deleted memory still indexed"
     );
-    let s: Value = d
-        .get("/memory/stats")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let s: Value = d.get_json("/memory/stats").await;
     assert_eq!(s["count"], 2);
 
     let r = d.delete("/memory/abc").send().await.expect("send");

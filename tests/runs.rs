@@ -144,13 +144,8 @@ async fn a_run_is_relayed_with_names_and_ids_and_recorded() {
     assert_eq!(v["last_event_id"], 6);
 
     let m: Value = d
-        .get(&format!("/conversations/{session}/messages"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+        .get_json(&format!("/conversations/{session}/messages"))
+        .await;
     let items = m["items"].as_array().expect("items");
     assert_eq!(items.len(), 2, "{m}");
     assert_eq!(items[0]["role"], "user");
@@ -158,14 +153,7 @@ async fn a_run_is_relayed_with_names_and_ids_and_recorded() {
     assert_eq!(items[1]["role"], "assistant");
     assert_eq!(items[1]["tokens_used"], 18);
     assert_eq!(items[1]["tool_calls"][0]["tool"], "web_search");
-    let s: Value = d
-        .get("/conversations/search?q=lisbon")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let s: Value = d.get_json("/conversations/search?q=lisbon").await;
     assert_eq!(s["items"][0]["session_id"], session.as_str());
 
     let conn = rusqlite::Connection::open(d.data_dir().join("tenantd.db")).expect("db");
@@ -178,14 +166,7 @@ async fn a_run_is_relayed_with_names_and_ids_and_recorded() {
         .expect("one usage row");
     assert_eq!((tin, tout, tools), (12, 6, 1));
 
-    let list: Value = d
-        .get(&format!("/runs?session_id={session}"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let list: Value = d.get_json(&format!("/runs?session_id={session}")).await;
     assert_eq!(list["items"][0]["run_id"], id.as_str());
 }
 

@@ -68,14 +68,7 @@ async fn patch_round_trip_keeps_unmanaged_keys_and_redacts_secrets() {
     assert_eq!(v["display"]["personality"], "concise");
     assert_eq!(v["memory"]["memory_char_limit"], 3000);
     assert_eq!(v["memory"]["memory_enabled"], true);
-    let again: Value = d
-        .get("/settings")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let again: Value = d.get_json("/settings").await;
     assert_eq!(again, v, "GET after PATCH shows the same");
 
     let yaml: serde_yaml_ng::Value =

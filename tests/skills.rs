@@ -31,14 +31,7 @@ fn write_skill(home: &Path, rel: &str, name: &str, description: &str) -> PathBuf
 }
 
 async fn skills(d: &TestDaemon, query: &str) -> Vec<Value> {
-    let v: Value = d
-        .get(&format!("/skills{query}"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json(&format!("/skills{query}")).await;
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
@@ -196,14 +189,7 @@ async fn enabled_state_lands_in_config_yaml_and_survives_restart() {
     assert_eq!(names(&skills(&d, "?enabled=false").await), vec!["arxiv"]);
     assert_eq!(names(&skills(&d, "?enabled=true").await), vec!["notes"]);
 
-    let card: Value = d
-        .get("/agent-card")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let card: Value = d.get_json("/agent-card").await;
     let card_skills: Vec<&str> = card["skills"]
         .as_array()
         .expect("skills")
@@ -273,14 +259,7 @@ async fn skill_files_are_listed_and_readable_but_nothing_outside() {
     let d = TestDaemon::start_with(options(home.path())).await;
     wait_for(&d, "scan", |s| s.len() == 1).await;
 
-    let v: Value = d
-        .get("/skills/research/arxiv/files")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = d.get_json("/skills/research/arxiv/files").await;
     let paths: Vec<&str> = v["files"]
         .as_array()
         .unwrap_or_else(|| panic!("{v}"))
@@ -296,13 +275,8 @@ async fn skill_files_are_listed_and_readable_but_nothing_outside() {
     );
 
     let v: Value = d
-        .get("/skill-files/research/arxiv/references/api.md")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/skill-files/research/arxiv/references/api.md")
+        .await;
     assert_eq!(v["content"], "# API");
 
     let r = d

@@ -30,13 +30,8 @@ async fn acknowledged_messages_survive_sigkill_and_the_db_is_intact() {
     })
     .await;
     let v: serde_json::Value = d
-        .get("/conversations/search?q=durable&limit=200")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/conversations/search?q=durable&limit=200")
+        .await;
     assert_eq!(v["items"].as_array().map(Vec::len), Some(N));
     drop(d);
     let conn = rusqlite::Connection::open(dir.join("data/tenantd.db")).expect("open");

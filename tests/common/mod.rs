@@ -149,6 +149,17 @@ impl TestDaemon {
         self.client.get(self.tenant_url(path)).bearer_auth(TOKEN)
     }
 
+    /// `GET` a tenant-runtime route and parse its JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path)
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json")
+    }
+
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.post(self.tenant_url(path)).bearer_auth(TOKEN)
     }
