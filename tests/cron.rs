@@ -394,11 +394,12 @@ async fn every_second_job_fires_with_run_ids_and_pause_resume_stop_and_restart_i
         assert_eq!(run["status"], "completed");
         assert_eq!(run["input"], "hello from cron");
         assert!(f["duration_ms"].as_i64().expect("duration") >= 0);
-        // Fired on the second it was planned for (jitter well under a second).
+        // Planned on a whole second and never fired early. How late it fired
+        // is a figure (bench `cron`), not something a loaded CI box can promise.
         let planned = ts(&f["scheduled_at"]);
         let fired = ts(&f["fired_at"]);
         assert_eq!(chrono::Timelike::nanosecond(&planned), 0, "{f}");
-        assert!((fired - planned).num_milliseconds() < 1500, "{f}");
+        assert!(fired >= planned, "{f}");
     }
     let j = job(&d, &id).await;
     assert!(j["last_run_at"].is_string(), "{j}");
@@ -425,6 +426,7 @@ async fn every_second_job_fires_with_run_ids_and_pause_resume_stop_and_restart_i
     assert_eq!(history(&d, &id).await.len(), before, "a paused job fired");
 
     // Resume: next_run_at is the next second, and it fires again.
+    let asked = Utc::now();
     let r = json_of(
         d.post(&format!("/agent-cron/{id}/resume"))
             .send()
@@ -433,11 +435,13 @@ async fn every_second_job_fires_with_run_ids_and_pause_resume_stop_and_restart_i
         200,
     )
     .await;
+    let answered = Utc::now();
+    // The first whole second after the daemon handled the call, which lies
+    // between `asked` and `answered` however slow the machine is.
     let next = ts(&r["next_run_at"]);
-    let delta = (next - Utc::now()).num_milliseconds();
     assert!(
-        (-200..=1100).contains(&delta),
-        "next_run_at {next} is {delta} ms away"
+        next > asked && next <= answered + chrono::Duration::seconds(1),
+        "next_run_at {next} not the second after [{asked}, {answered}]"
     );
     poll("a firing after resume", Duration::from_secs(10), || async {
         (history(&d, &id).await.len() > before).then_some(())
