@@ -470,7 +470,13 @@ async fn beats_arrive_at_the_interval_and_match_the_schema() {
         first["host"]["disk"]["total_bytes"].as_u64().unwrap_or(0) > 0,
         "{first}"
     );
-    assert_eq!(first["agent"]["state"], "stopped");
+    // No gateway command here: the first beat races the supervisor's first
+    // (failing) spawn, so either side of it is right; nothing else is.
+    let state = first["agent"]["state"].as_str().expect("agent state");
+    assert!(
+        ["stopped", "starting", "failed"].contains(&state),
+        "{first}"
+    );
     assert_eq!(first["access"], "active");
     for (i, b) in beats.iter().enumerate() {
         assert_eq!(b["body"]["seq"], i as u64 + 1);
