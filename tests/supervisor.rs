@@ -326,6 +326,55 @@ async fn starts_to_running_with_managed_scope_capabilities_and_logs() {
     assert_eq!(version["agent_release"], "0.19.0-fake");
 }
 
+/// What systemd gives the daemon is the daemon's: READY=1 arrives on its
+/// notification socket, and the gateway's environment carries none of it
+/// (nor the daemon's own HERMES_TENANTD_* settings).
+#[tokio::test]
+async fn the_gateway_gets_none_of_the_service_managers_variables() {
+    let mut w = World::new();
+    let sock_path = w.dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(LONG)).expect("timeout");
+    for (k, v) in [
+        ("NOTIFY_SOCKET", sock_path.to_string_lossy().into_owned()),
+        // Another process's watchdog: the daemon must not ping it, and the
+        // gateway must not see it.
+        ("WATCHDOG_USEC", "600000000".to_owned()),
+        ("WATCHDOG_PID", "1".to_owned()),
+        ("LISTEN_FDS", "0".to_owned()),
+        ("HERMES_TENANTD_LOG__LEVEL", "info".to_owned()),
+    ] {
+        w.env.push((k.to_owned(), v));
+    }
+    let d = w.daemon().await;
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("a notification from the daemon");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+
+    let v = wait_state(&d, "running", LONG).await;
+    let pid = v["pid"].as_u64().expect("pid") as u32;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("gateway environ");
+    let names: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| kv.split(|b| *b == b'=').next())
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "HERMES_MANAGED_DIR"), "{names:?}");
+    for leaked in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+    ] {
+        assert!(!names.iter().any(|n| n == leaked), "{leaked} in {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("HERMES_TENANTD_")),
+        "{names:?}"
+    );
+}
+
 #[tokio::test]
 async fn stop_and_start_are_idempotent_planned_and_leave_nothing_behind() {
     let w = World::new().fake("grandchild", "1");

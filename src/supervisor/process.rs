@@ -48,6 +48,22 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// The gateway's `oom_score_adj`: above system services (0) and far above
+/// the daemon (-500 from the systemd unit).
+const GATEWAY_OOM_SCORE_ADJ: &[u8] = b"300";
+
+/// What systemd hands the daemon itself: its notification socket, watchdog
+/// and socket-activation variables. Not passed on, so that nothing the
+/// gateway (or a tool it runs) does can speak for the daemon's unit.
+const SERVICE_MANAGER_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
 /// Spawn the gateway in a new process group (its pid is the group id),
 /// with `SIGKILL` as its parent-death signal, stdin closed and stdout and
 /// stderr piped.
@@ -55,10 +71,6 @@ fn is_executable(p: &Path) -> bool {
 /// Must be called from a thread that lives as long as the daemon (an async
 /// worker, not the blocking pool): Linux delivers the parent-death signal
 /// when the spawning *thread* exits.
-/// The gateway's `oom_score_adj`: above system services (0) and far above
-/// the daemon (-500 from the systemd unit).
-const GATEWAY_OOM_SCORE_ADJ: &[u8] = b"300";
-
 pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
@@ -70,10 +82,11 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         .kill_on_drop(false);
     for (k, _) in std::env::vars_os() {
         let name = k.to_string_lossy();
-        if spec
-            .remove_prefixes
-            .iter()
-            .any(|p| name.starts_with(p.as_str()))
+        if SERVICE_MANAGER_ENV.contains(&name.as_ref())
+            || spec
+                .remove_prefixes
+                .iter()
+                .any(|p| name.starts_with(p.as_str()))
         {
             cmd.env_remove(&k);
         }
