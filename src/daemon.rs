@@ -85,8 +85,12 @@ impl Daemon {
             tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts)).await??;
 
         let hub_link = HubLink::load(&store).await?;
-        let (agent, supervisor) =
-            crate::supervisor::Supervisor::prepare(config.clone(), store.clone()).await?;
+        let (agent, supervisor) = crate::supervisor::Supervisor::prepare(
+            config.clone(),
+            store.clone(),
+            hub_link.access() == crate::hub::Access::Suspended,
+        )
+        .await?;
         let cancel = CancellationToken::new();
         let runs = Runs::new(
             store.clone(),

@@ -878,6 +878,42 @@ async fn desired_state_survives_daemon_restarts() {
     assert_eq!(w.gateway_processes().len(), 1);
 }
 
+/// A suspension the hub set holds across daemon restarts even with no hub
+/// configured to repeat it: the agent is not started, and the API refuses to.
+#[tokio::test]
+async fn a_persisted_suspension_keeps_the_agent_stopped_after_a_daemon_restart() {
+    let w = World::new();
+    let mut d = w.daemon().await;
+    let v = wait_state(&d, "running", LONG).await;
+    let pid = v["pid"].as_u64().expect("pid") as u32;
+    assert!(d.terminate().success());
+    drop(d);
+    wait_gone(pid, LONG).await;
+    {
+        let c = rusqlite::Connection::open(w.dir.join("data/tenantd.db")).expect("open db");
+        // Desired running (as the operator last asked), access suspended.
+        for (k, v) in [("agent.desired", "running"), ("hub.access", "suspended")] {
+            c.execute(
+                "INSERT INTO daemon_state (key, value, updated_at) VALUES (?1, ?2, 0)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [k, v],
+            )
+            .expect("daemon_state");
+        }
+    }
+
+    let d = w.daemon().await;
+    let v = agent(&d).await;
+    assert_eq!(v["desired"], "stopped", "{v}");
+    // Absence of a spawn needs time to pass: several supervisor ticks.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(agent(&d).await["state"], "stopped");
+    assert_eq!(w.spawns().len(), 1, "the suspended agent was started");
+    let r = d.post("/agent/start").send().await.expect("POST");
+    expect_problem(r, 403, "suspended").await;
+    assert_eq!(w.spawns().len(), 1);
+}
+
 #[tokio::test]
 async fn concurrent_start_stop_restart_calls_end_consistent() {
     let w = World::new();

@@ -91,10 +91,14 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Load (or generate) the gateway key, read the desired state, and
-    /// build the [`AgentHandle`] everybody else uses.
+    /// build the [`AgentHandle`] everybody else uses. `suspended` is the
+    /// access the hub granted last (persisted): a suspended tenant's agent
+    /// is not started at daemon start, whatever the desired state says and
+    /// whether or not a hub is configured to say so again.
     pub async fn prepare(
         config: Arc<Config>,
         store: Store,
+        suspended: bool,
     ) -> Result<(AgentHandle, Supervisor), SupervisorError> {
         let data_dir = config.data_dir.clone();
         let key = tokio::task::spawn_blocking(move || managed::load_or_create_key(&data_dir))
@@ -115,6 +119,7 @@ impl Supervisor {
             source,
         })?;
         let desired = match store.get_state(DESIRED_KEY).await?.as_deref() {
+            _ if suspended => Desired::Stopped,
             Some("stopped") => Desired::Stopped,
             // A new tenant's agent runs.
             _ => Desired::Running,
