@@ -1,6 +1,11 @@
 //! The tenant-runtime credential: read from a file the hub provisions,
 //! compared in constant time, reloaded when the file changes, with the
 //! previous credential honoured for an overlap so rotation has no outage.
+//!
+//! The overlap survives daemon restarts: a small state file in the data
+//! directory (0600) keeps the SHA-256 of the credential in force and of the
+//! previous one with its expiry — never a credential itself. A credential
+//! that changed while the daemon was down is treated as a rotation at start.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -13,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const MIN_CREDENTIAL_LEN: usize = 16;
 pub const MAX_CREDENTIAL_LEN: usize = 4096;
+/// In the data directory: the rotation overlap, kept across restarts.
+pub const CREDENTIAL_STATE_FILE: &str = "credential.state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -42,6 +49,7 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug)]
 struct State {
     current: Secret,
+    /// Hex SHA-256 of the previous credential, and until when it counts.
     previous: Option<(Secret, Instant)>,
 }
 
@@ -50,7 +58,35 @@ struct State {
 pub struct Credentials {
     path: PathBuf,
     overlap: Duration,
+    state_file: Option<PathBuf>,
     state: RwLock<State>,
+}
+
+/// What `state_file` holds (JSON).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    current_sha256: String,
+    previous_sha256: Option<String>,
+    /// Unix ms.
+    previous_until: Option<i64>,
+}
+
+/// Hex SHA-256 of a credential.
+fn digest(token: &[u8]) -> Secret {
+    let d = ring::digest::digest(&ring::digest::SHA256, token);
+    Secret(
+        d.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into_bytes(),
+    )
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Read and check the credential file: owner-only mode, sane length, one
@@ -129,16 +165,92 @@ pub fn random_token(bytes: usize) -> String {
 
 impl Credentials {
     /// Load the credential file; fails if it is missing, too open or bad.
+    /// The overlap is kept in memory only (see [`Credentials::load_with_state`]).
     pub fn load(path: &Path, overlap: Duration) -> Result<Credentials, CredentialError> {
+        Self::load_with_state(path, overlap, None)
+    }
+
+    /// Load the credential file, and keep the rotation overlap in
+    /// `state_file` so that it survives a restart. An unreadable state file
+    /// is logged and ignored (the overlap is then lost, nothing else).
+    /// Blocking.
+    pub fn load_with_state(
+        path: &Path,
+        overlap: Duration,
+        state_file: Option<&Path>,
+    ) -> Result<Credentials, CredentialError> {
         let token = read_credential_file(path)?;
-        Ok(Credentials {
+        let current = Secret(token.into_bytes());
+        let mut previous = None;
+        if let Some(file) = state_file {
+            let now_ms = unix_ms();
+            let saved = read_persisted(file);
+            let cur = digest(&current.0);
+            match saved {
+                Some(p) if p.current_sha256.as_bytes() != cur.0.as_slice() => {
+                    tracing::info!(
+                        overlap_s = overlap.as_secs(),
+                        "the credential changed while the daemon was down; the previous one stays valid for the overlap"
+                    );
+                    previous = Some((
+                        Secret(p.current_sha256.into_bytes()),
+                        Instant::now() + overlap,
+                    ));
+                }
+                Some(Persisted {
+                    previous_sha256: Some(h),
+                    previous_until: Some(until),
+                    ..
+                }) if until > now_ms => {
+                    // A shorter overlap configured since caps what is left.
+                    let left = Duration::from_millis((until - now_ms) as u64).min(overlap);
+                    previous = Some((Secret(h.into_bytes()), Instant::now() + left));
+                }
+                _ => {}
+            }
+        }
+        let creds = Credentials {
             path: path.to_path_buf(),
             overlap,
-            state: RwLock::new(State {
-                current: Secret(token.into_bytes()),
-                previous: None,
-            }),
-        })
+            state_file: state_file.map(Path::to_path_buf),
+            state: RwLock::new(State { current, previous }),
+        };
+        creds.persist();
+        Ok(creds)
+    }
+
+    /// Write the state file (if any) from what is in force. Blocking.
+    fn persist(&self) {
+        let Some(file) = &self.state_file else {
+            return;
+        };
+        let Ok(state) = self.state.read() else {
+            return;
+        };
+        let now = Instant::now();
+        let (previous_sha256, previous_until) = match &state.previous {
+            Some((h, until)) if *until > now => (
+                Some(String::from_utf8_lossy(&h.0).into_owned()),
+                Some(unix_ms() + until.duration_since(now).as_millis() as i64),
+            ),
+            _ => (None, None),
+        };
+        let p = Persisted {
+            current_sha256: String::from_utf8_lossy(&digest(&state.current.0).0).into_owned(),
+            previous_sha256,
+            previous_until,
+        };
+        drop(state);
+        let written = serde_json::to_vec(&p)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::atomic_file::write(file, &bytes, 0o600));
+        if let Err(e) = written {
+            tracing::warn!(
+                path = %file.display(),
+                error = %e,
+                "cannot save the credential state; a restart during a rotation would end the overlap early"
+            );
+        }
     }
 
     /// `true` if `token` is the current credential, or the previous one
@@ -149,7 +261,7 @@ impl Credentials {
         };
         let current: bool = state.current.0.ct_eq(token).into();
         let previous = match &state.previous {
-            Some((secret, until)) if Instant::now() < *until => secret.0.ct_eq(token).into(),
+            Some((hash, until)) if Instant::now() < *until => digest(token).0.ct_eq(&hash.0).into(),
             _ => false,
         };
         current | previous
@@ -185,11 +297,13 @@ impl Credentials {
             return false;
         }
         let old = std::mem::replace(&mut state.current, Secret(token.into_bytes()));
-        state.previous = Some((old, Instant::now() + self.overlap));
+        state.previous = Some((digest(&old.0), Instant::now() + self.overlap));
+        drop(state);
         tracing::info!(
             overlap_s = self.overlap.as_secs(),
             "credential rotated; the previous one stays valid for the overlap"
         );
+        self.persist();
         true
     }
 
@@ -256,6 +370,25 @@ impl Credentials {
     }
 }
 
+/// The saved state, or `None` (missing is normal; damaged is logged).
+fn read_persisted(file: &Path) -> Option<Persisted> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %file.display(), error = %e, "cannot read the credential state; ignoring it");
+            return None;
+        }
+    };
+    match serde_json::from_slice::<Persisted>(&bytes) {
+        Ok(p) if p.current_sha256.len() == 64 => Some(p),
+        _ => {
+            tracing::warn!(path = %file.display(), "the credential state is damaged; ignoring it");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +434,58 @@ mod tests {
         assert!(!c.verify(b"old-credential-0123456789"));
         assert!(!c.verify(b"old-credential-012345678"));
         assert!(!c.verify(b""));
+    }
+
+    #[test]
+    fn the_overlap_survives_a_restart_and_a_rotation_while_down_starts_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("cred");
+        let state = dir.path().join("credential.state");
+        let long = Duration::from_secs(600);
+        write(&p, "first-credential-0123456789", 0o600);
+        let c = Credentials::load_with_state(&p, long, Some(&state)).expect("load");
+        let mode = std::fs::metadata(&state)
+            .expect("state")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        write(&p, "second-credential-0123456789", 0o600);
+        assert!(c.reload());
+        let text = std::fs::read_to_string(&state).expect("state");
+        assert!(
+            !text.contains("credential-0123456789"),
+            "a secret in {text}"
+        );
+        drop(c);
+
+        // Restart during the overlap: both still work.
+        let c = Credentials::load_with_state(&p, long, Some(&state)).expect("reload");
+        assert!(c.verify(b"second-credential-0123456789"));
+        assert!(c.verify(b"first-credential-0123456789"));
+        drop(c);
+
+        // Rotated while down: the one in force before becomes the previous.
+        write(&p, "third-credential-0123456789", 0o600);
+        let c = Credentials::load_with_state(&p, long, Some(&state)).expect("reload");
+        assert!(c.verify(b"third-credential-0123456789"));
+        assert!(c.verify(b"second-credential-0123456789"));
+        assert!(!c.verify(b"first-credential-0123456789"));
+        drop(c);
+
+        // A shorter overlap configured since caps what is left, and an
+        // ended overlap stays ended after another restart.
+        let c = Credentials::load_with_state(&p, Duration::ZERO, Some(&state)).expect("load");
+        assert!(!c.verify(b"second-credential-0123456789"));
+        drop(c);
+        let c = Credentials::load_with_state(&p, long, Some(&state)).expect("load");
+        assert!(!c.verify(b"second-credential-0123456789"));
+        assert!(c.verify(b"third-credential-0123456789"));
+        drop(c);
+
+        // A damaged state file is ignored: the credential in force works.
+        std::fs::write(&state, "{not json").expect("damage");
+        let c = Credentials::load_with_state(&p, long, Some(&state)).expect("load");
+        assert!(c.verify(b"third-credential-0123456789"));
+        assert!(!c.verify(b"second-credential-0123456789"));
     }
 }

@@ -71,10 +71,17 @@ impl Daemon {
             let path = config.auth.credential_file.clone();
             tokio::task::spawn_blocking(move || auth::ensure_generated(&path)).await??;
         }
-        let credentials = Arc::new(Credentials::load(
-            &config.auth.credential_file,
+        let (cred, overlap, state) = (
+            config.auth.credential_file.clone(),
             config.auth.rotation_overlap,
-        )?);
+            config.data_dir.join(auth::CREDENTIAL_STATE_FILE),
+        );
+        let credentials = Arc::new(
+            tokio::task::spawn_blocking(move || {
+                Credentials::load_with_state(&cred, overlap, Some(&state))
+            })
+            .await??,
+        );
 
         let db_path = config.data_dir.join("tenantd.db");
         let opts = StoreOptions {

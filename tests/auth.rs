@@ -128,6 +128,69 @@ async fn rotated_credential_keeps_old_one_during_overlap_only() {
     assert_eq!(status(new_token).await, 200);
 }
 
+/// The overlap is not lost when the daemon restarts in the middle of it,
+/// and a credential replaced while the daemon was down gets one too.
+#[tokio::test]
+async fn the_overlap_survives_daemon_restarts_and_rotation_while_down() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let start = || {
+        TestDaemon::start_with(Options {
+            config_extra: "".into(),
+            env: vec![("HERMES_TENANTD_AUTH__ROTATION_OVERLAP".into(), "10m".into())],
+            dir: Some(dir.path().to_path_buf()),
+        })
+    };
+    let status = |d: &TestDaemon, token: &str| {
+        let req = d.client.get(d.tenant_url("/version")).bearer_auth(token);
+        async move { req.send().await.expect("send").status().as_u16() }
+    };
+    let rotate = |token: &str| {
+        let tmp = dir.path().join("credential.new");
+        write_private(&tmp, token);
+        std::fs::rename(&tmp, dir.path().join("credential")).expect("rename");
+    };
+    let second = "second-credential-abcdef0123456789";
+    let third = "third-credential-abcdef0123456789";
+
+    let mut d = start().await;
+    rotate(second);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status(&d, second).await != 200 {
+        assert!(std::time::Instant::now() < deadline, "rotation never seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(d.terminate().success());
+    drop(d);
+
+    // Restarted during the overlap: the first credential still works.
+    let mut d = start().await;
+    assert_eq!(status(&d, second).await, 200);
+    assert_eq!(status(&d, TOKEN).await, 200, "overlap lost at restart");
+    assert!(d.terminate().success());
+    drop(d);
+
+    // Replaced while down: the one in force before keeps working for the
+    // overlap; the one before that is the previous no more.
+    rotate(third);
+    let d = start().await;
+    assert_eq!(status(&d, third).await, 200);
+    assert_eq!(
+        status(&d, second).await,
+        200,
+        "no overlap for a rotation while down"
+    );
+    assert_eq!(status(&d, TOKEN).await, 401);
+    let state = std::fs::read_to_string(d.data_dir().join("credential.state")).expect("state");
+    for secret in [TOKEN, second, third] {
+        assert!(!state.contains(secret), "a credential in the state file");
+    }
+    for line in d.logs() {
+        for secret in [TOKEN, second, third] {
+            assert!(!line.contains(secret), "a credential in the log: {line}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_world_readable_credential_file_stops_the_daemon_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("tmp");
