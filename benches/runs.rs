@@ -5,9 +5,7 @@
 //!
 //! `cargo bench --bench runs` (`BENCH_EVENTS=20000` events per run).
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -16,16 +14,11 @@ use serde_json::{Value, json};
 const TOKEN: &str = "bench-credential-0123456789abcdef";
 const TENANT: &str = "bench";
 
+mod common;
+use common::{spawn_daemon, status_kib, write_private};
+
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, "VmRSS:")
 }
 
 fn now_secs() -> f64 {
@@ -77,8 +70,7 @@ fn main() {
         .unwrap_or(20_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let cred = dir.path().join("credential");
-    std::fs::write(&cred, TOKEN).expect("credential");
-    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    write_private(&cred, TOKEN);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -95,23 +87,7 @@ fn main() {
         ),
     )
     .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hermes-tenantd"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn daemon");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = lines.next().expect("daemon exited").expect("read");
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if v["message"] == "listening" {
-                break v["addr"].as_str().expect("addr").to_owned();
-            }
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut child, addr) = spawn_daemon(&config);
     let pid = child.id();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = reqwest::Client::new();

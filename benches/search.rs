@@ -5,14 +5,14 @@
 //! `cargo bench --bench search` (N = 1,000,000; `BENCH_MESSAGES=100000` for a
 //! quick run).
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hermes_tenantd::store::conversations::SEARCH_SQL;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+mod common;
+use common::{spawn_daemon, status_kib, write_private};
 
 const TOKEN: &str = "bench-credential-0123456789abcdef";
 const TENANT: &str = "bench";
@@ -26,18 +26,6 @@ fn rss_kib(pid: u32) -> u64 {
 /// kernel can drop.
 fn anon_kib(pid: u32) -> u64 {
     status_kib(pid, "RssAnon:")
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A vocabulary of pronounceable words; index = frequency rank.
@@ -111,8 +99,7 @@ fn main() {
         .unwrap_or(200);
     let dir = tempfile::tempdir().expect("tempdir");
     let cred = dir.path().join("credential");
-    std::fs::write(&cred, TOKEN).expect("credential");
-    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    write_private(&cred, TOKEN);
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
@@ -123,24 +110,7 @@ fn main() {
         ),
     )
     .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hermes-tenantd"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn daemon");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("daemon exited").expect("read");
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if v["message"] == "listening" {
-                break v["addr"].as_str().expect("addr").to_owned();
-            }
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut child, addr) = spawn_daemon(&config);
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_kib(pid);
