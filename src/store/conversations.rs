@@ -473,18 +473,30 @@ pub fn render_snippet(raw: &str) -> String {
 
 /// The SQL of a message search; shared with the benchmark so it measures
 /// the same query the API runs.
-pub const SEARCH_SQL: &str = "SELECT m.id, m.session_id, m.platform, m.role, m.created_at,
-        snippet(messages_fts, 0, char(1), char(2), '…', 16),
-        bm25(messages_fts) AS score
- FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
- WHERE messages_fts MATCH ?1
-   AND (?2 IS NULL OR m.platform = ?2)
-   AND (?3 IS NULL OR m.role = ?3)
-   AND (?4 IS NULL OR m.created_at >= ?4)
-   AND (?5 IS NULL OR m.created_at < ?5)
-   AND (?6 IS NULL OR m.session_id = ?6)
- ORDER BY score, m.id
- LIMIT ?7 OFFSET ?8";
+///
+/// Two steps: rank every match by bm25 and keep one page (`top`), then
+/// build snippets for that page only. `snippet()` re-tokenizes the whole
+/// message, so computing it before the sort (one query) costs a tokenizer
+/// pass per *match*: ten times slower for a common word. `CROSS JOIN`
+/// fixes the join order (SQLite does not reorder it): the FTS index drives
+/// the ranking, and the page drives the snippet lookups.
+pub const SEARCH_SQL: &str = "WITH top AS MATERIALIZED (
+   SELECT m.id AS id, bm25(messages_fts) AS score
+     FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
+    WHERE messages_fts MATCH ?1
+      AND (?2 IS NULL OR m.platform = ?2)
+      AND (?3 IS NULL OR m.role = ?3)
+      AND (?4 IS NULL OR m.created_at >= ?4)
+      AND (?5 IS NULL OR m.created_at < ?5)
+      AND (?6 IS NULL OR m.session_id = ?6)
+    ORDER BY score, m.id
+    LIMIT ?7 OFFSET ?8)
+ SELECT m.id, m.session_id, m.platform, m.role, m.created_at,
+        snippet(messages_fts, 0, char(1), char(2), '…', 16), top.score
+   FROM top
+   CROSS JOIN messages m ON m.id = top.id
+   CROSS JOIN messages_fts ON messages_fts.rowid = top.id AND messages_fts MATCH ?1
+  ORDER BY top.score, top.id";
 
 /// Full-text search over message content, best match first.
 pub fn search(conn: &Connection, f: &SearchFilter) -> StoreResult<Page<SearchHit>> {

@@ -141,10 +141,17 @@ pub fn search(
     }
     let offset = cursor::int(after, 0)?;
     let mut stmt = conn.prepare_cached(
-        "SELECT m.id, m.content, m.tags, m.source, m.created_at,
-                snippet(memories_fts, 0, char(1), char(2), '…', 16), bm25(memories_fts) AS score
-         FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid
-         WHERE memories_fts MATCH ?1 ORDER BY score, m.id LIMIT ?2 OFFSET ?3",
+        // One page ranked first, snippets for that page only (see
+        // conversations::SEARCH_SQL).
+        "WITH top AS MATERIALIZED (
+            SELECT rowid AS id, bm25(memories_fts) AS score FROM memories_fts
+             WHERE memories_fts MATCH ?1 ORDER BY score, rowid LIMIT ?2 OFFSET ?3)
+         SELECT m.id, m.content, m.tags, m.source, m.created_at,
+                snippet(memories_fts, 0, char(1), char(2), '…', 16), top.score
+           FROM top
+           CROSS JOIN memories m ON m.id = top.id
+           CROSS JOIN memories_fts ON memories_fts.rowid = top.id AND memories_fts MATCH ?1
+          ORDER BY top.score, top.id",
     )?;
     let rows = stmt
         .query_map(params![q, limit as i64 + 1, offset], |r| {
