@@ -17,6 +17,22 @@ const TENANT: &str = "bench";
 mod common;
 use common::{spawn_daemon, status_kib, write_private};
 
+/// User + system CPU seconds of a process so far (`/proc/<pid>/stat`).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime, stime are fields 14 and 15 (1-based); index 11 and 12 here.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
+}
+
 fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
@@ -135,12 +151,21 @@ fn main() {
         println!("hermes-tenantd run relay benchmark (fake gateway in Python)");
         // Throughput: as fast as the fake gateway emits.
         let (dn, dt, _) = direct(format!("events:{events}")).await;
+        let cpu_before = cpu_secs(pid);
         let (vn, vt, _) = via(format!("events:{events}")).await;
+        let cpu = cpu_secs(pid) - cpu_before;
         let d_rate = dn as f64 / dt.as_secs_f64();
         let v_rate = vn as f64 / vt.as_secs_f64();
         println!("  throughput, {events} events as fast as the gateway emits:");
         println!("    direct from the gateway: {d_rate:>9.0} events/s");
         println!("    through the daemon:      {v_rate:>9.0} events/s ({:.2} x direct)", v_rate / d_rate);
+        // What the relay costs, whatever the other two processes get of
+        // the machine's cores: parse, persist, fan out, write.
+        println!(
+            "    daemon CPU:              {:.2} µs per event ({:.0} % of a core while relaying)",
+            cpu * 1e6 / vn.max(1) as f64,
+            cpu * 100.0 / vt.as_secs_f64()
+        );
 
         // Latency at a paced rate.
         let paced = format!("events:{} rate:1000", (events / 10).max(500));

@@ -228,6 +228,41 @@ async fn a_slow_subscriber_does_not_hold_back_another() {
     assert_sequence(&late, 1);
 }
 
+/// An idle stream gets keep-alive comments; headers say SSE, not cached,
+/// not buffered by a proxy.
+#[tokio::test]
+async fn an_idle_event_stream_gets_keep_alive_comments() {
+    let mut w = GatewayWorld::new();
+    w.extra = "[runs]\nkeepalive = \"200ms\"\n".into();
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let run = start_run(&d, json!({"input": "hang please"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let resp = events(&d, &id, None).await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["content-type"], "text/event-stream");
+    assert_eq!(h["cache-control"], "no-cache");
+    assert_eq!(h["x-accel-buffering"], "no");
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches(": keep-alive\n\n").count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("no keep-alive within 10 s")
+            .expect("stream ended")
+            .expect("chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.starts_with("id: 1\nevent: message.delta\n"), "{seen}");
+    let r = d
+        .post(&format!("/runs/{id}/stop"))
+        .send()
+        .await
+        .expect("stop");
+    assert_eq!(r.status(), 202);
+}
+
 #[tokio::test]
 async fn stop_and_approval_pass_through() {
     let w = GatewayWorld::new();

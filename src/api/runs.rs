@@ -1,12 +1,10 @@
 //! `/runs`: start, inspect, follow (SSE), stop, approve.
 
-use std::convert::Infallible;
-
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -105,7 +103,7 @@ pub async fn events(
     ApiPath(p): ApiPath<RunPath>,
     ApiQuery(q): ApiQuery<EventsQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let after = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -118,15 +116,17 @@ pub async fn events(
         None => q.after.unwrap_or(0).max(0),
     };
     let rx = state.runs.subscribe(&p.run_id, after).await?;
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let ev = rx.recv().await?;
-        let frame = Event::default()
-            .id(ev.seq.to_string())
-            .event(ev.name)
-            .data(&*ev.data);
-        Some((Ok(frame), rx))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(state.config.runs.keepalive)))
+    let body = crate::runs::sse::body(rx, state.config.runs.keepalive);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Tell a buffering reverse proxy (nginx) to pass events on at once.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 pub async fn stop(

@@ -6,6 +6,7 @@
 
 pub mod gateway;
 mod relay;
+pub mod sse;
 mod subscribe;
 
 use std::collections::HashMap;
