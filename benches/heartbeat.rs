@@ -3,7 +3,8 @@
 //! beats against an unreachable hub (the real binary, beating every ~10 ms
 //! so 24 h of 30-second beats pass in seconds).
 //!
-//! `cargo bench --bench heartbeat` (needs python3 for tests/fake_hub.py).
+//! `cargo bench --bench heartbeat` (needs python3 for tests/fake_hub.py;
+//! `BENCH_BEATS=40000` for a longer RSS run, default 10,000).
 //! Figures, not pass/fail.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -58,10 +59,14 @@ fn cpu_seconds(pid: &str) -> f64 {
 }
 
 fn rss_kib(pid: &str) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: &str, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -243,21 +248,22 @@ fn rss_against_unreachable_hub(total_beats: u64) {
     // Beats are counted by the failure metric: read it from /metrics.
     std::thread::sleep(Duration::from_millis(500));
     let addr = find_listen_addr(&pid);
-    println!("| beats | simulated hours at 30 s | RSS KiB |");
-    println!("|---:|---:|---:|");
+    println!("| beats | simulated hours at 30 s | RSS KiB | of which anonymous |");
+    println!("|---:|---:|---:|---:|");
     let start = Instant::now();
     let mut next_report = 0u64;
     loop {
         let beats = failed_beats(&addr);
         if beats >= next_report {
             println!(
-                "| {beats} | {:.1} | {} |",
+                "| {beats} | {:.1} | {} | {} |",
                 beats as f64 * 30.0 / 3600.0,
-                rss_kib(&pid)
+                rss_kib(&pid),
+                status_kib(&pid, "RssAnon:")
             );
             next_report += total_beats / 8;
         }
-        if beats >= total_beats || start.elapsed() > Duration::from_secs(300) {
+        if beats >= total_beats || start.elapsed() > Duration::from_secs(900) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -347,5 +353,9 @@ fn main() {
         "## Daemon RSS, beating every ~10 ms at an unreachable hub, 500 usage entries pending"
     );
     println!();
-    rss_against_unreachable_hub(10_000);
+    let beats = std::env::var("BENCH_BEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    rss_against_unreachable_hub(beats);
 }

@@ -2,7 +2,8 @@
 # Acceptance: hermes-tenantd supervising the real Hermes gateway
 # (hermes-agent 0.19.0 from PyPI) with its model pointed at a tiny local
 # OpenAI-compatible stand-in. Checks: reaches running (capabilities probed),
-# restarts after kill -9, stops cleanly (planned stop, nothing left).
+# a run relayed end to end (numbered SSE events, output, conversation
+# record), restarts after kill -9, stops cleanly (planned stop, nothing left).
 # Prints the gateway's start time and RSS.
 #
 #   tests/acceptance/real_hermes.sh            # builds the daemon (debug)
@@ -140,6 +141,24 @@ echo "   gateway RSS after 5 s idle: $RSS1 KiB"
 
 grep -q "API_SERVER_KEY=" "$WORK/data/gateway-managed/.env" || fail "managed .env not written"
 [ "$(stat -c %a "$WORK/data/gateway-managed/.env")" = 600 ] || fail "managed .env not 0600"
+
+echo "== a run through the real gateway's runs API"
+T_RUN0=$(now_ms)
+RUN=$(api -X POST -H 'Content-Type: application/json' -d '{"input":"ping","platform":"web"}' "$BASE/runs")
+RUN_ID=$(echo "$RUN" | field run_id)
+[ -n "$RUN_ID" ] && [ "$RUN_ID" != None ] || fail "POST /runs answered $RUN"
+# The SSE stream ends after the terminal event.
+timeout 120 curl -sS -N -H "Authorization: Bearer $TOKEN" "$BASE/runs/$RUN_ID/events" > "$WORK/events.sse" \
+  || fail "event stream did not end: $(tail -c 600 "$WORK/events.sse")"
+T_RUN1=$(now_ms)
+grep -q '^event: run.completed$' "$WORK/events.sse" || fail "no run.completed: $(tail -c 600 "$WORK/events.sse")"
+grep -q '^id: 1$' "$WORK/events.sse" || fail "events are not numbered"
+v=$(api "$BASE/runs/$RUN_ID")
+echo "$v" | "$PY" -c "import json,sys; v=json.load(sys.stdin); sys.exit(0 if v['status']=='completed' and 'pong' in (v.get('output') or '') else 1)" \
+  || fail "run did not complete with the model's answer: $v"
+hits=$(api "$BASE/conversations/search?q=pong" | "$PY" -c "import json,sys; print(len(json.load(sys.stdin)['items']))")
+[ "$hits" -ge 1 ] || fail "the answer is not in the conversation store"
+echo "   run $RUN_ID completed in $(( T_RUN1 - T_RUN0 )) ms, $(grep -c '^id: ' "$WORK/events.sse") events, answer recorded"
 
 echo "== kill -9 the gateway"
 T_KILL=$(now_ms)
