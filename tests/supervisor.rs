@@ -10,78 +10,28 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn python() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 is needed for the fake gateway");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 fn fake_gateway() -> String {
     format!("{}/tests/fake_gateway.py", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// One test's world is common's `GatewayWorld` (a directory kept across
+/// daemon restarts, a gateway port, fake switches); `Records` reads what
+/// the fake gateway and the daemon leave in it.
+type World = GatewayWorld;
+
+trait Records {
+    fn managed(&self) -> PathBuf;
+    fn control(&self, v: Value);
+    fn spawns(&self) -> Vec<u32>;
+    fn events(&self) -> String;
+    fn grandchild_of(&self, pid: u32) -> Option<u32>;
+    fn gateway_processes(&self) -> Vec<u32>;
+    fn transitions(&self) -> Vec<Tr>;
 }
 
-/// One test's world: a directory (kept across daemon restarts), a gateway
-/// port, and the settings that go into `[gateway]`.
-struct World {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    port: u16,
-    env: Vec<(String, String)>,
-}
-
-impl World {
-    fn new() -> World {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
-        World {
-            _tmp: tmp,
-            dir,
-            port: free_port(),
-            env: Vec::new(),
-        }
-    }
-
-    fn fake(mut self, name: &str, value: &str) -> World {
-        self.env
-            .push((format!("FAKE_GW_{}", name.to_uppercase()), value.to_owned()));
-        self
-    }
-
-    fn home(&self) -> PathBuf {
-        self.dir.join("home")
-    }
-
+impl Records for GatewayWorld {
     fn managed(&self) -> PathBuf {
         self.dir.join("data").join("gateway-managed")
-    }
-
-    fn config(&self) -> String {
-        format!(
-            "[gateway]\ncommand = \"{py} {gw}\"\nhermes_home = \"{home}\"\nport = {port}\nstart_timeout = \"10s\"\nstop_grace = \"3s\"\nhealth_interval = \"100ms\"\nunhealthy_threshold = 2\nbackoff_base = \"100ms\"\nbackoff_cap = \"400ms\"\ncrash_loop_window = \"60s\"\ncrash_loop_count = 10\n",
-            py = python(),
-            gw = fake_gateway(),
-            home = self.home().display(),
-            port = self.port,
-        )
-    }
-
-    async fn daemon(&self) -> TestDaemon {
-        TestDaemon::start_with(Options {
-            config_extra: self.config(),
-            env: self.env.clone(),
-            dir: Some(self.dir.clone()),
-        })
-        .await
     }
 
     /// Write the fake gateway's control file.
