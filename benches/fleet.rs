@@ -11,7 +11,6 @@
 //! `cargo bench --bench fleet` (needs python3). Figures, not pass/fail.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,15 +25,12 @@ use hermes_tenantd::metrics::Metrics;
 use hermes_tenantd::store::{Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::write_private;
+
 const VMS: usize = 250;
 const SCALE: f64 = 10.0; // real seconds per simulated... 30 s becomes 3 s
 const INTERVALS: usize = 10;
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).expect("write");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
 
 async fn run_fleet(port: u16, jitter_percent: u32) -> Vec<f64> {
     let dir = tempfile::tempdir().expect("tmp");

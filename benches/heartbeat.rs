@@ -58,18 +58,15 @@ fn cpu_seconds(pid: &str) -> f64 {
     ticks / 100.0
 }
 
-fn rss_kib(pid: &str) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
+mod common;
+use common::write_private;
 
 fn status_kib(pid: &str, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    common::status_kib(pid.parse().unwrap_or(0), field)
+}
+
+fn rss_kib(pid: &str) -> u64 {
+    status_kib(pid, "VmRSS:")
 }
 
 fn fake_hub() -> (Child, u16) {
@@ -85,12 +82,6 @@ fn fake_hub() -> (Child, u16) {
         .expect("port");
     let v: serde_json::Value = serde_json::from_str(&line).expect("port JSON");
     (child, v["port"].as_u64().expect("port") as u16)
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).expect("write");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
 fn config(dir: &Path, hub_port: u16, extra: &str) -> Config {
