@@ -512,6 +512,76 @@ async fn run_now_fires_once_and_leaves_the_schedule_alone() {
     assert_eq!(after["last_status"], "ok");
 }
 
+/// A job's skills reach its run: the SKILL.md of each installed one in the
+/// run's instructions, the missing ones named; the job fires regardless.
+#[tokio::test]
+async fn a_jobs_skills_are_loaded_into_its_runs_instructions() {
+    let w = world(CRON_FAST);
+    let skill = w.home().join("skills/research/arxiv");
+    std::fs::create_dir_all(&skill).expect("skill dir");
+    std::fs::write(
+        skill.join("SKILL.md"),
+        "---\nname: arxiv\ndescription: Search arXiv papers\n---\n# arXiv\nUse the export API; cite ids.\n",
+    )
+    .expect("SKILL.md");
+    let d = w.daemon().await;
+    poll("the skill indexed", Duration::from_secs(20), || async {
+        let v = json_of(d.get("/skills").send().await.expect("skills"), 200).await;
+        v["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["name"] == "arxiv"))
+            .then_some(())
+    })
+    .await;
+    let j = create(
+        &d,
+        json!({"schedule": "0 0 1 1 *", "prompt": "new papers?", "skills": ["arxiv", "not-installed"]}),
+    )
+    .await;
+    let id = j["id"].as_str().expect("id").to_owned();
+    let f = json_of(
+        d.post(&format!("/agent-cron/{id}/run"))
+            .send()
+            .await
+            .expect("run"),
+        202,
+    )
+    .await;
+    let run_id = f["run_id"].as_str().expect("run id").to_owned();
+    let run = json_of(
+        d.get(&format!("/runs/{run_id}")).send().await.expect("run"),
+        200,
+    )
+    .await;
+    assert_eq!(run["input"], "new papers?");
+    let ins = run["instructions"].as_str().expect("instructions");
+    assert!(ins.contains("## Skill: arxiv"), "{ins}");
+    assert!(ins.contains("Use the export API; cite ids."), "{ins}");
+    assert!(
+        ins.contains("Not installed, so not loaded: not-installed."),
+        "{ins}"
+    );
+
+    // Without skills, no instructions.
+    let j = create(&d, json!({"schedule": "0 0 1 1 *", "prompt": "plain"})).await;
+    let id = j["id"].as_str().expect("id").to_owned();
+    let f = json_of(
+        d.post(&format!("/agent-cron/{id}/run"))
+            .send()
+            .await
+            .expect("run"),
+        202,
+    )
+    .await;
+    let run_id = f["run_id"].as_str().expect("run id").to_owned();
+    let run = json_of(
+        d.get(&format!("/runs/{run_id}")).send().await.expect("run"),
+        200,
+    )
+    .await;
+    assert!(run["instructions"].is_null(), "{run}");
+}
+
 #[tokio::test]
 async fn a_job_never_overlaps_itself_and_delete_stops_its_run() {
     let w = world(CRON_FAST);

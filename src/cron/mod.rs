@@ -8,6 +8,7 @@
 pub mod delivery;
 pub mod import;
 pub mod schedule;
+pub mod skills;
 pub mod spec;
 
 use std::collections::{BTreeSet, HashMap};
@@ -211,6 +212,9 @@ pub struct CronService {
     inflight: Mutex<HashMap<String, InFlight>>,
     started_at: i64,
     shutdown: CancellationToken,
+    /// `<hermes home>/skills`, known once `prepare` ran: where a job's
+    /// skills are read from when it fires.
+    skills_dir: std::sync::OnceLock<PathBuf>,
 }
 
 /// Longest sleep of the scheduler between looks at the clock (wall-clock
@@ -271,6 +275,7 @@ impl CronService {
             inflight: Mutex::new(HashMap::new()),
             started_at,
             shutdown,
+            skills_dir: std::sync::OnceLock::new(),
         })
     }
 
@@ -318,8 +323,29 @@ impl CronService {
     /// Load the jobs, apply the missed-firing rule, import the gateway's
     /// jobs file once, and re-attach firings left running. Call before
     /// [`spawn`](Self::spawn).
+    /// The run's instructions for a job's `skills` (see [`skills`]); `None`
+    /// without skills. A store or file problem leaves the skills out (logged):
+    /// the job still fires.
+    async fn skill_instructions(&self, names: Option<&[String]>) -> Option<String> {
+        let names = names.filter(|n| !n.is_empty())?.to_vec();
+        let dir = self.skills_dir.get()?.clone();
+        let wanted = names.clone();
+        let found = match self.store.read(move |c| skills::locate(c, &names)).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cron: cannot look up a job's skills; firing without them");
+                return None;
+            }
+        };
+        tokio::task::spawn_blocking(move || skills::instructions(&dir, &wanted, &found))
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub async fn prepare(self: &Arc<Self>, hermes_home: PathBuf) -> Result<(), CronError> {
         let began = std::time::Instant::now();
+        let _ = self.skills_dir.set(hermes_home.join("skills"));
         import::import_once(self, &hermes_home).await?;
         let now = self.clock.now_ms();
         let jobs = self.store.read(|c| db::list_jobs(c, None, None)).await?;
@@ -640,12 +666,13 @@ impl CronService {
         if trigger != Trigger::Manual {
             self.requeue(id, updated.next_run_at);
         }
+        let instructions = self.skill_instructions(job.skills.as_deref()).await;
         let started = self
             .runs
             .start(StartRun {
                 input: Value::String(job.prompt.clone()),
                 session_id: None,
-                instructions: None,
+                instructions,
                 platform: Some("cron".into()),
                 conversation_history: None,
             })
