@@ -73,14 +73,7 @@ struct Persisted {
 
 /// Hex SHA-256 of a credential.
 fn digest(token: &[u8]) -> Secret {
-    let d = ring::digest::digest(&ring::digest::SHA256, token);
-    Secret(
-        d.as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-            .into_bytes(),
-    )
+    Secret(crate::hex::sha256(token).into_bytes())
 }
 
 fn unix_ms() -> i64 {
@@ -160,7 +153,7 @@ pub fn random_token(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&buf)
 }
 
 impl Credentials {

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod envfile;
 pub mod error;
 pub mod files;
+pub mod hex;
 pub mod history_sync;
 pub mod hub;
 pub mod logging;

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::store::StoreResult;
 
@@ -22,13 +22,7 @@ pub fn locate(conn: &Connection, names: &[String]) -> StoreResult<Vec<(String, S
     )?;
     let mut out = Vec::new();
     for name in names {
-        let path: Option<String> = stmt
-            .query_row([name], |r| r.get(0))
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?;
+        let path: Option<String> = stmt.query_row([name], |r| r.get(0)).optional()?;
         if let Some(p) = path {
             out.push((name.clone(), p));
         }

@@ -3,6 +3,7 @@
 //! and reads on both sides when a run streams fast), and a keep-alive
 //! comment when nothing was sent for a while.
 
+use std::fmt::Write;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -21,9 +22,8 @@ pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 /// the gateway) is replaced so it cannot end the field early.
 pub fn render(out: &mut BytesMut, ev: &LiveEvent) {
     out.reserve(ev.data.len() + ev.name.len() + 32);
-    out.put_slice(b"id: ");
-    out.put_slice(ev.seq.to_string().as_bytes());
-    out.put_slice(b"\nevent: ");
+    // Writing into a BytesMut cannot fail (it grows).
+    let _ = write!(out, "id: {}\nevent: ", ev.seq);
     if ev.name.contains(['\n', '\r']) {
         out.put_slice(ev.name.replace(['\n', '\r'], " ").as_bytes());
     } else {

@@ -208,7 +208,7 @@ pub fn read_skill(skills_dir: &Path, disk: DiskSkill) -> Indexed {
     };
     let (parsed, hash) = match bytes {
         Ok(b) => {
-            let hash = sha256_hex(&b);
+            let hash = crate::hex::sha256(&b);
             let parsed = match std::str::from_utf8(&b) {
                 Ok(t) => parse_skill_md(t, &dir_name),
                 Err(_) => Parsed {
@@ -235,11 +235,6 @@ pub fn read_skill(skills_dir: &Path, disk: DiskSkill) -> Indexed {
         parsed,
         content_hash: hash,
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---- SQL ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ use super::StoreError;
 use super::conversations::Page;
 
 pub fn encode(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(text.as_bytes())
 }
 
 pub fn decode(cursor: &str) -> Result<String, StoreError> {
