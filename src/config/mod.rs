@@ -176,6 +176,31 @@ pub struct GatewayConfig {
     pub log_file_bytes: u64,
     /// Rotated gateway log files kept besides the current one.
     pub log_files: u32,
+    /// The agent's user and group (`gateway.user`, `gateway.group`).
+    pub identity: crate::identity::AgentIdentity,
+    /// The agent cgroup's limits (`gateway.memory_max`, `tasks_max`, `cpu_weight`).
+    pub limits: AgentLimits,
+}
+
+/// Limits of the agent's cgroup; the daemon's own cgroup is never limited
+/// by them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLimits {
+    pub memory_max: MemoryMax,
+    /// `pids.max`: processes and threads of the gateway and its tools.
+    pub tasks_max: u64,
+    /// `cpu.weight` (1-10000) against the daemon's own cgroup.
+    pub cpu_weight: u32,
+}
+
+/// `memory.max` of the agent's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryMax {
+    /// No limit.
+    Unlimited,
+    Bytes(u64),
+    /// Percent of the machine's memory, resolved when the cgroup is set up.
+    Percent(u8),
 }
 
 #[derive(Debug, Clone)]
@@ -285,6 +310,7 @@ impl Config {
     }
 }
 
+mod agent;
 mod command;
 mod raw;
 mod validate;

@@ -167,6 +167,13 @@ pub(super) struct RawGateway {
     pub(super) log_file_bytes: Option<u64>,
     #[serde(deserialize_with = "lenient")]
     pub(super) log_files: Option<u32>,
+    pub(super) user: Option<String>,
+    pub(super) group: Option<String>,
+    pub(super) memory_max: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub(super) tasks_max: Option<u64>,
+    #[serde(deserialize_with = "lenient")]
+    pub(super) cpu_weight: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -576,6 +576,8 @@ pub(super) fn validate_gateway(
         crash_loop_count,
         log_file_bytes,
         log_files,
+        identity: super::agent::identity(raw.user, raw.group)?,
+        limits: super::agent::limits(raw.memory_max, raw.tasks_max, raw.cpu_weight)?,
     })
 }
 

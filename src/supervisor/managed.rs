@@ -49,8 +49,26 @@ pub fn load_or_create_key(data_dir: &Path) -> io::Result<String> {
 /// Write the managed `.env` atomically: the daemon's `API_SERVER_*` keys,
 /// plus any other line already in the file (policy keys other parts of the
 /// daemon may own). Blocking.
-pub fn write_managed_env(dir: &Path, port: u16, key: &str) -> io::Result<()> {
-    create_private_dir(dir)?;
+///
+/// `reader_gid`: the agent's group when it runs as another user. The scope
+/// is the daemon's (owner) and readable by that group, never writable by
+/// it: that is what makes it "managed". `None`: owner-only.
+pub fn write_managed_env(
+    dir: &Path,
+    port: u16,
+    key: &str,
+    reader_gid: Option<u32>,
+) -> io::Result<()> {
+    let file_mode = match reader_gid {
+        Some(gid) => {
+            create_shared_dir(dir, gid)?;
+            0o640
+        }
+        None => {
+            create_private_dir(dir)?;
+            0o600
+        }
+    };
     let path = dir.join(".env");
     let mut out = String::new();
     match std::fs::read_to_string(&path) {
@@ -79,11 +97,30 @@ pub fn write_managed_env(dir: &Path, port: u16, key: &str) -> io::Result<()> {
     out.push_str(&format!("API_SERVER_KEY={key}\n"));
     // Unchanged (every respawn but the first): no rewrite, no fsync.
     if std::fs::read(&path).is_ok_and(|old| old == out.as_bytes())
-        && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600)
+        && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == file_mode)
     {
         return Ok(());
     }
-    write_atomic(&path, out.as_bytes(), 0o600)
+    write_atomic(&path, out.as_bytes(), file_mode)
+}
+
+/// Create `dir` (and parents) owned by the daemon, readable (not writable)
+/// by group `gid`: mode 0750. Changing the group needs the daemon to be a
+/// member of it (the unit's `SupplementaryGroups=`).
+pub fn create_shared_dir(dir: &Path, gid: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other("the managed scope is not a directory"));
+    }
+    if meta.gid() != gid {
+        std::os::unix::fs::lchown(dir, None, Some(gid))?;
+    }
+    if meta.permissions().mode() & 0o7777 != 0o750 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    }
+    Ok(())
 }
 
 /// Create `dir` (and parents) and make it owner-only.
@@ -155,7 +192,7 @@ mod tests {
             "POLICY_X=1\nAPI_SERVER_PORT=1\nexport API_SERVER_KEY=short\n",
         )
         .expect("seed");
-        write_managed_env(&m, 9001, "k".repeat(40).as_str()).expect("write");
+        write_managed_env(&m, 9001, "k".repeat(40).as_str(), None).expect("write");
         let text = std::fs::read_to_string(m.join(".env")).expect("read");
         assert!(text.contains("POLICY_X=1\n"), "{text}");
         assert!(text.contains("API_SERVER_PORT=9001\n"), "{text}");

@@ -8,10 +8,19 @@
 //! `agent_transitions`. The desired state is persisted in `daemon_state`.
 
 pub mod backoff;
+pub mod cgroup;
+mod health;
+mod leftovers;
 pub mod logs;
 pub mod managed;
 pub mod probe;
 pub mod process;
+mod spawn;
+
+use spawn::{
+    config_fingerprint, enter_empty_cgroup, kill_cgroup_detached, log_containment, port_in_use,
+    prepare_spawn, remove_planned_stop,
+};
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -87,6 +96,7 @@ pub struct Supervisor {
     endpoint: GatewayEndpoint,
     log: GatewayLog,
     desired: Desired,
+    containment: Arc<cgroup::Containment>,
 }
 
 impl Supervisor {
@@ -124,6 +134,9 @@ impl Supervisor {
             // A new tenant's agent runs.
             _ => Desired::Running,
         };
+        let limits = config.gateway.limits.clone();
+        let containment = tokio::task::spawn_blocking(move || cgroup::setup(&limits)).await?;
+        log_containment(&containment);
         let endpoint = GatewayEndpoint {
             base_url: format!("http://127.0.0.1:{}", config.gateway.port),
             api_key: key,
@@ -138,6 +151,7 @@ impl Supervisor {
                 endpoint,
                 log,
                 desired,
+                containment: Arc::new(containment),
             },
         ))
     }
@@ -170,6 +184,7 @@ impl Supervisor {
                 probe_inflight: false,
                 shutting_down: false,
                 marker,
+                containment: self.containment,
             };
             machine.run(commands, probe_rx, cancel).await;
             let _ = writer.await;
@@ -268,6 +283,8 @@ struct Machine {
     shutting_down: bool,
     /// `HERMES_MANAGED_DIR=...`: marks this daemon's gateway processes.
     marker: String,
+    /// The agent's cgroup, or why process groups are all there is.
+    containment: Arc<cgroup::Containment>,
 }
 
 async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
@@ -502,10 +519,19 @@ impl Machine {
         let prepared = {
             let cfg = self.cfg.clone();
             let key = self.endpoint.api_key.clone();
-            tokio::task::spawn_blocking(move || prepare_spawn(&cfg, &key)).await
+            let containment = self.containment.clone();
+            tokio::task::spawn_blocking(move || {
+                let spec = prepare_spawn(&cfg, &key)?;
+                let procs = match containment.cgroup() {
+                    Some(cg) => Some(enter_empty_cgroup(cg)?),
+                    None => None,
+                };
+                Ok::<_, String>((spec, procs))
+            })
+            .await
         };
-        let spec = match prepared {
-            Ok(Ok(spec)) => spec,
+        let (spec, cgroup_procs) = match prepared {
+            Ok(Ok(prepared)) => prepared,
             Ok(Err(message)) => return self.spawn_failed(message),
             Err(e) => return self.spawn_failed(format!("preparing the spawn failed: {e}")),
         };
@@ -525,7 +551,7 @@ impl Machine {
             };
             return self.retry_later("port_in_use", extra, Instant::now());
         }
-        let spawned = match process::spawn(&spec) {
+        let spawned = match process::spawn(&spec, cgroup_procs.as_ref()) {
             Ok(s) => s,
             Err(e) => {
                 let message = if e.kind() == std::io::ErrorKind::NotFound {
@@ -634,7 +660,7 @@ impl Machine {
         let (pid, start_time) = (child.pid, child.start_time);
         let home = self.cfg.hermes_home.clone();
         let marker = tokio::task::spawn_blocking(move || {
-            process::write_planned_stop(&home, pid, start_time)
+            crate::identity::as_agent(|| process::write_planned_stop(&home, pid, start_time))
         })
         .await;
         if !matches!(marker, Ok(Ok(()))) {
@@ -673,8 +699,10 @@ impl Machine {
                 (None, None)
             }
         };
-        // Tool subprocesses of the dead gateway go with it.
+        // Tool subprocesses of the dead gateway go with it, detached ones
+        // (own session or group) too when the agent has its cgroup.
         process::signal_group(child.pid, libc::SIGKILL);
+        self.kill_cgroup().await;
         self.persist_process(None);
         self.generation += 1;
         self.probe_inflight = false;
@@ -689,8 +717,7 @@ impl Machine {
         let now = Instant::now();
         let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         if let Phase::Stopping { then, cause, .. } = phase {
-            let home = self.cfg.hermes_home.clone();
-            let _ = tokio::fs::remove_file(home.join(process::PLANNED_STOP_FILE)).await;
+            remove_planned_stop(&self.cfg).await;
             let why = match then {
                 After::Retry(r) => r,
                 _ => "planned",
@@ -772,293 +799,6 @@ impl Machine {
         };
         self.transition(AgentState::Failed, "crash_loop", extra);
     }
-
-    // ---- timers and probes ----------------------------------------------------------
-
-    async fn on_timer(&mut self) {
-        let now = Instant::now();
-        match &mut self.phase {
-            Phase::Idle => {}
-            Phase::Starting {
-                deadline,
-                next_poll,
-            } => {
-                if now >= *deadline {
-                    let timeout = self.cfg.start_timeout;
-                    self.status.last_error = Some(format!(
-                        "the gateway did not answer /health within {}",
-                        humantime::format_duration(timeout)
-                    ));
-                    self.begin_stop(After::Retry("start_timeout"), "start_timeout")
-                        .await;
-                } else if now >= *next_poll && !self.probe_inflight {
-                    *next_poll = now + READY_POLL;
-                    self.launch_health(READY_POLL.max(Duration::from_millis(500)));
-                }
-            }
-            Phase::Running {
-                next_probe,
-                reset_at,
-                ..
-            } => {
-                if reset_at.is_some_and(|r| now >= r) {
-                    *reset_at = None;
-                    self.backoff.reset();
-                    tracing::debug!("gateway healthy long enough; backoff reset");
-                }
-                if now >= *next_probe && !self.probe_inflight {
-                    *next_probe = now + self.cfg.health_interval;
-                    let timeout = self
-                        .cfg
-                        .health_interval
-                        .clamp(Duration::from_millis(200), Duration::from_secs(5));
-                    self.launch_health(timeout);
-                }
-            }
-            Phase::Stopping {
-                kill_at, killed, ..
-            } => {
-                if now >= *kill_at {
-                    if let Some(child) = &self.child {
-                        if *killed {
-                            tracing::error!(
-                                pid = child.pid,
-                                "the gateway survives SIGKILL (uninterruptible?); still waiting"
-                            );
-                        } else {
-                            tracing::warn!(
-                                pid = child.pid,
-                                grace = ?self.cfg.stop_grace,
-                                "the gateway did not stop within its grace period; SIGKILL"
-                            );
-                            process::signal_group(child.pid, libc::SIGKILL);
-                        }
-                    }
-                    *killed = true;
-                    *kill_at = now + KILL_WAIT;
-                }
-            }
-            Phase::Waiting { until } => {
-                if now >= *until {
-                    self.spawn_now("retry").await;
-                }
-            }
-            Phase::ConfigFailed {
-                fingerprint,
-                next_check,
-            } => {
-                if now >= *next_check {
-                    *next_check = now + self.cfg.health_interval;
-                    let before = fingerprint.clone();
-                    if config_fingerprint(&self.cfg).await != before {
-                        tracing::info!("gateway configuration changed; starting it again");
-                        self.backoff.reset();
-                        self.crashes.clear();
-                        self.spawn_now("config_changed").await;
-                    }
-                }
-            }
-        }
-    }
-
-    fn launch_health(&mut self, timeout: Duration) {
-        self.probe_inflight = true;
-        let prober = self.prober.clone();
-        let tx = self.probe_tx.clone();
-        let generation = self.generation;
-        tokio::spawn(async move {
-            let kind = ProbeKind::Health(prober.health(timeout).await);
-            let _ = tx.send(ProbeMsg { generation, kind }).await;
-        });
-    }
-
-    fn launch_capabilities(&self) {
-        let prober = self.prober.clone();
-        let tx = self.probe_tx.clone();
-        let generation = self.generation;
-        tokio::spawn(async move {
-            let mut result = Err(String::new());
-            // The API may come up a moment after /health: a few tries.
-            for attempt in 0..3u32 {
-                result = prober.capabilities(Duration::from_secs(5)).await;
-                if result.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500 * (attempt as u64 + 1))).await;
-            }
-            let kind = ProbeKind::Capabilities(result);
-            let _ = tx.send(ProbeMsg { generation, kind }).await;
-        });
-    }
-
-    async fn on_probe(&mut self, msg: ProbeMsg) {
-        if msg.generation != self.generation {
-            return;
-        }
-        match msg.kind {
-            ProbeKind::Capabilities(Ok(caps)) => {
-                self.status.capabilities = Some(caps);
-                self.publish();
-            }
-            ProbeKind::Capabilities(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the gateway's capabilities");
-            }
-            ProbeKind::Health(result) => {
-                self.probe_inflight = false;
-                let pid = self.child.as_ref().map(|c| c.pid);
-                let threshold = self.cfg.unhealthy_threshold;
-                match (&mut self.phase, result) {
-                    (Phase::Starting { .. }, Ok(version)) => {
-                        let now = Instant::now();
-                        self.status.release = version;
-                        self.status.running_since_ms = Some(store::now_ms());
-                        self.status.last_error = None;
-                        self.phase = Phase::Running {
-                            failures: 0,
-                            next_probe: now + self.cfg.health_interval,
-                            reset_at: Some(now + self.cfg.backoff_reset),
-                        };
-                        self.transition(
-                            AgentState::Running,
-                            "healthy",
-                            TransitionExtra {
-                                pid,
-                                ..Default::default()
-                            },
-                        );
-                        self.launch_capabilities();
-                    }
-                    (Phase::Starting { .. }, Err(_)) => {}
-                    (Phase::Running { failures, .. }, Ok(version)) => {
-                        *failures = 0;
-                        if version.is_some() && version != self.status.release {
-                            self.status.release = version;
-                            self.publish();
-                        }
-                        if self.status.state == AgentState::Unhealthy {
-                            self.transition(
-                                AgentState::Running,
-                                "healthy",
-                                TransitionExtra {
-                                    pid,
-                                    ..Default::default()
-                                },
-                            );
-                        }
-                    }
-                    (Phase::Running { failures, .. }, Err(why)) => {
-                        *failures += 1;
-                        tracing::warn!(failures = *failures, threshold, error = %why, "gateway health probe failed");
-                        if *failures >= threshold {
-                            self.status.last_error =
-                                Some(format!("{threshold} health probes failed; last: {why}"));
-                            self.transition(
-                                AgentState::Unhealthy,
-                                "unhealthy",
-                                TransitionExtra {
-                                    pid,
-                                    detail: Some(why),
-                                    ..Default::default()
-                                },
-                            );
-                            self.begin_stop(After::Retry("unhealthy"), "unhealthy")
-                                .await;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    // ---- leftovers ----------------------------------------------------------------
-
-    /// Stop any gateway a previous daemon left running (crash, upgrade):
-    /// the recorded process (checked by start time) and every process
-    /// carrying this daemon's managed-dir marker. Never adopted: its
-    /// output pipes and exit status belong to a dead parent.
-    async fn stop_leftovers(&mut self) {
-        let recorded: Option<ProcessRecord> = match self.store.get_state(PROCESS_KEY).await {
-            Ok(Some(text)) if !text.is_empty() => serde_json::from_str(&text).ok(),
-            _ => None,
-        };
-        let marker = self.marker.clone();
-        let rec = recorded.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let pgid = rec
-                .as_ref()
-                .filter(|r| process::is_alive(r.pid, Some(r.start_time)))
-                .map(|r| r.pgid);
-            process::find_gateway_processes(pgid, &marker)
-        })
-        .await
-        .unwrap_or_default();
-        if found.is_empty() {
-            if recorded.is_some() {
-                self.persist_process(None);
-            }
-            return;
-        }
-        let pids: Vec<u32> = found.iter().map(|(p, _)| *p).collect();
-        tracing::warn!(?pids, "stopping a gateway left by a previous daemon");
-        if let Some(r) = recorded
-            .as_ref()
-            .filter(|r| process::is_alive(r.pid, Some(r.start_time)))
-        {
-            let home = self.cfg.hermes_home.clone();
-            let (pid, st) = (r.pid, r.start_time);
-            let _ =
-                tokio::task::spawn_blocking(move || process::write_planned_stop(&home, pid, st))
-                    .await;
-        }
-        process::signal_all(&found, libc::SIGTERM);
-        let pgid = recorded.as_ref().map(|r| r.pgid);
-        let gone = self.wait_gone(pgid, self.cfg.stop_grace).await;
-        if !gone {
-            let marker = self.marker.clone();
-            let left =
-                tokio::task::spawn_blocking(move || process::find_gateway_processes(pgid, &marker))
-                    .await
-                    .unwrap_or_default();
-            tracing::warn!(
-                count = left.len(),
-                "leftover gateway ignored SIGTERM; SIGKILL"
-            );
-            process::signal_all(&left, libc::SIGKILL);
-            if !self.wait_gone(pgid, KILL_WAIT).await {
-                tracing::error!("leftover gateway processes survive SIGKILL");
-            }
-        }
-        let _ = tokio::fs::remove_file(self.cfg.hermes_home.join(process::PLANNED_STOP_FILE)).await;
-        self.persist_process(None);
-        self.transition(
-            AgentState::Stopped,
-            "leftover_stopped",
-            TransitionExtra {
-                pid: recorded.map(|r| r.pid),
-                detail: Some(format!("{} process(es)", pids.len())),
-                ..Default::default()
-            },
-        );
-    }
-
-    async fn wait_gone(&self, pgid: Option<u32>, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            let marker = self.marker.clone();
-            let left =
-                tokio::task::spawn_blocking(move || process::find_gateway_processes(pgid, &marker))
-                    .await
-                    .unwrap_or_default();
-            if left.is_empty() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -1077,90 +817,6 @@ fn last_exit(reason: &str, code: Option<i32>, signal: Option<i32>) -> LastExit {
         signal,
         reason: reason.to_owned(),
     }
-}
-
-/// Resolve the command and write the managed scope. Blocking.
-fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::SpawnSpec, String> {
-    let name = cfg
-        .command
-        .first()
-        .ok_or_else(|| "gateway.command is empty".to_owned())?;
-    let program = process::resolve_program(name, cfg.venv.as_deref()).ok_or_else(|| {
-        format!("gateway command `{name}` not found (set gateway.command or gateway.venv)")
-    })?;
-    // Created if missing (the planned-stop marker goes there); an existing
-    // home keeps its owner's permissions.
-    std::fs::create_dir_all(&cfg.hermes_home)
-        .map_err(|e| format!("cannot create the Hermes home: {e}"))?;
-    managed::write_managed_env(&cfg.managed_dir, cfg.port, key)
-        .map_err(|e| format!("cannot write the managed scope: {e}"))?;
-    let mut env = vec![
-        (
-            "HERMES_HOME".to_owned(),
-            cfg.hermes_home.display().to_string(),
-        ),
-        (
-            "HERMES_MANAGED_DIR".to_owned(),
-            cfg.managed_dir.display().to_string(),
-        ),
-        (
-            "HERMES_GATEWAY_EXTERNAL_SUPERVISOR".to_owned(),
-            "1".to_owned(),
-        ),
-        ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
-        ("API_SERVER_ENABLED".to_owned(), "true".to_owned()),
-        ("API_SERVER_HOST".to_owned(), "127.0.0.1".to_owned()),
-        ("API_SERVER_PORT".to_owned(), cfg.port.to_string()),
-        ("API_SERVER_KEY".to_owned(), key.to_owned()),
-    ];
-    if let Some(venv) = &cfg.venv {
-        env.push(("VIRTUAL_ENV".to_owned(), venv.display().to_string()));
-        let mut paths = vec![venv.join("bin")];
-        if let Some(p) = std::env::var_os("PATH") {
-            paths.extend(std::env::split_paths(&p));
-        }
-        if let Ok(joined) = std::env::join_paths(paths) {
-            env.push(("PATH".to_owned(), joined.to_string_lossy().into_owned()));
-        }
-    }
-    Ok(process::SpawnSpec {
-        program,
-        args: cfg.command[1..].to_vec(),
-        env,
-        remove_prefixes: vec![crate::config::ENV_PREFIX.to_owned()],
-        workdir: if cfg.workdir.is_dir() {
-            cfg.workdir.clone()
-        } else {
-            cfg.hermes_home.clone()
-        },
-    })
-}
-
-/// `true` when something accepts connections on the gateway's port.
-async fn port_in_use(port: u16) -> bool {
-    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
-    matches!(
-        tokio::time::timeout(Duration::from_millis(250), connect).await,
-        Ok(Ok(_))
-    )
-}
-
-/// Modification time and size of the files whose change lifts a `config`
-/// failure: the tenant's `.env` and `config.yaml`, the managed `config.yaml`.
-async fn config_fingerprint(cfg: &GatewayConfig) -> Vec<Option<(i64, u64)>> {
-    let files = [
-        cfg.hermes_home.join(".env"),
-        cfg.hermes_home.join("config.yaml"),
-        cfg.managed_dir.join("config.yaml"),
-    ];
-    let mut out = Vec::with_capacity(files.len());
-    for f in files {
-        out.push(tokio::fs::metadata(&f).await.ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (m.mtime_nsec() + m.mtime() * 1_000_000_000, m.len())
-        }));
-    }
-    out
 }
 
 /// Persist transitions and process records in order, off the state loop.

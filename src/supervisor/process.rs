@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// How to start the gateway.
@@ -17,6 +18,9 @@ pub struct SpawnSpec {
     /// Variables removed from the inherited environment (by prefix).
     pub remove_prefixes: Vec<String>,
     pub workdir: PathBuf,
+    /// Run as this uid/gid (the agent's own user), dropping every
+    /// capability; `None`: the daemon's own user.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// A spawned gateway.
@@ -66,20 +70,35 @@ const SERVICE_MANAGER_ENV: &[&str] = &[
 
 /// Spawn the gateway in a new process group (its pid is the group id),
 /// with `SIGKILL` as its parent-death signal, stdin closed and stdout and
-/// stderr piped.
+/// stderr piped. With `cgroup_procs` (the agent cgroup's `cgroup.procs`)
+/// the child enters that cgroup before anything else, while it still has
+/// the daemon's credentials; with `spec.run_as` it then becomes the agent's
+/// user and group and drops every capability before it executes the
+/// gateway.
 ///
 /// Must be called from a thread that lives as long as the daemon (an async
 /// worker, not the blocking pool): Linux delivers the parent-death signal
 /// when the spawning *thread* exits.
-pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
+pub fn spawn(spec: &SpawnSpec, cgroup_procs: Option<&OwnedFd>) -> io::Result<Spawned> {
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
-        .current_dir(&spec.workdir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    // As another user, the working directory (the agent's home) may be
+    // closed to the daemon: change into it after the switch.
+    let chdir_after = match spec.run_as {
+        Some(_) => Some(
+            std::ffi::CString::new(spec.workdir.as_os_str().as_encoded_bytes())
+                .map_err(|_| io::Error::other("the working directory contains a NUL byte"))?,
+        ),
+        None => {
+            cmd.current_dir(&spec.workdir);
+            None
+        }
+    };
     for (k, _) in std::env::vars_os() {
         let name = k.to_string_lossy();
         if SERVICE_MANAGER_ENV.contains(&name.as_ref())
@@ -94,12 +113,50 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
-    // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe functions (prctl, getppid, open, write, close),
-    // allocating nothing.
     let parent = std::process::id() as libc::pid_t;
+    let cgroup_fd = cgroup_procs.map(|fd| fd.as_raw_fd());
+    let run_as = spec.run_as;
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (write, setgroups, setresgid, setresuid,
+    // prctl, chdir, getppid, open, close), allocating nothing.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = cgroup_fd {
+                // "0" moves the writing process. Refused = not contained:
+                // do not run at all.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some((uid, gid)) = run_as {
+                let groups = [gid as libc::gid_t];
+                if libc::setgroups(1, groups.as_ptr()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                // Ambient capabilities would survive the exec: drop them,
+                // and never let the agent gain privileges again (setuid
+                // binaries, file capabilities).
+                if libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                    || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(dir) = &chdir_after {
+                    if libc::chdir(dir.as_ptr()) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            // After the credential change: changing ids clears it.
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -156,7 +213,10 @@ pub struct ProcStat {
 
 /// Parse `/proc/PID/stat`; `None` when the process is gone.
 pub fn stat(pid: u32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // As the agent: with `ProtectProc=invisible` the agent's processes are
+    // visible only to its own (file-system) uid.
+    let text =
+        crate::identity::as_agent(|| std::fs::read_to_string(format!("/proc/{pid}/stat"))).ok()?;
     parse_stat(&text)
 }
 
@@ -241,7 +301,7 @@ pub fn find_gateway_processes(pgid: Option<u32>, marker: &str) -> Vec<(u32, Proc
 }
 
 fn environ_has(pid: u32, marker: &str) -> bool {
-    match std::fs::read(format!("/proc/{pid}/environ")) {
+    match crate::identity::as_agent(|| std::fs::read(format!("/proc/{pid}/environ"))) {
         Ok(bytes) => bytes.split(|b| *b == 0).any(|e| e == marker.as_bytes()),
         Err(_) => false,
     }
