@@ -11,6 +11,10 @@ pub const ENV_PREFIX: &str = "HERMES_TENANTD_";
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/hermes-tenantd/config.toml";
 /// Tenant id used by `--dev` when none is configured.
 pub const DEV_TENANT_ID: &str = "dev-tenant";
+/// Set by systemd for a unit with `LoadCredential=`.
+pub const SYSTEMD_CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// Name of the tenant-runtime credential in that directory.
+pub const SYSTEMD_CREDENTIAL_NAME: &str = "tenant-runtime";
 /// Data directory used by `--dev` when none is configured.
 pub const DEV_DATA_DIR: &str = ".tenantd-dev";
 
@@ -278,6 +282,13 @@ impl Config {
         source: &Source,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        // systemd's LoadCredential= directory (production delivers the
+        // credential there).
+        let credentials_dir = env
+            .iter()
+            .find(|(k, v)| k == SYSTEMD_CREDENTIALS_ENV && !v.is_empty())
+            .map(|(_, v)| PathBuf::from(v));
         let file = match (&source.file, source.dev) {
             (Some(f), _) => Some(f.clone()),
             (None, false) if Path::new(DEFAULT_CONFIG_FILE).exists() => {
@@ -306,7 +317,7 @@ impl Config {
                 invalid(&key, message)
             },
         )?;
-        validate(raw, source.dev)
+        validate(raw, source.dev, credentials_dir.as_deref())
     }
 }
 

@@ -191,3 +191,46 @@ fn split_command_handles_quotes() {
     assert!(split_command("a 'b").is_err());
     assert!(split_command("  ").is_err());
 }
+
+#[test]
+fn credential_defaults_to_the_systemd_credential_when_the_unit_delivers_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, "tenant_id = \"t1\"\n").expect("write");
+    let source = Source {
+        file: Some(file.clone()),
+        dev: false,
+    };
+    let c = Config::load_with_env(
+        &source,
+        [(
+            "CREDENTIALS_DIRECTORY".to_owned(),
+            "/run/credentials/x.service".to_owned(),
+        )],
+    )
+    .expect("load");
+    assert_eq!(
+        c.auth.credential_file,
+        PathBuf::from("/run/credentials/x.service/tenant-runtime")
+    );
+    let c = Config::load_with_env(&source, Vec::<(String, String)>::new()).expect("load");
+    assert_eq!(
+        c.auth.credential_file,
+        PathBuf::from("/etc/hermes-tenantd/credential")
+    );
+    // An explicit file wins.
+    std::fs::write(
+        &file,
+        "tenant_id = \"t1\"\n[auth]\ncredential_file = \"/x/cred\"\n",
+    )
+    .expect("write");
+    let c = Config::load_with_env(
+        &source,
+        [(
+            "CREDENTIALS_DIRECTORY".to_owned(),
+            "/run/credentials/x.service".to_owned(),
+        )],
+    )
+    .expect("load");
+    assert_eq!(c.auth.credential_file, PathBuf::from("/x/cred"));
+}

@@ -44,7 +44,11 @@ pub fn is_valid_tenant_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-pub(super) fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
+pub(super) fn validate(
+    raw: Raw,
+    dev: bool,
+    credentials_dir: Option<&Path>,
+) -> Result<Config, ConfigError> {
     let tenant_id = match non_empty(raw.tenant_id) {
         Some(t) => t,
         None if dev => DEV_TENANT_ID.to_owned(),
@@ -118,13 +122,14 @@ pub(super) fn validate(raw: Raw, dev: bool) -> Result<Config, ConfigError> {
         }
     }
 
-    let credential_file = non_empty_path(raw.auth.credential_file).unwrap_or_else(|| {
-        if dev {
-            data_dir.join("credential")
-        } else {
-            PathBuf::from("/etc/hermes-tenantd/credential")
-        }
-    });
+    // Unset: systemd's credential when the unit delivers one
+    // (LoadCredential=), else the production file, or the dev data dir.
+    let credential_file =
+        non_empty_path(raw.auth.credential_file).unwrap_or_else(|| match credentials_dir {
+            Some(d) => d.join(SYSTEMD_CREDENTIAL_NAME),
+            None if dev => data_dir.join("credential"),
+            None => PathBuf::from("/etc/hermes-tenantd/credential"),
+        });
     let auth = AuthConfig {
         credential_file: absolute(&credential_file),
         rotation_overlap: duration("auth.rotation_overlap", raw.auth.rotation_overlap, "10m")?,
@@ -558,6 +563,13 @@ pub(super) fn validate_gateway(
     if !(1..=100).contains(&log_files) {
         return Err(invalid("gateway.log_files", "must be between 1 and 100"));
     }
+    let identity = super::agent::identity(raw.user, raw.group)?;
+    if identity.is_separate() && managed_dir.starts_with(data_dir) {
+        return Err(invalid(
+            "gateway.managed_dir",
+            "must be outside data_dir when the agent runs as another user (data_dir is private to the daemon; the agent must read the managed scope)",
+        ));
+    }
     Ok(GatewayConfig {
         command,
         hermes_home,
@@ -576,7 +588,7 @@ pub(super) fn validate_gateway(
         crash_loop_count,
         log_file_bytes,
         log_files,
-        identity: super::agent::identity(raw.user, raw.group)?,
+        identity,
         limits: super::agent::limits(raw.memory_max, raw.tasks_max, raw.cpu_weight)?,
     })
 }

@@ -90,20 +90,22 @@ if [[ $rc != 0 ]]; then
   echo "# done" >>"$R"
   exit 0
 fi
-check "hermes user exists (sysusers)" id hermes
+check "hermes (agent) and hermes-tenantd (daemon) users exist (sysusers)" bash -c "id hermes && id hermes-tenantd"
+check "the daemon's user is in the agent's group, not the other way round" \
+  bash -c "id -nG hermes-tenantd | grep -qw hermes && ! id -nG hermes | grep -qw hermes-tenantd"
 mode_owner() { [[ $(stat -c '%a %U:%G' "$1") == "$2" ]] || { echo "$1: $(stat -c '%a %U:%G' "$1") != $2"; return 1; }; }
-check "/etc/hermes-tenantd is 750 root:hermes" mode_owner /etc/hermes-tenantd "750 root:hermes"
-check "config.toml is 640 root:hermes" mode_owner /etc/hermes-tenantd/config.toml "640 root:hermes"
-check "credential is 600 hermes:hermes" mode_owner /etc/hermes-tenantd/credential "600 hermes:hermes"
-check "state dir is 700 hermes:hermes" mode_owner /var/lib/hermes-tenantd "700 hermes:hermes"
+check "/etc/hermes-tenantd is 750 root:hermes-tenantd" mode_owner /etc/hermes-tenantd "750 root:hermes-tenantd"
+check "config.toml is 640 root:hermes-tenantd" mode_owner /etc/hermes-tenantd/config.toml "640 root:hermes-tenantd"
+check "credential is 600 root:root (systemd hands it over: LoadCredential=)" mode_owner /etc/hermes-tenantd/credential "600 root:root"
+check "state dir is 700 hermes-tenantd:hermes-tenantd" mode_owner /var/lib/hermes-tenantd "700 hermes-tenantd:hermes-tenantd"
 check "Hermes home is 700 hermes:hermes" mode_owner /home/hermes/.hermes "700 hermes:hermes"
 check "binary is 755 root:root" mode_owner "/opt/hermes-tenantd/releases/$V0/hermes-tenantd" "755 root:root"
 check "current -> releases/$V0" test "$(readlink /opt/hermes-tenantd/current)" = "/opt/hermes-tenantd/releases/$V0"
 check "agent venv: current -> /opt/hermes-agent/0.19.0, root-owned" \
   bash -c '[[ $(readlink /opt/hermes-agent/current) == /opt/hermes-agent/0.19.0 && $(stat -c %U /opt/hermes-agent/0.19.0/bin/hermes) == root ]]'
 check "credential never printed by ansible" bash -c "! grep -q '$CRED' /out/logs/install-1.log"
-check "config accepted by check-config (as hermes)" \
-  setpriv --reuid=hermes --regid=hermes --clear-groups -- /opt/hermes-tenantd/current/hermes-tenantd check-config --config /etc/hermes-tenantd/config.toml
+check "config accepted by check-config (as hermes-tenantd)" \
+  setpriv --reuid=hermes-tenantd --regid=hermes-tenantd --init-groups -- /opt/hermes-tenantd/current/hermes-tenantd check-config --config /etc/hermes-tenantd/config.toml
 check "unit enabled" test "$(systemctl is-enabled $UNIT)" = enabled
 check "unit active" test "$(systemctl is-active $UNIT)" = active
 check "installed unit: systemd-analyze verify prints nothing" \
@@ -160,9 +162,14 @@ if wait_until 20 test -s /home/hermes/.hermes/selftest.json; then
   done
   GW_PID=$(python3 -c "import json; print(json.load(open('/out/logs/gateway-selftest.json'))['pid'])")
   MAIN=$(prop MainPID)
-  check "gateway runs as hermes" test "$(stat -c %U /proc/"$GW_PID")" = hermes
-  check "gateway is the daemon's child, in the unit's cgroup" \
-    bash -c "[[ \$(cut -d' ' -f4 /proc/$GW_PID/stat) == $MAIN ]] && grep -q '$UNIT.service' /proc/$GW_PID/cgroup"
+  check "gateway runs as hermes, the daemon as hermes-tenantd" \
+    bash -c "[[ \$(stat -c %U /proc/$GW_PID) == hermes && \$(stat -c %U /proc/$MAIN) == hermes-tenantd ]]"
+  check "gateway holds no capability and cannot gain one (no_new_privs)" \
+    bash -c "grep -Eq '^CapPrm:\s+0+$' /proc/$GW_PID/status && grep -Eq '^CapEff:\s+0+$' /proc/$GW_PID/status && grep -Eq '^CapAmb:\s+0+$' /proc/$GW_PID/status && grep -Eq '^NoNewPrivs:\s+1$' /proc/$GW_PID/status"
+  check "daemon holds only CAP_SETUID, CAP_SETGID, CAP_KILL (CapEff 00000000000000e0)" \
+    grep -Eq '^CapEff:\s+00000000000000e0$' /proc/"$MAIN"/status
+  check "gateway is the daemon's child, in the unit's agent/ cgroup; the daemon in daemon/" \
+    bash -c "[[ \$(cut -d' ' -f4 /proc/$GW_PID/stat) == $MAIN ]] && grep -q '$UNIT.service/agent$' /proc/$GW_PID/cgroup && grep -q '$UNIT.service/daemon$' /proc/$MAIN/cgroup"
   check "gateway /health answers on 127.0.0.1:8642" curl -fsS -m 2 http://127.0.0.1:8642/health
   check "gateway wrote its state in the Hermes home" test -s /home/hermes/.hermes/state.db -a -s /home/hermes/.hermes/tool-output.txt
   adj=$(python3 -c "import json; print(json.load(open('/out/logs/gateway-selftest.json'))['oom_score_adj'])")
@@ -212,9 +219,10 @@ if wait_until 30 restarted; then
 else
   notok "kill -9: restarted by systemd" "MainPID $(prop MainPID) state $(prop ActiveState)/$(prop SubState)"
 fi
-# A fresh gateway after the restart, and only one: daemon + gateway = 2 processes.
+# A fresh gateway after the restart, and only one: the gateway is the only
+# process of the agent's user.
 check "kill -9: one gateway after the restart" \
-  wait_until 15 bash -c "[[ \$(pgrep -c -u hermes) == 2 ]] && curl -fsS -m 1 http://127.0.0.1:8642/health >/dev/null"
+  wait_until 15 bash -c "[[ \$(pgrep -c -u hermes) == 1 ]] && curl -fsS -m 1 http://127.0.0.1:8642/health >/dev/null"
 
 if [[ $FAST == 0 ]]; then
   # Watchdog: a frozen daemon (SIGSTOP) is killed and restarted. WatchdogSec
@@ -234,6 +242,78 @@ if [[ $FAST == 0 ]]; then
   rm -f /run/systemd/system/$UNIT.service.d/60-test-watchdog.conf
 fi
 [[ -n $DROPIN ]] && rm -f "$DROPIN"
+
+# ---- the evil agent: a hostile gateway under its own user and cgroup ---------
+# tests/deploy/evil_gateway.py runs as the gateway (the agent's user), tries
+# to reach the daemon's state, plants symlinks at the names the daemon writes
+# in the Hermes home, and detaches sleepers. Nothing may get through.
+if [[ $agent_code == 200 ]]; then
+  EVIL_DROPIN=/run/systemd/system/$UNIT.service.d/70-test-evil.conf
+  mkdir -p "$(dirname "$EVIL_DROPIN")"
+  printf '[Service]\nEnvironment="HERMES_TENANTD_GATEWAY__COMMAND=/usr/bin/python3 %s/tests/deploy/evil_gateway.py"\n' "$REPO" >"$EVIL_DROPIN"
+  systemctl daemon-reload
+  rm -rf /home/hermes/.hermes/evil
+  systemctl restart $UNIT
+  EVIL=/home/hermes/.hermes/evil
+  if wait_until 30 test -s $EVIL/report.json; then
+    cp $EVIL/report.json /out/logs/evil-report.json
+    python3 - "$EVIL/report.json" >>"$R" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k, v in r.items():
+    if isinstance(v, str) and (v.startswith("denied") or v == "SUCCEEDED"):
+        print(("ok" if v.startswith("denied") else "not ok") + f" evil agent: {k}: {v.split(':')[0]}")
+print(f"# evil agent ran as uid {r['uid']} gid {r['gid']} groups {r['groups']}; planted {r['planted']}")
+PY
+    sum_daemon() { sha256sum /var/lib/hermes-tenantd/gateway_api_key /var/lib/hermes-tenantd/credential.state 2>/dev/null; }
+    BEFORE=$(sum_daemon)
+    db_ok() { python3 -c "import sqlite3,sys; c=sqlite3.connect('file:/var/lib/hermes-tenantd/tenantd.db?mode=ro', uri=True); sys.exit(0 if c.execute('pragma quick_check').fetchone()[0]=='ok' and c.execute('select count(*) from daemon_state').fetchone()[0] > 0 else 1)"; }
+    auth=(-H "Authorization: Bearer $CRED")
+    # Make the daemon write every name it writes in the Hermes home: .env (a
+    # symlink to the database now), config.yaml (a symlink to credential.state),
+    # the planned-stop marker (a symlink to the gateway key) on a restart.
+    env_code=$(curl -s -o /out/logs/evil-env.json -w '%{http_code}' -X PUT "${auth[@]}" -H 'Content-Type: application/json' \
+      -d '{"value":"v"}' "$API/v1/tenant-runtime/$TENANT/env/EVIL_TEST_KEY")
+    set_code=$(curl -s -o /out/logs/evil-settings.json -w '%{http_code}' -X PATCH "${auth[@]}" -H 'Content-Type: application/json' \
+      -d '{"personality":"evil"}' "$API/v1/tenant-runtime/$TENANT/settings")
+    echo "# evil agent: PUT /env answered $env_code, PATCH /settings $set_code" >>"$R"
+    OLD_GW=$(python3 -c "import json; print(json.load(open('$EVIL/report.json'))['pid'])")
+    read -r -a SLEEPERS < <(tr '\n' ' ' <$EVIL/sleepers)
+    check "evil agent: detached sleepers alive before the restart (${SLEEPERS[*]})" bash -c "kill -0 ${SLEEPERS[0]} && kill -0 ${SLEEPERS[1]}"
+    rm -f $EVIL/report.json
+    curl -fsS -X POST "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent/restart" >/out/logs/evil-restart.json
+    check "evil agent: restarted (a new gateway wrote its report)" wait_until 30 test -s $EVIL/report.json
+    check "evil agent: no detached sleeper survives POST /agent/restart" \
+      wait_until 10 bash -c "! kill -0 ${SLEEPERS[0]} 2>/dev/null && ! kill -0 ${SLEEPERS[1]} 2>/dev/null && ! kill -0 $OLD_GW 2>/dev/null"
+    check "evil agent: the daemon's key and credential state unchanged" test "$(sum_daemon)" = "$BEFORE"
+    check "evil agent: the daemon's database intact" db_ok
+    CG=$(find /sys/fs/cgroup -type d -name "$UNIT.service" -print -quit)
+    if [[ -n $CG && -f $CG/agent/pids.max && $(cat "$CG/agent/pids.max") != max ]]; then
+      curl -s -m 120 -X POST http://127.0.0.1:8642/evil/forkbomb >/out/logs/evil-forkbomb.json &
+      FB=$!
+      check "evil agent: fork bomb: daemon keeps answering /v1/healthz" wait_until 10 bash -c "curl -fsS -m 2 $API/v1/healthz >/dev/null"
+      wait $FB
+      check "evil agent: fork bomb stopped at pids.max ($(cat /out/logs/evil-forkbomb.json))" \
+        python3 -c "import json,sys; r=json.load(open('/out/logs/evil-forkbomb.json')); sys.exit(0 if r['forked'] < $(cat "$CG/agent/pids.max") else 1)"
+    else
+      echo "# evil agent: fork bomb NOT run: no pids controller delegated in this container (pids.max cannot be set here; see TOOLING.md)" >>"$R"
+    fi
+    if [[ -n $CG && -f $CG/agent/memory.max && $(cat "$CG/agent/memory.max") != max ]]; then
+      curl -s -m 120 -X POST http://127.0.0.1:8642/evil/allocate >/out/logs/evil-allocate.json
+      check "evil agent: allocation past memory.max: daemon alive and answering" bash -c "curl -fsS -m 2 $API/v1/healthz >/dev/null"
+      check "evil agent: the OOM kill hit the agent cgroup, not the daemon" bash -c "grep -q '^oom_kill [1-9]' $CG/agent/memory.events"
+    else
+      echo "# evil agent: allocation NOT run: no memory controller delegated in this container (memory.max cannot be set here)" >>"$R"
+    fi
+  else
+    notok "evil agent started" "no report; journal: $(journalctl -u $UNIT -n 20 --no-pager | tail -5)"
+  fi
+  journalctl -u $UNIT --no-pager >/out/logs/journal-evil.log
+  check "evil agent: no secret in the daemon's journal" bash -c "! grep -q '$CRED' /out/logs/journal-evil.log"
+  rm -f "$EVIL_DROPIN"
+  rm -f /home/hermes/.hermes/.env /home/hermes/.hermes/config.yaml /home/hermes/.hermes/.gateway-planned-stop.json
+  systemctl daemon-reload
+fi
 systemctl daemon-reload
 systemctl restart $UNIT
 journalctl -u $UNIT --no-pager >/out/logs/journal-systemd-phase.log
@@ -291,23 +371,23 @@ if [[ $FAST == 0 ]]; then
 fi
 
 
-# ---- credential rotation: no restart, old and new both accepted -----------------
+# ---- credential rotation: one gated restart, old and new both accepted ----------
 if [[ $FAST == 0 ]]; then
   NEW_CRED=deploy-test-credential-rotated-fedcba9876543210
   P1=$(prop MainPID)
   # Same release as running ($V1): only the credential differs.
   play rotate.log install.yml -e "hermes_tenantd_credential=$NEW_CRED" "${V1_ARGS[@]}"
   rc=$?
-  # (old release directories may be pruned in the same run: that is not a restart)
-  check "rotation: credential written, no restart task ran (rc=$rc)" bash -c "[[ $rc == 0 ]] &&
+  # LoadCredential= copies the credential at start: a new one takes a restart,
+  # through the same health gate as a release.
+  check "rotation: credential written, daemon restarted through the gate (rc=$rc)" bash -c "[[ $rc == 0 ]] &&
     grep -A1 'TASK \[hermes_tenantd : Write the tenant-runtime credential' /out/logs/rotate.log | grep -q 'changed:' &&
-    grep -A1 'TASK \[hermes_tenantd : Restart hermes-tenantd' /out/logs/rotate.log | grep -q 'skipping:'"
-  check "rotation: daemon not restarted" test "$(prop MainPID)" = "$P1"
+    grep -A1 'TASK \[hermes_tenantd : Restart hermes-tenantd' /out/logs/rotate.log | grep -q 'changed:'"
+  check "rotation: daemon restarted once" test "$(prop MainPID)" != "$P1"
   check "rotation: new value never printed" bash -c "! grep -q '$NEW_CRED' /out/logs/rotate.log"
   code_for() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" "$API/v1/tenant-runtime/$TENANT/version"; }
-  # The daemon polls the file every 30 s.
-  check "rotation: new credential accepted within 40 s" wait_until 40 bash -c "[[ \$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer $NEW_CRED' $API/v1/tenant-runtime/$TENANT/version) == 200 ]]"
-  check "rotation: old credential still accepted during the overlap" test "$(code_for "$CRED")" = 200
+  check "rotation: new credential accepted" wait_until 20 bash -c "[[ \$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer $NEW_CRED' $API/v1/tenant-runtime/$TENANT/version) == 200 ]]"
+  check "rotation: old credential still accepted during the overlap (it survived the restart)" test "$(code_for "$CRED")" = 200
   check "rotation: a wrong credential is refused" test "$(code_for wrong-credential-0123456789)" = 401
   sed -i "s/hermes_tenantd_credential: $CRED/hermes_tenantd_credential: $NEW_CRED/" /tmp/inventory.yml
   CRED=$NEW_CRED

@@ -110,10 +110,12 @@ else
 fi
 mkdir -p "$OUT/sysroot/etc"
 if systemd-sysusers --root="$OUT/sysroot" "$REPO/systemd/sysusers.d/hermes-tenantd.conf" 2>"$OUT/sysusers.err" &&
-  grep -q '^hermes:.*:/home/hermes:/usr/sbin/nologin$' "$OUT/sysroot/etc/passwd"; then
-  ok "sysusers.d creates the hermes user"
+  grep -q '^hermes:.*:/home/hermes:/usr/sbin/nologin$' "$OUT/sysroot/etc/passwd" &&
+  grep -q '^hermes-tenantd:.*:/var/lib/hermes-tenantd:/usr/sbin/nologin$' "$OUT/sysroot/etc/passwd" &&
+  grep -Eq '^hermes:[^:]*:[0-9]+:(.*,)?hermes-tenantd(,.*)?$' "$OUT/sysroot/etc/group"; then
+  ok "sysusers.d creates the agent (hermes) and daemon (hermes-tenantd) users, the daemon in the agent's group"
 else
-  notok "sysusers.d creates the hermes user" "$(head -c 300 "$OUT/sysusers.err")"
+  notok "sysusers.d creates both users" "$(head -c 300 "$OUT/sysusers.err")"
 fi
 systemd-analyze security --offline=yes "$OUT/verify/hermes-tenantd.service" >"$OUT/security.txt" 2>&1 || true
 SCORE=$(grep -o 'Overall exposure level for [^:]*: [0-9.]*' "$OUT/security.txt" | awk '{print $NF}')
@@ -149,7 +151,9 @@ binds=(--bind-ro=/etc/hosts --bind-ro=/etc/nsswitch.conf --bind-ro="$REPO" --bin
   --bind="$OUT/out:/out" --bind-ro="$OUT/deploy-test-runner.service:/etc/systemd/system/deploy-test-runner.service")
 [[ $VENV == "$REPO"/* ]] || binds+=(--bind-ro="$VENV")
 say "booting systemd in a container (log: $OUT/console.log)"
-timeout -k 10 "${DEPLOY_TIMEOUT:-1800}" systemd-nspawn --quiet --register=no --keep-unit -D / --volatile=yes \
+# A pure cgroup v2 hierarchy inside (the host is a v1 hybrid): the unit's
+# delegated cgroup, cgroup.kill and the agent's sub-cgroup need it.
+SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 timeout -k 10 "${DEPLOY_TIMEOUT:-1800}" systemd-nspawn --quiet --register=no --keep-unit -D / --volatile=yes \
   --private-network --capability=CAP_SYS_RESOURCE --console=pipe --machine="hermes-deploy-$$" "${binds[@]}" \
   -b systemd.unit=deploy-test-runner.service >"$OUT/console.log" 2>&1 || true
 
