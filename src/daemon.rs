@@ -64,6 +64,8 @@ impl Daemon {
     /// Bring everything up. Returns once the listeners accept connections.
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let config = Arc::new(config);
+        // Before anything touches the agent's files (see `identity`).
+        crate::identity::set_agent(config.gateway.identity.clone());
         let data_dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || create_private_dir(&data_dir)).await??;
 

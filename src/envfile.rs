@@ -219,7 +219,7 @@ impl EnvFile {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EnvError> + Send + 'static,
 ) -> Result<T, EnvError> {
-    tokio::task::spawn_blocking(f)
+    crate::identity::spawn_as_agent(f)
         .await
         .map_err(|e| EnvError::Io(std::io::Error::other(e)))?
 }

@@ -189,7 +189,7 @@ pub async fn sync_once(store: &Store, db: PathBuf) -> Result<usize, SyncError> {
             })
             .await?;
         let path = db.clone();
-        let batch = tokio::task::spawn_blocking(move || read_batch(&path, after))
+        let batch = crate::identity::spawn_as_agent(move || read_batch(&path, after))
             .await
             .map_err(StoreError::from)??;
         let n = batch.len();

@@ -209,6 +209,14 @@ pub fn as_agent<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// `spawn_blocking` of `f` run [`as_agent`]: for every blocking task that
+/// touches the agent's files (the Hermes home, the tenant roots, `state.db`).
+pub fn spawn_as_agent<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    tokio::task::spawn_blocking(move || as_agent(f))
+}
+
 /// Restores the daemon's file-system ids when dropped (also on panic).
 struct FsIdentity {
     uid: u32,

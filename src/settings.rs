@@ -196,7 +196,7 @@ impl HermesConfig {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SettingsError> + Send + 'static,
 ) -> Result<T, SettingsError> {
-    tokio::task::spawn_blocking(f)
+    crate::identity::spawn_as_agent(f)
         .await
         .map_err(|e| SettingsError::Io(std::io::Error::other(e)))?
 }

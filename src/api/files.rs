@@ -53,7 +53,7 @@ pub struct FileQuery {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, PathError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(f)
+    Ok(crate::identity::spawn_as_agent(f)
         .await
         .map_err(ApiError::internal)??)
 }

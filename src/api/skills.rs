@@ -101,7 +101,7 @@ pub async fn files(
         .await?;
     let files = state.files.clone();
     let d = dir.clone();
-    let list = tokio::task::spawn_blocking(move || {
+    let list = crate::identity::spawn_as_agent(move || {
         let root = files.skills_root().clone();
         files.list_tree(&root, &d)
     })
@@ -116,7 +116,7 @@ pub async fn file(
     ApiPath(SkillFile { skill_path: path }): ApiPath<SkillFile>,
 ) -> Result<Json<Preview>, ApiError> {
     let files = state.files.clone();
-    let p = tokio::task::spawn_blocking(move || {
+    let p = crate::identity::spawn_as_agent(move || {
         let root = files.skills_root().clone();
         files.preview(&root, &path)
     })

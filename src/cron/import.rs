@@ -147,7 +147,7 @@ pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<
     }
     let path: PathBuf = home.join("cron").join("jobs.json");
     let p = path.clone();
-    let doc = match tokio::task::spawn_blocking(move || read(&p)).await {
+    let doc = match crate::identity::spawn_as_agent(move || read(&p)).await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
             // Left for a later start: the file may be mid-write.
@@ -210,7 +210,7 @@ pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<
     if imported > 0 {
         let p = path.clone();
         let left = remaining.len();
-        match tokio::task::spawn_blocking(move || write_back(&p, doc, remaining)).await {
+        match crate::identity::spawn_as_agent(move || write_back(&p, doc, remaining)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(path = %path.display(), error = %e, "imported cron jobs could not be removed from jobs.json; the gateway may fire them too");

@@ -337,7 +337,7 @@ impl CronService {
                 return None;
             }
         };
-        tokio::task::spawn_blocking(move || skills::instructions(&dir, &wanted, &found))
+        crate::identity::spawn_as_agent(move || skills::instructions(&dir, &wanted, &found))
             .await
             .ok()
             .flatten()

@@ -47,7 +47,7 @@ pub async fn reconcile(
     let scope_q = scope.clone();
     let known = store.read(move |c| known(c, scope_q.as_deref())).await?;
     let dir = skills_dir.to_path_buf();
-    let (upserts, deletes, scanned) = tokio::task::spawn_blocking(move || {
+    let (upserts, deletes, scanned) = crate::identity::spawn_as_agent(move || {
         let disk = scan_disk(&dir, scope.as_deref());
         let scanned = disk.len();
         let on_disk: HashSet<String> = disk.iter().map(|d| d.path.clone()).collect();

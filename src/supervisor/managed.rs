@@ -105,7 +105,8 @@ pub fn write_managed_env(
 }
 
 /// Create `dir` (and parents) owned by the daemon, readable (not writable)
-/// by group `gid`: mode 0750. Changing the group needs the daemon to be a
+/// by group `gid`: mode 2750 (set-group-id, so the files written in it
+/// belong to that group too). Changing the group needs the daemon to be a
 /// member of it (the unit's `SupplementaryGroups=`).
 pub fn create_shared_dir(dir: &Path, gid: u32) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -117,8 +118,8 @@ pub fn create_shared_dir(dir: &Path, gid: u32) -> io::Result<()> {
     if meta.gid() != gid {
         std::os::unix::fs::lchown(dir, None, Some(gid))?;
     }
-    if meta.permissions().mode() & 0o7777 != 0o750 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    if meta.permissions().mode() & 0o7777 != 0o2750 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2750))?;
     }
     Ok(())
 }

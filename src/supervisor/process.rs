@@ -128,6 +128,24 @@ pub fn spawn(spec: &SpawnSpec, cgroup_procs: Option<&OwnedFd>) -> io::Result<Spa
                     return Err(io::Error::last_os_error());
                 }
             }
+            // The unit lowers the daemon's OOM score (OOMScoreAdjust=-500) and
+            // children inherit it: raise the gateway's (no privilege needed to
+            // raise) so the OOM killer takes the agent and its tools first.
+            // Before the switch to the agent's user: afterwards the process
+            // is not dumpable until it executes, and /proc/self is root's.
+            // Best effort: a failure leaves the inherited value.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                let _ = libc::write(
+                    fd,
+                    GATEWAY_OOM_SCORE_ADJ.as_ptr().cast(),
+                    GATEWAY_OOM_SCORE_ADJ.len(),
+                );
+                libc::close(fd);
+            }
             if let Some((uid, gid)) = run_as {
                 let groups = [gid as libc::gid_t];
                 if libc::setgroups(1, groups.as_ptr()) != 0
@@ -170,22 +188,6 @@ pub fn spawn(spec: &SpawnSpec, cgroup_procs: Option<&OwnedFd>) -> io::Result<Spa
             // The daemon died between fork and prctl: do not outlive it.
             if libc::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            // The unit lowers the daemon's OOM score (OOMScoreAdjust=-500) and
-            // children inherit it: raise the gateway's (no privilege needed to
-            // raise) so the OOM killer takes the agent and its tools first.
-            // Best effort: a failure leaves the inherited value.
-            let fd = libc::open(
-                c"/proc/self/oom_score_adj".as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            if fd >= 0 {
-                let _ = libc::write(
-                    fd,
-                    GATEWAY_OOM_SCORE_ADJ.as_ptr().cast(),
-                    GATEWAY_OOM_SCORE_ADJ.len(),
-                );
-                libc::close(fd);
             }
             Ok(())
         });

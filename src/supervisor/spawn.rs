@@ -48,9 +48,15 @@ pub(super) fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::S
     ];
     if agent.is_separate() {
         // The agent's own account, not the daemon's.
-        if let Some(home) = &agent.home {
-            env.push(("HOME".to_owned(), home.display().to_string()));
-        }
+        // Never the daemon's HOME. An id without an account: the directory
+        // holding the Hermes home when it is the usual `~/.hermes`.
+        let home = agent.home.clone().unwrap_or_else(|| {
+            match (cfg.hermes_home.file_name(), cfg.hermes_home.parent()) {
+                (Some(n), Some(p)) if n == ".hermes" => p.to_path_buf(),
+                _ => cfg.hermes_home.clone(),
+            }
+        });
+        env.push(("HOME".to_owned(), home.display().to_string()));
         if let Some(name) = &agent.name {
             env.push(("USER".to_owned(), name.clone()));
             env.push(("LOGNAME".to_owned(), name.clone()));

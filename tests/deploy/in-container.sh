@@ -193,7 +193,7 @@ fi
 # The unit's cgroup directory, wherever nspawn mounted the hierarchy.
 CG=$(find /sys/fs/cgroup -type d -name "$UNIT.service" -print -quit)
 # (cgroupfs files report size 0: count lines, never test -s)
-check "cgroup of the running unit has processes ($CG)" grep -q . "$CG/cgroup.procs"
+check "cgroup of the running unit has processes ($CG)" grep -qx 'populated 1' "$CG/cgroup.events"
 T0=$(date +%s%N)
 systemctl stop $UNIT
 T1=$(date +%s%N)
@@ -202,8 +202,8 @@ check "stop: clean exit ($(((T1 - T0) / 1000000)) ms): status 0, Result=success"
 journalctl -u $UNIT --no-pager -o cat >/out/logs/journal-stop.log
 check "stop: daemon logged its own shutdown" grep -q '"stopped"\|stopped' /out/logs/journal-stop.log
 if [[ -n $GW_PID ]]; then check "stop: gateway process gone" bash -c "! kill -0 $GW_PID 2>/dev/null"; fi
-check "stop: no process left in the unit's cgroup" \
-  bash -c "[[ -n '$CG' ]] && ! grep -q . '$CG/cgroup.procs' 2>/dev/null"
+check "stop: no process left in the unit's cgroup (sub-cgroups included)" \
+  bash -c "[[ -n '$CG' ]] && { [[ ! -e '$CG/cgroup.events' ]] || grep -qx 'populated 0' '$CG/cgroup.events'; }"
 check "stop: no process of user hermes left" bash -c "! pgrep -u hermes"
 
 # kill -9: systemd restarts it.
