@@ -212,3 +212,94 @@ async fn the_daemon_writes_the_agents_files_as_the_agent() {
         .expect("events.log");
     assert!(events.contains("planned=true"), "{events}");
 }
+
+fn write_owned(path: &Path, text: &str, owner: u32) {
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::chown(path, Some(owner), Some(owner)).expect("chown");
+}
+
+fn skill_dir(home: &Path, name: &str) -> std::path::PathBuf {
+    let dir = home.join("skills").join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for d in [home.join("skills"), dir.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::os::unix::fs::chown(&d, Some(AGENT_ID), Some(AGENT_ID)).expect("chown");
+    }
+    dir
+}
+
+fn skill_md(name: &str) -> String {
+    format!("---\nname: {name}\ndescription: a skill\n---\n# {name}\n")
+}
+
+async fn skill_names(d: &common::TestDaemon) -> Vec<String> {
+    let v = d.get_json("/skills").await;
+    v["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_skills_index_reads_and_watches_the_tree_as_the_agent() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let mut w = world();
+    w.extra.push_str("\n[skills]\ndebounce = \"100ms\"\n");
+    let home = w.home();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    write_owned(
+        &skill_dir(&home, "mine").join("SKILL.md"),
+        &skill_md("mine"),
+        AGENT_ID,
+    );
+    // Readable by the daemon's own user (root here), not by the agent: a
+    // daemon acting as itself would index it.
+    write_owned(
+        &skill_dir(&home, "foreign").join("SKILL.md"),
+        &skill_md("foreign"),
+        AGENT_ID + 1,
+    );
+    let d = daemon(&w).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !skill_names(&d).await.contains(&"mine".to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's skill was never indexed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Listed by its directory (as an unreadable skill is), never read.
+    let v = d.get_json("/skills").await;
+    let foreign = v["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["path"] == "foreign"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        foreign["description"] != "a skill" && foreign["error"].is_string(),
+        "a file the agent cannot read was read: the scan did not run as the agent: {foreign}"
+    );
+    // Far below the 5 min rescan: seen through the watch the agent's
+    // identity set up.
+    write_owned(
+        &skill_dir(&home, "later").join("SKILL.md"),
+        &skill_md("later"),
+        AGENT_ID,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !skill_names(&d).await.contains(&"later".to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a new skill was not seen by the watcher"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

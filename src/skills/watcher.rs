@@ -132,10 +132,10 @@ async fn run(store: Store, dir: PathBuf, config: SkillsConfig, cancel: Cancellat
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan.tick().await; // the first tick is immediate; the start scan is below
     loop {
-        if !dir.is_dir() {
+        if !dir_exists(&dir).await {
             full(&store, &dir, "skills directory absent").await;
             tracing::info!(dir = %dir.display(), "waiting for the skills directory");
-            while !dir.is_dir() {
+            while !dir_exists(&dir).await {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -145,31 +145,44 @@ async fn run(store: Store, dir: PathBuf, config: SkillsConfig, cancel: Cancellat
         let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
         let flag = overflow.clone();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
-            Ok(ev) => {
-                if relevant(&ev) && tx.try_send(ev).is_err() {
-                    flag.store(true, Ordering::Relaxed);
+        // Created as the agent: notify's event-loop thread is spawned here
+        // and inherits this thread's file-system identity, so every watch it
+        // adds (and every directory it walks) is checked as the agent's.
+        let watch_dir = dir.clone();
+        let made = crate::identity::spawn_as_agent(move || {
+            let mut watcher =
+                notify::recommended_watcher(move |res: notify::Result<Event>| match res {
+                    Ok(ev) => {
+                        if relevant(&ev) && tx.try_send(ev).is_err() {
+                            flag.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => flag.store(true, Ordering::Relaxed),
+                })
+                .map_err(|e| ("cannot create the skills watcher", e))?;
+            watcher
+                .watch(&watch_dir, RecursiveMode::Recursive)
+                .map_err(|e| ("cannot watch the skills directory", e))?;
+            Ok::<_, (&str, notify::Error)>(watcher)
+        })
+        .await;
+        let watcher = match made {
+            Ok(Ok(w)) => w,
+            Ok(Err((what, e))) => {
+                tracing::error!(error = %e, dir = %dir.display(), "{what}; retrying");
+                if sleep_or_cancel(&cancel, Duration::from_secs(5)).await {
+                    return;
                 }
+                continue;
             }
-            Err(_) => flag.store(true, Ordering::Relaxed),
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
             Err(e) => {
-                tracing::error!(error = %e, "cannot create the skills watcher; retrying");
+                tracing::error!(error = %e, "skills watcher set-up task failed; retrying");
                 if sleep_or_cancel(&cancel, Duration::from_secs(5)).await {
                     return;
                 }
                 continue;
             }
         };
-        if let Err(e) = watcher.watch(&dir, RecursiveMode::Recursive) {
-            tracing::error!(error = %e, dir = %dir.display(), "cannot watch the skills directory; retrying");
-            if sleep_or_cancel(&cancel, Duration::from_secs(5)).await {
-                return;
-            }
-            continue;
-        }
         full(&store, &dir, "start").await;
 
         loop {
@@ -261,4 +274,13 @@ async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
         _ = cancel.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
     }
+}
+
+/// `true` when the skills directory exists, checked as the agent (it is in
+/// the agent's home).
+async fn dir_exists(dir: &Path) -> bool {
+    let d = dir.to_path_buf();
+    crate::identity::spawn_as_agent(move || d.is_dir())
+        .await
+        .unwrap_or(false)
 }
