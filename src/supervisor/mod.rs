@@ -690,7 +690,7 @@ impl Machine {
         let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         if let Phase::Stopping { then, cause, .. } = phase {
             let home = self.cfg.hermes_home.clone();
-            let _ = tokio::fs::remove_file(home.join(process::PLANNED_STOP_FILE)).await;
+            let _ = tokio::task::spawn_blocking(move || process::remove_planned_stop(&home)).await;
             let why = match then {
                 After::Retry(r) => r,
                 _ => "planned",
@@ -1029,7 +1029,8 @@ impl Machine {
                 tracing::error!("leftover gateway processes survive SIGKILL");
             }
         }
-        let _ = tokio::fs::remove_file(self.cfg.hermes_home.join(process::PLANNED_STOP_FILE)).await;
+        let home = self.cfg.hermes_home.clone();
+        let _ = tokio::task::spawn_blocking(move || process::remove_planned_stop(&home)).await;
         self.persist_process(None);
         self.transition(
             AgentState::Stopped,
