@@ -44,6 +44,10 @@ pub(super) fn open_beneath(
                 NO_OPENAT2.store(true, Ordering::Relaxed);
                 tracing::info!("the kernel has no openat2; resolving names component by component");
             }
+            // Some container seccomp profiles answer EPERM for syscalls
+            // they do not know. Not remembered: it may be a real refusal,
+            // which the walk then reports the same way.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
             other => return other,
         }
     }
