@@ -86,6 +86,14 @@ async fn json(d: &TestDaemon, path: &str) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// The names of a listing's entries.
+fn entry_names(v: &Value) -> Vec<&str> {
+    v["entries"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn roots_pages_previews_and_downloads() {
     let s = setup().await;
@@ -149,12 +157,7 @@ async fn roots_pages_previews_and_downloads() {
         "private names, symlinks out of the root and loops are hidden"
     );
     let (_, v) = json(d, "/files?root=home").await;
-    let names: Vec<&str> = v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e["name"].as_str())
-        .collect();
+    let names = entry_names(&v);
     assert_eq!(
         names,
         vec!["skills", "workspace"],
@@ -395,12 +398,7 @@ async fn hard_links_to_private_files_are_refused_like_private_paths() {
     }
     let (st, v) = json(d, "/files?root=workspace&limit=100").await;
     assert_eq!(st, 200, "{v}");
-    let names: Vec<&str> = v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e["name"].as_str())
-        .collect();
+    let names = entry_names(&v);
     for hidden in ["innocent.txt", "notes.db", "readme.md"] {
         assert!(!names.contains(&hidden), "{hidden} listed: {names:?}");
     }
