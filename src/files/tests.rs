@@ -179,3 +179,71 @@ fn disposition_encodes_odd_names() {
         "{d}"
     );
 }
+
+#[test]
+fn a_root_swapped_for_a_symlink_is_unavailable() {
+    let f = fixture();
+    let ws = f.root.path.clone();
+    let moved = ws.with_file_name("workspace-real");
+    std::fs::rename(&ws, &moved).expect("move");
+    symlink(&f.outside, &ws).expect("symlink");
+    assert!(matches!(
+        f.roots.resolve(&f.root, "secret.txt"),
+        Err(PathError::RootUnavailable(_))
+    ));
+    let info = f.roots.list_roots();
+    assert_eq!(
+        info.iter()
+            .map(|r| (r.name.as_str(), r.available))
+            .collect::<Vec<_>>(),
+        vec![("ws", false), ("home", true)]
+    );
+    // A root outside the Hermes home: its last component is not followed.
+    let outside_root = FileRoot {
+        name: "out".into(),
+        path: ws.with_file_name("elsewhere"),
+        read_only: true,
+    };
+    symlink(&f.outside, &outside_root.path).expect("symlink");
+    assert!(matches!(
+        f.roots.resolve(&outside_root, "secret.txt"),
+        Err(PathError::RootUnavailable(_))
+    ));
+}
+
+#[test]
+fn hard_links_to_private_files_are_refused_and_hidden() {
+    let f = fixture();
+    let ws = f.root.path.clone();
+    let home = ws.parent().expect("home").to_path_buf();
+    std::fs::hard_link(home.join(".env"), ws.join("notes.txt")).expect("link");
+    std::fs::hard_link(home.join("state.db"), ws.join("sub/data.bin")).expect("link");
+    for p in ["notes.txt", "sub/data.bin"] {
+        assert!(
+            matches!(f.roots.resolve(&f.root, p), Err(PathError::NotFound)),
+            "{p}"
+        );
+        assert!(f.roots.open_download(&f.root, p).is_err(), "{p}");
+    }
+    let names: Vec<String> = f
+        .roots
+        .list_dir(&f.root, "", None, 100)
+        .expect("list")
+        .entries
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(!names.iter().any(|n| n == "notes.txt"), "{names:?}");
+    let tree: Vec<String> = f
+        .roots
+        .list_tree(&f.root, "")
+        .expect("tree")
+        .into_iter()
+        .map(|t| t.path)
+        .collect();
+    assert_eq!(
+        tree,
+        vec!["%41.txt", "a.txt", "bin.dat", "sub/b.md"],
+        "{tree:?}"
+    );
+}
