@@ -166,10 +166,9 @@ impl DirHandle {
         fstat(self.fd.as_fd())
     }
 
-    /// The entries of this directory (without `.` and `..`), at most
-    /// `max`; with the kind `readdir` gives (`libc::DT_*`, may be
-    /// `DT_UNKNOWN`).
-    pub fn entries(&self, max: usize) -> io::Result<Vec<(OsString, u8)>> {
+    /// The names in this directory (without `.` and `..`), at most `max`,
+    /// in no particular order.
+    pub fn entries(&self, max: usize) -> io::Result<Vec<OsString>> {
         // `fdopendir` takes ownership of its descriptor: give it a new open
         // of the same directory (`.` beneath it), with its own offset.
         let own = resolve::reopen_dir(self.fd.as_fd())?;
@@ -189,7 +188,7 @@ impl DirHandle {
             unsafe { *libc::__errno_location() = 0 };
             // SAFETY: `dir` is a valid stream; the entry is copied out
             // before the next call.
-            let ent = unsafe { libc::readdir64(dir) };
+            let ent = unsafe { libc::readdir(dir) };
             if ent.is_null() {
                 let e = io::Error::last_os_error();
                 break match e.raw_os_error() {
@@ -198,15 +197,12 @@ impl DirHandle {
                 };
             }
             // SAFETY: `d_name` is NUL-terminated within the entry.
-            let (name, kind) = unsafe {
-                let e = &*ent;
-                (std::ffi::CStr::from_ptr(e.d_name.as_ptr()), e.d_type)
-            };
+            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
             let name = name.to_bytes();
             if name == b"." || name == b".." {
                 continue;
             }
-            out.push((OsStr::from_bytes(name).to_owned(), kind));
+            out.push(OsStr::from_bytes(name).to_owned());
         };
         // SAFETY: `dir` came from `fdopendir` and is closed once.
         unsafe { libc::closedir(dir) };

@@ -240,7 +240,7 @@ fn remove_takes_the_link_not_its_target_and_entries_lists() {
         .entries(100)
         .expect("entries")
         .into_iter()
-        .map(|(n, _)| n.to_string_lossy().into_owned())
+        .map(|n| n.to_string_lossy().into_owned())
         .collect();
     e.sort();
     assert_eq!(e, vec!["cron"]);

@@ -287,7 +287,7 @@ impl FileRoots {
         let dir = DirHandle::from_fd(r.fd);
         let filter = self.private.entries_of(&r.real);
         let mut names: Vec<String> = Vec::new();
-        for (name, _) in dir.entries(MAX_DIR_SCAN)? {
+        for name in dir.entries(MAX_DIR_SCAN)? {
             let Ok(name) = name.into_string() else {
                 continue; // not UTF-8: cannot be named in a request either
             };
@@ -436,7 +436,7 @@ impl TreeWalk<'_> {
         };
         let mut names: Vec<String> = entries
             .into_iter()
-            .filter_map(|(n, _)| n.into_string().ok())
+            .filter_map(|n| n.into_string().ok())
             .filter(|n| !is_private_name(n))
             .collect();
         names.sort_unstable();

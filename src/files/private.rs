@@ -220,7 +220,7 @@ fn collect_home(home: &Path, ids: &mut HashSet<(u64, u64)>) {
     let Ok(entries) = dir.entries(ID_MAX) else {
         return;
     };
-    for (name, _) in entries {
+    for name in entries {
         let Some(n) = name.to_str() else {
             continue;
         };

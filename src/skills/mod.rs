@@ -159,7 +159,7 @@ fn visible_dirs(dir: &DirHandle) -> Vec<String> {
     };
     let mut v: Vec<String> = entries
         .into_iter()
-        .filter_map(|(n, _)| n.into_string().ok())
+        .filter_map(|n| n.into_string().ok())
         .filter(|n| !n.starts_with('.'))
         .filter(|n| {
             dir.stat_entry(std::ffi::OsStr::new(n))
