@@ -246,3 +246,20 @@ fn remove_takes_the_link_not_its_target_and_entries_lists() {
     assert_eq!(e, vec!["cron"]);
     assert_eq!(d.entries(0).expect("capped").len(), 0);
 }
+
+#[test]
+fn the_walk_opens_plain_names_and_refuses_any_symlink() {
+    let w = world();
+    std::fs::write(w.base.join("cron/jobs.json"), "{}").expect("write");
+    symlink("jobs.json", w.base.join("cron/link.json")).expect("symlink");
+    let d = DirHandle::open_home(&w.base).expect("open");
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC;
+    let fd = resolve::walk(d.as_fd(), Path::new("cron/jobs.json"), flags, 0).expect("plain");
+    assert_eq!(fstat(fd.as_fd()).expect("stat").st_size, 2);
+    assert!(
+        resolve::walk(d.as_fd(), Path::new(""), flags, 0).is_ok(),
+        "the dir itself"
+    );
+    let e = resolve::walk(d.as_fd(), Path::new("cron/link.json"), flags, 0).expect_err("link");
+    assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+}
