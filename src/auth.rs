@@ -236,7 +236,7 @@ impl Credentials {
         drop(state);
         let written = serde_json::to_vec(&p)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| crate::atomic_file::write(file, &bytes, 0o600));
+            .and_then(|bytes| crate::dir_handle::write_file(file, &bytes, 0o600));
         if let Err(e) = written {
             tracing::warn!(
                 path = %file.display(),

@@ -6,7 +6,7 @@
 //! list) must never be in it: every rewrite drops such lines, and so does
 //! [`EnvFile::sanitize`] at start. Values are never logged or returned.
 //! Lines the daemon does not manage (comments, other keys) are kept as
-//! they are. Writes are serialised and atomic (see `atomic_file`).
+//! they are. Writes are serialised and atomic (see `dir_handle`).
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +39,10 @@ pub enum EnvError {
     TooLarge,
     #[error("the environment file is not UTF-8 text; fix it by hand before changing keys")]
     NotUtf8,
+    /// A symlink (or a directory, a FIFO…) where `.env` should be: never
+    /// written through; the tenant or the agent must put a file back.
+    #[error("the environment file is a symlink or not a regular file; it is not written through")]
+    NotRegular,
     #[error("environment file: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -227,13 +231,14 @@ async fn blocking<T: Send + 'static>(
 /// `strict`: refuse a file that is not UTF-8 (it is about to be rewritten,
 /// and a lossy copy would damage lines the daemon does not own).
 fn read_text(path: &Path, strict: bool) -> Result<String, EnvError> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX_FILE_BYTES => return Err(EnvError::TooLarge),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-        Err(e) => return Err(e.into()),
-    }
-    let bytes = std::fs::read(path)?;
+    use crate::dir_handle::ReadError;
+    let bytes = match crate::dir_handle::read_home_file(path, MAX_FILE_BYTES) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(String::new()),
+        Err(ReadError::TooLarge { .. }) => return Err(EnvError::TooLarge),
+        Err(ReadError::NotRegular) => return Err(EnvError::NotRegular),
+        Err(ReadError::Io(e)) => return Err(e.into()),
+    };
     match String::from_utf8(bytes) {
         Ok(t) => Ok(t),
         Err(_) if strict => Err(EnvError::NotUtf8),
@@ -245,8 +250,10 @@ fn write_text(path: &Path, text: &str) -> Result<(), EnvError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    crate::atomic_file::write(path, text.as_bytes(), 0o600)?;
-    Ok(())
+    match crate::dir_handle::write_home_file(path, text.as_bytes(), 0o600) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(EnvError::NotRegular),
+        other => Ok(other?),
+    }
 }
 
 /// The key a `.env` line assigns, python-dotenv style (`KEY=…`,

@@ -44,11 +44,15 @@ struct SourceMessage {
 }
 
 /// Read messages after `after` from the gateway's database. Opened
-/// read-only but not immutable, so rows still in its WAL are seen.
+/// read-only but not immutable, so rows still in its WAL are seen; never
+/// through a symlink (`NOFOLLOW`: the agent could point it at the daemon's
+/// own database).
 fn read_batch(db: &Path, after: i64) -> Result<Vec<SourceMessage>, rusqlite::Error> {
     let conn = Connection::open_with_flags(
         db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
     conn.busy_timeout(Duration::from_secs(2))?;
     let mut stmt = conn.prepare(
@@ -240,6 +244,24 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_symlinked_state_db_is_not_opened() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let real = tmp.path().join("elsewhere.db");
+        let conn = rusqlite::Connection::open(&real).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE sessions (id TEXT, source TEXT, title TEXT);
+             CREATE TABLE messages (id INTEGER, session_id TEXT, role TEXT, content TEXT,
+                                    tool_calls TEXT, timestamp REAL, token_count INTEGER);",
+        )
+        .expect("schema");
+        drop(conn);
+        let link = tmp.path().join("state.db");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert!(super::read_batch(&real, 0).is_ok());
+        assert!(super::read_batch(&link, 0).is_err());
+    }
+
     #[test]
     fn session_ids_and_platforms_are_made_acceptable() {
         assert_eq!(

@@ -3,11 +3,11 @@
 
 pub mod agent;
 pub mod api;
-pub mod atomic_file;
 pub mod auth;
 pub mod config;
 pub mod cron;
 pub mod daemon;
+pub mod dir_handle;
 pub mod envfile;
 pub mod error;
 pub mod files;

@@ -99,8 +99,7 @@ impl HermesConfig {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                let mode = crate::atomic_file::mode_or(&path, 0o600);
-                crate::atomic_file::write(&path, text.as_bytes(), mode)?;
+                write_file(&path, text.as_bytes())?;
             }
             Ok(result)
         })
@@ -202,15 +201,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn load_blocking(path: &Path) -> Result<Mapping, SettingsError> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX_FILE_BYTES => {
+    use crate::dir_handle::ReadError;
+    let text = match crate::dir_handle::read_home_file(path, MAX_FILE_BYTES) {
+        Ok(Some(bytes)) => String::from_utf8(bytes)
+            .map_err(|_| SettingsError::Unusable("the file is not UTF-8 text".into()))?,
+        Ok(None) => return Ok(Mapping::new()),
+        Err(ReadError::TooLarge { .. }) => {
             return Err(SettingsError::Unusable("the file is too large".into()));
         }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Mapping::new()),
-        Err(e) => return Err(e.into()),
-    }
-    let text = std::fs::read_to_string(path)?;
+        Err(ReadError::NotRegular) => return Err(not_regular()),
+        Err(ReadError::Io(e)) => return Err(e.into()),
+    };
     match serde_yaml_ng::from_str::<Yaml>(&text) {
         Ok(Yaml::Mapping(m)) => Ok(m),
         Ok(Yaml::Null) => Ok(Mapping::new()),
@@ -223,6 +224,26 @@ fn load_blocking(path: &Path) -> Result<Mapping, SettingsError> {
             None => "not valid YAML".into(),
         })),
     }
+}
+
+/// Replace `config.yaml` (in the Hermes home, never through a symlink),
+/// keeping its permission bits.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SettingsError> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(SettingsError::Io(std::io::Error::other("no file name")));
+    };
+    let home = crate::dir_handle::DirHandle::open_home(dir)?;
+    let mode = home.mode_or(Path::new(name), 0o600);
+    match home.write_atomic(Path::new(name), bytes, mode) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(not_regular()),
+        other => Ok(other?),
+    }
+}
+
+fn not_regular() -> SettingsError {
+    SettingsError::Unusable(
+        "it is a symlink or not a regular file; it is not written through".into(),
+    )
 }
 
 fn disabled_in(doc: &Mapping) -> Vec<String> {

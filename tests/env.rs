@@ -212,3 +212,42 @@ fn dotenv_values(path: &Path) -> Option<serde_json::Map<String, Value>> {
     }
     serde_json::from_slice(&out.stdout).ok()
 }
+
+/// `.env` made a symlink to a file outside the home (by the agent): a PUT
+/// or DELETE is refused with problem JSON (`409 conflict`) and the link's
+/// target never changes; the link stays for the tenant to fix.
+#[tokio::test]
+async fn a_symlinked_env_file_is_never_written_through() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "KEEP=1\n").expect("victim");
+    let before = hermes_tenantd::hex::sha256(&std::fs::read(&victim).expect("read"));
+    let env_path = home.path().join(".env");
+    std::os::unix::fs::symlink(&victim, &env_path).expect("plant");
+    let d = TestDaemon::start_with(options(home.path())).await;
+    let r = d
+        .put("/env/OPENAI_API_KEY")
+        .json(&json!({"value": "sk-never-written"}))
+        .send()
+        .await
+        .expect("send");
+    let v = expect_problem(r, 409, "conflict").await;
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("symlink"), "{v}");
+    assert!(
+        !message.contains(outside.path().to_str().unwrap_or("@")),
+        "no host path: {v}"
+    );
+    let r = d.delete("/env/KEEP").send().await.expect("send");
+    expect_problem(r, 409, "conflict").await;
+    let after = hermes_tenantd::hex::sha256(&std::fs::read(&victim).expect("read"));
+    assert_eq!(before, after);
+    assert!(
+        std::fs::symlink_metadata(&env_path)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+    assert!(!d.logs().iter().any(|l| l.contains("sk-never-written")));
+}

@@ -86,6 +86,14 @@ async fn json(d: &TestDaemon, path: &str) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// The names of a listing's entries.
+fn entry_names(v: &Value) -> Vec<&str> {
+    v["entries"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn roots_pages_previews_and_downloads() {
     let s = setup().await;
@@ -149,12 +157,7 @@ async fn roots_pages_previews_and_downloads() {
         "private names, symlinks out of the root and loops are hidden"
     );
     let (_, v) = json(d, "/files?root=home").await;
-    let names: Vec<&str> = v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e["name"].as_str())
-        .collect();
+    let names = entry_names(&v);
     assert_eq!(
         names,
         vec!["skills", "workspace"],
@@ -351,4 +354,58 @@ async fn traversal_corpus_is_refused_on_every_files_route() {
         "a secret reached the log"
     );
     let _ = Path::new("/");
+}
+
+/// Hard links the agent made inside a root to the daemon's credential, its
+/// database and the Hermes `.env` are refused by identity, exactly like the
+/// private paths themselves, and hidden from listings.
+#[tokio::test]
+async fn hard_links_to_private_files_are_refused_like_private_paths() {
+    let s = setup().await;
+    let d = &s.d;
+    let ws = s._home.path().join("workspace");
+    // Same filesystem (both under the temp dir), so the links can be made.
+    for (target, link) in [
+        (d.dir.join("credential"), "innocent.txt"),
+        (d.data_dir().join("tenantd.db"), "notes.db"),
+        (s._home.path().join(".env"), "readme.md"),
+    ] {
+        std::fs::hard_link(&target, ws.join(link)).expect("hard link");
+    }
+    std::fs::create_dir_all(ws.join("deep")).expect("mkdir");
+    std::fs::hard_link(d.dir.join("credential"), ws.join("deep/c.txt")).expect("hard link");
+    let reference = d
+        .get("/files/content?root=workspace&path=.env")
+        .send()
+        .await
+        .expect("send");
+    let reference = expect_problem(reference, 404, "not_found").await;
+    for path in ["innocent.txt", "notes.db", "readme.md", "deep/c.txt"] {
+        for route in ["/files/content", "/files/download"] {
+            let url = format!("{route}?root=workspace&path={path}");
+            let r = d.get(&url).send().await.expect("send");
+            let body = r.bytes().await.map(|b| b.to_vec());
+            let text = String::from_utf8_lossy(body.as_deref().unwrap_or_default()).into_owned();
+            assert!(
+                !text.contains(TOKEN) && !text.contains(SECRET) && !text.contains("SQLite"),
+                "{url}: {text}"
+            );
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            assert_eq!(v["status"], 404, "{url}: {text}");
+            assert_eq!(v["code"], reference["code"], "{url}: {text}");
+            assert_eq!(v["message"], reference["message"], "{url}: {text}");
+        }
+    }
+    let (st, v) = json(d, "/files?root=workspace&limit=100").await;
+    assert_eq!(st, 200, "{v}");
+    let names = entry_names(&v);
+    for hidden in ["innocent.txt", "notes.db", "readme.md"] {
+        assert!(!names.contains(&hidden), "{hidden} listed: {names:?}");
+    }
+    let (st, v) = json(d, "/files?root=workspace&path=deep").await;
+    assert_eq!(
+        (st, v["entries"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
 }

@@ -387,6 +387,43 @@ async fn restart_command_replaces_the_process() {
     assert!(has(&trs, "stopped", "starting", "restart"), "{trs:?}");
 }
 
+/// The agent plants a symlink at the planned-stop marker's name pointing
+/// at a file outside its home: the daemon replaces the link (never writes
+/// through it), the stop is still announced as planned, the restart works.
+#[tokio::test]
+async fn planned_stop_marker_symlink_is_never_written_through() {
+    let w = World::new();
+    let d = w.daemon().await;
+    let v = wait_state(&d, "running", LONG).await;
+    let pid = v["pid"].as_u64().expect("pid");
+    let outside = w.dir.join("outside-victim");
+    std::fs::write(&outside, "precious bytes").expect("victim");
+    let before = hermes_tenantd::hex::sha256(&std::fs::read(&outside).expect("read"));
+    let marker = w.home().join(".gateway-planned-stop.json");
+    std::os::unix::fs::symlink(&outside, &marker).expect("plant");
+    // And at the temp name an older daemon used (`.NAME.tmpPID`).
+    let old_temp = w
+        .home()
+        .join(format!(".gateway-planned-stop.json.tmp{}", d.pid()));
+    std::os::unix::fs::symlink(&outside, &old_temp).expect("plant");
+    command(&d, "restart").await;
+    wait_agent(&d, LONG, "running with a new pid", |v| {
+        v["state"] == "running" && v["pid"].as_u64().is_some_and(|p| p != pid)
+    })
+    .await;
+    let after = hermes_tenantd::hex::sha256(&std::fs::read(&outside).expect("read"));
+    assert_eq!(before, after, "the link's target was written through");
+    assert!(
+        w.events().contains(&format!("{pid} sigterm planned=true")),
+        "the marker was written as a file of its own: {}",
+        w.events()
+    );
+    assert!(
+        std::fs::symlink_metadata(&marker).is_err(),
+        "the marker is removed after the stop"
+    );
+}
+
 #[tokio::test]
 async fn ready_after_a_delay_stays_starting_until_health_answers() {
     let w = World::new().fake("ready_delay", "1.0");

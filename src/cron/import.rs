@@ -112,19 +112,26 @@ pub fn map_job(j: &Map<String, Value>, now: i64) -> Result<JobRow, String> {
     })
 }
 
-fn read(path: &Path) -> std::io::Result<Option<Value>> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
+/// The gateway's jobs file, beneath the Hermes home.
+const JOBS_FILE: &str = "cron/jobs.json";
+/// Largest `jobs.json` read.
+const MAX_JOBS_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The jobs file, read beneath the home handle (no symlink followed).
+fn read(home: &Path) -> std::io::Result<Option<Value>> {
+    let home = crate::dir_handle::DirHandle::open_home(home)?;
+    match home.read_capped(Path::new(JOBS_FILE), MAX_JOBS_FILE_BYTES) {
+        Ok(Some(b)) => serde_json::from_slice(&b)
             .map(Some)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+        Ok(None) => Ok(None),
+        Err(crate::dir_handle::ReadError::Io(e)) => Err(e),
+        Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
     }
 }
 
 /// Rewrite the file atomically with only `remaining` jobs.
-fn write_back(path: &Path, mut doc: Value, remaining: Vec<Value>) -> std::io::Result<()> {
-    use std::io::Write;
+fn write_back(home: &Path, mut doc: Value, remaining: Vec<Value>) -> std::io::Result<()> {
     if let Value::Object(o) = &mut doc {
         o.insert("jobs".into(), Value::Array(remaining));
         o.insert(
@@ -132,22 +139,19 @@ fn write_back(path: &Path, mut doc: Value, remaining: Vec<Value>) -> std::io::Re
             Value::String(chrono::Utc::now().to_rfc3339()),
         );
     }
-    let tmp = path.with_extension("json.tenantd-tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    let home = crate::dir_handle::DirHandle::open_home(home)?;
+    let mode = home.mode_or(Path::new(JOBS_FILE), 0o600);
+    let text = serde_json::to_string_pretty(&doc)?;
+    home.write_atomic(Path::new(JOBS_FILE), text.as_bytes(), mode)
 }
 
 pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<(), CronError> {
     if cron.store.get_state(DONE_KEY).await?.is_some() {
         return Ok(());
     }
-    let path: PathBuf = home.join("cron").join("jobs.json");
-    let p = path.clone();
-    let doc = match crate::identity::spawn_as_agent(move || read(&p)).await {
+    let path: PathBuf = home.join(JOBS_FILE);
+    let h = home.to_path_buf();
+    let doc = match crate::identity::spawn_as_agent(move || read(&h)).await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
             // Left for a later start: the file may be mid-write.
@@ -208,9 +212,9 @@ pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<
     }
     let total = imported + remaining.len();
     if imported > 0 {
-        let p = path.clone();
+        let h = home.to_path_buf();
         let left = remaining.len();
-        match crate::identity::spawn_as_agent(move || write_back(&p, doc, remaining)).await {
+        match crate::identity::spawn_as_agent(move || write_back(&h, doc, remaining)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(path = %path.display(), error = %e, "imported cron jobs could not be removed from jobs.json; the gateway may fire them too");

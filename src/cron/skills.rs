@@ -44,9 +44,9 @@ pub fn instructions(
     );
     let mut loaded = 0;
     for (name, dir) in found {
-        let file = skills_dir.join(dir).join("SKILL.md");
-        let Ok(text) = std::fs::read_to_string(&file) else {
-            tracing::warn!(skill = %name, path = %file.display(), "cron: cannot read a job's skill; left out");
+        let read = crate::skills::read_skill_md(skills_dir, dir, crate::skills::MAX_SKILL_MD_BYTES);
+        let Some(text) = read.ok().and_then(|b| String::from_utf8(b).ok()) else {
+            tracing::warn!(skill = %name, "cron: cannot read a job's skill; left out");
             continue;
         };
         let mut body = text.as_str();

@@ -8,13 +8,13 @@
 pub mod watcher;
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::dir_handle::{DirHandle, ReadError};
 use crate::store::conversations::Page;
 use crate::store::{StoreError, StoreResult, cursor, ms_to_rfc3339, now_ms};
 
@@ -142,52 +142,90 @@ pub struct Indexed {
     pub content_hash: String,
 }
 
-fn visible_dirs(dir: &Path) -> Vec<String> {
-    let Ok(iter) = std::fs::read_dir(dir) else {
+/// Most entries read from one directory of the skills tree.
+const MAX_DIR_ENTRIES: usize = 10_000;
+
+/// The skills tree as a handle: beneath the Hermes home's handle, no
+/// symlink followed (the tree is the agent's to change).
+fn open_tree(skills_dir: &Path) -> Option<DirHandle> {
+    let home = DirHandle::open_home(skills_dir.parent()?).ok()?;
+    home.open_dir(Path::new(skills_dir.file_name()?)).ok()
+}
+
+/// Sub-directories of `dir`, not hidden, not symlinks, sorted.
+fn visible_dirs(dir: &DirHandle) -> Vec<String> {
+    let Ok(entries) = dir.entries(MAX_DIR_ENTRIES) else {
         return Vec::new();
     };
-    let mut v: Vec<String> = iter
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
+    let mut v: Vec<String> = entries
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
         .filter(|n| !n.starts_with('.'))
-        .filter(|n| dir.join(n).is_dir())
+        .filter(|n| {
+            dir.stat_entry(std::ffi::OsStr::new(n))
+                .is_ok_and(|st| st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+        })
         .collect();
     v.sort();
     v
 }
 
-fn skill_md(dir: &Path, rel: &str, category: Option<&str>) -> Option<DiskSkill> {
-    let meta = std::fs::metadata(dir.join(rel).join("SKILL.md")).ok()?;
-    meta.is_file().then(|| DiskSkill {
+/// A `SKILL.md` that is a symlink is listed (`read_skill` then reports
+/// it is not read), so the tenant sees why the skill has no description.
+fn skill_md(tree: &DirHandle, rel: &str, category: Option<&str>) -> Option<DiskSkill> {
+    let st = tree.stat(&Path::new(rel).join("SKILL.md")).ok()??;
+    let kind = st.st_mode & libc::S_IFMT;
+    (kind == libc::S_IFREG || kind == libc::S_IFLNK).then(|| DiskSkill {
         path: rel.to_owned(),
         category: category.map(str::to_owned),
-        size: meta.len(),
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
     })
 }
 
 /// Skills on disk under `scope` (one top-level entry) or everywhere.
 pub fn scan_disk(skills_dir: &Path, scope: Option<&str>) -> Vec<DiskSkill> {
+    let Some(tree) = open_tree(skills_dir) else {
+        return Vec::new();
+    };
     let tops = match scope {
         Some(t) => vec![t.to_owned()],
-        None => visible_dirs(skills_dir),
+        None => visible_dirs(&tree),
     };
     let mut out = Vec::new();
     for top in tops {
-        let dir = skills_dir.join(&top);
-        if top.starts_with('.') || !dir.is_dir() {
+        if top.starts_with('.') {
             continue;
         }
-        if let Some(s) = skill_md(skills_dir, &top, None) {
+        let Ok(dir) = tree.open_dir(Path::new(&top)) else {
+            continue;
+        };
+        if let Some(s) = skill_md(&tree, &top, None) {
             out.push(s);
         }
         for sub in visible_dirs(&dir) {
-            if let Some(s) = skill_md(skills_dir, &format!("{top}/{sub}"), Some(&top)) {
+            if let Some(s) = skill_md(&tree, &format!("{top}/{sub}"), Some(&top)) {
                 out.push(s);
             }
         }
     }
     out
+}
+
+/// The bytes of `rel/SKILL.md` in the skills tree: no symlink followed,
+/// at most `max` bytes. Blocking.
+pub fn read_skill_md(skills_dir: &Path, rel: &str, max: u64) -> Result<Vec<u8>, String> {
+    let tree =
+        open_tree(skills_dir).ok_or_else(|| "the skills tree cannot be opened".to_owned())?;
+    match tree.read_capped(&Path::new(rel).join("SKILL.md"), max) {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err("SKILL.md is missing".into()),
+        Err(ReadError::TooLarge { .. }) => Err(format!("SKILL.md is larger than {max} bytes")),
+        Err(ReadError::NotRegular) => {
+            Err("SKILL.md is a symlink or not a regular file; not read".into())
+        }
+        Err(ReadError::Io(e)) => Err(format!("SKILL.md cannot be read: {e}")),
+    }
 }
 
 /// Read and parse one skill.
@@ -198,14 +236,7 @@ pub fn read_skill(skills_dir: &Path, disk: DiskSkill) -> Indexed {
         .next()
         .unwrap_or(&disk.path)
         .to_owned();
-    let md = skills_dir.join(&disk.path).join("SKILL.md");
-    let bytes = if disk.size > MAX_SKILL_MD_BYTES {
-        Err(format!(
-            "SKILL.md is larger than {MAX_SKILL_MD_BYTES} bytes"
-        ))
-    } else {
-        std::fs::read(&md).map_err(|e| format!("SKILL.md cannot be read: {e}"))
-    };
+    let bytes = read_skill_md(skills_dir, &disk.path, MAX_SKILL_MD_BYTES);
     let (parsed, hash) = match bytes {
         Ok(b) => {
             let hash = crate::hex::sha256(&b);
@@ -502,6 +533,52 @@ pub fn for_card(conn: &Connection, disabled: &[String], limit: u32) -> StoreResu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlinks_in_the_tree_are_never_followed_or_read() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let skills = tmp.path().join("home/skills");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(skills.join("good")).expect("mkdir");
+        std::fs::create_dir_all(skills.join("evil")).expect("mkdir");
+        std::fs::create_dir_all(outside.join("other")).expect("mkdir");
+        std::fs::write(
+            skills.join("good/SKILL.md"),
+            "---\nname: good\ndescription: fine\n---\n",
+        )
+        .expect("write");
+        std::fs::write(outside.join("secret"), "description: TOPSECRET\n").expect("write");
+        std::fs::write(
+            outside.join("other/SKILL.md"),
+            "---\nname: other\ndescription: TOPSECRET\n---\n",
+        )
+        .expect("write");
+        std::os::unix::fs::symlink(outside.join("secret"), skills.join("evil/SKILL.md"))
+            .expect("symlink");
+        std::os::unix::fs::symlink(&outside, skills.join("linked")).expect("symlink");
+        let disk = scan_disk(&skills, None);
+        let paths: Vec<&str> = disk.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["evil", "good"],
+            "a symlinked directory is not scanned"
+        );
+        let evil = read_skill(&skills, disk[0].clone());
+        assert!(
+            evil.parsed
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("symlink")),
+            "{:?}",
+            evil.parsed.error
+        );
+        assert!(!format!("{:?}", evil.parsed).contains("TOPSECRET"));
+        assert_eq!(
+            read_skill(&skills, disk[1].clone()).parsed.description,
+            "fine"
+        );
+        assert!(read_skill_md(&skills, "linked/other", 1 << 20).is_err());
+    }
 
     #[test]
     fn front_matter_fields_are_kept() {

@@ -2,8 +2,8 @@
 //! server key the daemon generates, and the managed scope
 //! (`HERMES_MANAGED_DIR/.env`) whose keys win over the tenant's own files.
 
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use rand::distr::{Alphanumeric, SampleString};
@@ -42,7 +42,7 @@ pub fn load_or_create_key(data_dir: &Path) -> io::Result<String> {
         Err(e) => return Err(e),
     }
     let key = Alphanumeric.sample_string(&mut rand::rng(), KEY_LEN);
-    write_atomic(&path, key.as_bytes(), 0o600)?;
+    crate::dir_handle::write_file(&path, key.as_bytes(), 0o600)?;
     Ok(key)
 }
 
@@ -101,7 +101,7 @@ pub fn write_managed_env(
     {
         return Ok(());
     }
-    write_atomic(&path, out.as_bytes(), file_mode)
+    crate::dir_handle::write_file(&path, out.as_bytes(), file_mode)
 }
 
 /// Create `dir` (and parents) owned by the daemon, readable (not writable)
@@ -132,37 +132,6 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
-}
-
-/// Temp file in the same directory, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no parent directory"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -337,8 +337,20 @@ pub fn write_planned_stop(hermes_home: &Path, pid: u32, start_time: u64) -> io::
         "stopper_pid": std::process::id(),
         "written_at": chrono::Utc::now().to_rfc3339(),
     });
-    let path = hermes_home.join(PLANNED_STOP_FILE);
-    crate::supervisor::managed::write_atomic(&path, body.to_string().as_bytes(), 0o600)
+    // The home is the agent's: a symlink or anything else planted at the
+    // marker's name is removed (never followed), then the marker written.
+    let home = crate::dir_handle::DirHandle::open_home(hermes_home)?;
+    home.remove(Path::new(PLANNED_STOP_FILE))?;
+    home.write_atomic(
+        Path::new(PLANNED_STOP_FILE),
+        body.to_string().as_bytes(),
+        0o600,
+    )
+}
+
+/// Remove the planned-stop marker (never following what is there).
+pub fn remove_planned_stop(hermes_home: &Path) -> io::Result<()> {
+    crate::dir_handle::DirHandle::open_home(hermes_home)?.remove(Path::new(PLANNED_STOP_FILE))
 }
 
 /// Name of the gateway's planned-stop marker in its home.

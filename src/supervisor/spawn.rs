@@ -122,8 +122,9 @@ pub(super) async fn config_fingerprint(cfg: &GatewayConfig) -> Vec<Option<(i64, 
 
 /// Remove the planned-stop marker (as the agent: it is in the agent's home).
 pub(super) async fn remove_planned_stop(cfg: &GatewayConfig) {
-    let path = cfg.hermes_home.join(process::PLANNED_STOP_FILE);
-    let _ = tokio::task::spawn_blocking(move || as_agent(|| std::fs::remove_file(path))).await;
+    let home = cfg.hermes_home.clone();
+    let _ = tokio::task::spawn_blocking(move || as_agent(|| process::remove_planned_stop(&home)))
+        .await;
 }
 
 /// Make sure the agent's cgroup is empty (what a previous gateway left,
