@@ -448,3 +448,25 @@ async fn a_suspended_tenant_gets_403_for_runs_and_agent_start() {
     let r = d.post("/agent/restart").send().await.expect("send");
     expect_problem(r, 403, "suspended").await;
 }
+
+#[tokio::test]
+async fn a_run_reads_as_finished_as_soon_as_its_stream_ends() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    // Several times: the race it guards against (the record written after
+    // the stream ended) lost 10 of 10 tries against the real gateway.
+    for i in 0..5 {
+        let run = start_run(&d, json!({"input": format!("turn {i}"), "platform": "web"})).await;
+        let id = run["run_id"].as_str().expect("run_id").to_owned();
+        let frames = read_frames(events(&d, &id, None).await, 1000).await;
+        assert_eq!(
+            frames.last().map(|f| f.event.as_str()),
+            Some("run.completed")
+        );
+        // No waiting: the very first read after the stream ended.
+        let v: Value = d.get_json(&format!("/runs/{id}")).await;
+        assert_eq!(v["status"], "completed", "try {i}: {v}");
+        assert!(v["output"].is_string(), "try {i}: {v}");
+    }
+}

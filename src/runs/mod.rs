@@ -109,6 +109,10 @@ pub(crate) struct ActiveRun {
     pub(crate) events: broadcast::Sender<LiveEvent>,
     /// Highest sequence number committed to SQLite.
     pub(crate) committed: watch::Sender<i64>,
+    /// `true` once the run's end (status, output, usage) is recorded: an
+    /// event stream ends only then, so a client that reads the run after
+    /// its stream never sees it still `running`.
+    pub(crate) finished: watch::Sender<bool>,
     pub(crate) subscribers: Arc<Semaphore>,
     /// Cancels a run that has not reached the gateway yet.
     pub(crate) cancel_queued: CancellationToken,
@@ -294,6 +298,7 @@ impl Runs {
         let active = Arc::new(ActiveRun {
             events,
             committed: watch::channel(0).0,
+            finished: watch::channel(false).0,
             subscribers: Arc::new(Semaphore::new(self.limits.subscribers_per_run)),
             cancel_queued: self.shutdown.child_token(),
             gateway_run_id: watch::channel(None).0,

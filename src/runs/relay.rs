@@ -169,6 +169,7 @@ pub(super) async fn drive(
     if let Err(e) = finish(&runs.store, &run_id, &session_id, &req, outcome).await {
         tracing::error!(run_id, error = %e, "cannot record the end of a run");
     }
+    active.finished.send_replace(true);
     if let Ok(mut map) = runs.active.lock() {
         map.remove(&run_id);
     }

@@ -44,9 +44,13 @@ pub(super) async fn open(runs: Arc<Runs>, id: &str, after: i64) -> Result<EventS
     // Subscribe before reading the log, so nothing falls between the two.
     // Only receivers are kept: when the relay ends, its senders drop and
     // this subscriber sees the end.
-    let live = active
-        .as_ref()
-        .map(|a| (a.events.subscribe(), a.committed.subscribe()));
+    let live = active.as_ref().map(|a| {
+        (
+            a.events.subscribe(),
+            a.committed.subscribe(),
+            a.finished.subscribe(),
+        )
+    });
     drop(active);
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
     let id = id.to_owned();
@@ -92,19 +96,45 @@ async fn from_log(
     }
 }
 
+/// Longest an ended stream waits for its run's record (a store that cannot
+/// write must not hold the client forever).
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type Live = (
+    broadcast::Receiver<LiveEvent>,
+    watch::Receiver<i64>,
+    watch::Receiver<bool>,
+);
+
 async fn feed(
     runs: Arc<Runs>,
     id: String,
-    mut last: i64,
-    live: Option<(broadcast::Receiver<LiveEvent>, watch::Receiver<i64>)>,
+    last: i64,
+    live: Option<Live>,
     tx: mpsc::Sender<LiveEvent>,
     _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 ) {
-    match from_log(&runs, &id, &mut last, &tx).await {
+    let mut finished = live.as_ref().map(|l| l.2.clone());
+    send_events(&runs, &id, last, live, &tx).await;
+    // The stream ends (tx drops) once the run's end is recorded.
+    if let Some(f) = finished.as_mut() {
+        let _ = tokio::time::timeout(RECORD_WAIT, f.wait_for(|done| *done)).await;
+    }
+}
+
+async fn send_events(
+    runs: &Arc<Runs>,
+    id: &str,
+    mut last: i64,
+    live: Option<Live>,
+    tx: &mpsc::Sender<LiveEvent>,
+) {
+    let (runs, id) = (runs.clone(), id.to_owned());
+    match from_log(&runs, &id, &mut last, tx).await {
         Ok(true) | Err(()) => return,
         Ok(false) => {}
     }
-    let Some((mut live, mut committed)) = live else {
+    let Some((mut live, mut committed, mut finished)) = live else {
         return;
     };
     loop {
@@ -129,6 +159,10 @@ async fn feed(
                 }
                 last = ev.seq;
                 let terminal = is_terminal_event(&ev.name);
+                if terminal {
+                    // `run.completed` means the run reads as completed.
+                    let _ = tokio::time::timeout(RECORD_WAIT, finished.wait_for(|d| *d)).await;
+                }
                 if tx.send(ev).await.is_err() || terminal {
                     return;
                 }

@@ -9,16 +9,25 @@
 #   tests/acceptance/real_hermes.sh            # builds the daemon (debug)
 #   HERMES_VENV=/path/to/venv tests/acceptance/real_hermes.sh   # reuse a venv
 #   DAEMON=target/release/hermes-tenantd tests/acceptance/real_hermes.sh
+#   sudo AGENT_UID=64123 tests/acceptance/real_hermes.sh   # the agent as its own user
+#     (root; venv from /usr/bin/python3 in target/hermes-venv-system so that
+#     user can run it; also checks the gateway's uid and the managed scope)
 #
 # Needs python3 (3.11-3.13), network access to PyPI for the first run
 # (~45 s, ~240 MB), curl.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-VENV="${HERMES_VENV:-$ROOT/target/hermes-venv}"
+AGENT_UID="${AGENT_UID:-}"
+if [ -n "$AGENT_UID" ]; then
+  VENV="${HERMES_VENV:-$ROOT/target/hermes-venv-system}"
+  PY="${PYTHON:-/usr/bin/python3}"
+else
+  VENV="${HERMES_VENV:-$ROOT/target/hermes-venv}"
+  PY="${PYTHON:-python3}"
+fi
 DAEMON="${DAEMON:-$ROOT/target/debug/hermes-tenantd}"
 WORK="$(mktemp -d)"
-PY="${PYTHON:-python3}"
 DAEMON_PID="" STANDIN_PID=""
 
 cleanup() {
@@ -91,6 +100,15 @@ security:
   tirith_enabled: false
 YAML
 printf '%s' "$TOKEN" > "$WORK/credential"; chmod 600 "$WORK/credential"
+MANAGED="$WORK/data/gateway-managed"; MANAGED_MODE=600; AGENT_TOML=""
+if [ -n "$AGENT_UID" ]; then
+  # The agent reaches its home (and nothing else) in the work dir.
+  chmod 711 "$WORK"; chown -R "$AGENT_UID:$AGENT_UID" "$WORK/home"
+  MANAGED="$WORK/managed"; MANAGED_MODE=640
+  AGENT_TOML="user = \"$AGENT_UID\"
+group = \"$AGENT_UID\"
+managed_dir = \"$MANAGED\""
+fi
 cat > "$WORK/config.toml" <<TOML
 tenant_id = "$TENANT"
 data_dir = "$WORK/data"
@@ -109,6 +127,7 @@ start_timeout = "120s"
 stop_grace = "20s"
 health_interval = "2s"
 backoff_base = "1s"
+$AGENT_TOML
 TOML
 
 BASE="http://127.0.0.1:$API_PORT/v1/tenant-runtime/$TENANT"
@@ -139,8 +158,13 @@ sleep 5
 RSS1=$(rss_kb "$GW_PID")
 echo "   gateway RSS after 5 s idle: $RSS1 KiB"
 
-grep -q "API_SERVER_KEY=" "$WORK/data/gateway-managed/.env" || fail "managed .env not written"
-[ "$(stat -c %a "$WORK/data/gateway-managed/.env")" = 600 ] || fail "managed .env not 0600"
+grep -q "API_SERVER_KEY=" "$MANAGED/.env" || fail "managed .env not written"
+[ "$(stat -c %a "$MANAGED/.env")" = "$MANAGED_MODE" ] || fail "managed .env not $MANAGED_MODE"
+if [ -n "$AGENT_UID" ]; then
+  [ "$(stat -c %u "/proc/$GW_PID")" = "$AGENT_UID" ] || fail "the gateway does not run as $AGENT_UID"
+  grep -Eq '^CapEff:\s+0+$' "/proc/$GW_PID/status" || fail "the gateway holds capabilities"
+  echo "   gateway runs as uid $AGENT_UID, no capabilities"
+fi
 
 echo "== a run through the real gateway's runs API"
 T_RUN0=$(now_ms)
@@ -180,7 +204,7 @@ echo "$v" | "$PY" -c "import json,sys; v=json.load(sys.stdin); e=v['last_exit'];
   || fail "stop was not a clean planned exit"
 sleep 0.5
 [ -e "/proc/$GW2" ] && fail "gateway $GW2 still exists after stop"
-left=$( (grep -l "HERMES_MANAGED_DIR=$WORK/data/gateway-managed" /proc/[0-9]*/environ 2>/dev/null || true) | wc -l)
+left=$( (grep -l "HERMES_MANAGED_DIR=$MANAGED" /proc/[0-9]*/environ 2>/dev/null || true) | wc -l)
 [ "$left" = 0 ] || fail "$left gateway process(es) left after stop"
 
 echo "== start again, then a graceful daemon stop takes the gateway down"
