@@ -149,7 +149,7 @@ async fn send_events(
                     if committed.wait_for(|c| *c >= need).await.is_err() {
                         return;
                     }
-                    match from_log(&runs, &id, &mut last, &tx).await {
+                    match from_log(&runs, &id, &mut last, tx).await {
                         Ok(true) | Err(()) => return,
                         Ok(false) => {}
                     }
@@ -169,14 +169,14 @@ async fn send_events(
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Too slow for the live tail: catch up from the log.
-                match from_log(&runs, &id, &mut last, &tx).await {
+                match from_log(&runs, &id, &mut last, tx).await {
                     Ok(true) | Err(()) => return,
                     Ok(false) => {}
                 }
             }
             Err(broadcast::error::RecvError::Closed) => {
                 // The relay finished and committed everything.
-                let _ = from_log(&runs, &id, &mut last, &tx).await;
+                let _ = from_log(&runs, &id, &mut last, tx).await;
                 return;
             }
         }
