@@ -17,6 +17,8 @@ pub const BUILTIN_RESERVED: &[&str] = &[
     "HERMES_HOME",
     "HERMES_MANAGED_DIR",
     "HERMES_GATEWAY_EXTERNAL_SUPERVISOR",
+    "HERMES_GATEWAY_MAX_STARTS",
+    "HERMES_GATEWAY_START_WINDOW_S",
 ];
 /// Prefixes reserved by the platform.
 pub const BUILTIN_RESERVED_PREFIXES: &[&str] = &["API_SERVER_", "HERMES_TENANTD_"];

@@ -88,6 +88,7 @@ async fn keys_are_write_only_and_reserved_names_are_refused() {
         "API_SERVER_PORT",
         "HERMES_HOME",
         "HERMES_TENANTD_DATA_DIR",
+        "HERMES_GATEWAY_MAX_STARTS",
         "CORP_TOKEN",
         "BILLING_ACCOUNT",
     ] {

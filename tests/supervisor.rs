@@ -237,6 +237,18 @@ async fn starts_to_running_with_managed_scope_capabilities_and_logs() {
         "{text}"
     );
     assert!(text.contains("API_SERVER_ENABLED=true"), "{text}");
+    // The gateway's own respawn-storm breaker is off (the daemon owns
+    // backoff), in the scope that wins over the tenant's .env and in the
+    // process environment.
+    assert!(text.contains("\nHERMES_GATEWAY_MAX_STARTS=0\n"), "{text}");
+    let pid = v["pid"].as_u64().expect("pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|e| e == b"HERMES_GATEWAY_MAX_STARTS=0"),
+        "the gateway's environment does not disable its respawn breaker"
+    );
     let key_line = text
         .lines()
         .find(|l| l.starts_with("API_SERVER_KEY="))

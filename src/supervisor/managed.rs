@@ -21,6 +21,7 @@ pub const MANAGED_KEYS: &[&str] = &[
     "API_SERVER_HOST",
     "API_SERVER_PORT",
     "API_SERVER_KEY",
+    "HERMES_GATEWAY_MAX_STARTS",
 ];
 
 /// Read the stored key, or generate and store one (mode 0600). Blocking.
@@ -95,6 +96,11 @@ pub fn write_managed_env(
     out.push_str("API_SERVER_HOST=127.0.0.1\n");
     out.push_str(&format!("API_SERVER_PORT={port}\n"));
     out.push_str(&format!("API_SERVER_KEY={key}\n"));
+    // The daemon owns restarts and their backoff: the gateway's own
+    // respawn-storm breaker (hermes-agent 0.19.0: more than 5 starts in
+    // 120 s, planned ones included, sleep 10 s, 20 s, ... before serving)
+    // is off; `<= 0` disables it (hermes_cli/gateway.py).
+    out.push_str("HERMES_GATEWAY_MAX_STARTS=0\n");
     // Unchanged (every respawn but the first): no rewrite, no fsync.
     if std::fs::read(&path).is_ok_and(|old| old == out.as_bytes())
         && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == file_mode)
@@ -105,8 +111,9 @@ pub fn write_managed_env(
 }
 
 /// Create `dir` (and parents) owned by the daemon, readable (not writable)
-/// by group `gid`: mode 2750 (set-group-id, so the files written in it
-/// belong to that group too). Changing the group needs the daemon to be a
+/// by group `gid`: mode 0750 (the files written in it take the directory's
+/// group: `dir_handle`'s ownership rule; not set-group-id, which the unit's
+/// `RestrictSUIDSGID=` refuses). Changing the group needs the daemon to be a
 /// member of it (the unit's `SupplementaryGroups=`).
 pub fn create_shared_dir(dir: &Path, gid: u32) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -118,8 +125,8 @@ pub fn create_shared_dir(dir: &Path, gid: u32) -> io::Result<()> {
     if meta.gid() != gid {
         std::os::unix::fs::lchown(dir, None, Some(gid))?;
     }
-    if meta.permissions().mode() & 0o7777 != 0o2750 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2750))?;
+    if meta.permissions().mode() & 0o7777 != 0o750 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
     }
     Ok(())
 }

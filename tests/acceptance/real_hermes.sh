@@ -193,6 +193,21 @@ GW2=$(echo "$v" | field pid)
 echo "   running again: pid $GW2, $(( T_BACK - T_KILL )) ms after the kill (includes the 1 s backoff), restarts $(echo "$v" | field restarts)"
 [ -e "/proc/$GW_PID" ] && fail "old gateway $GW_PID still exists"
 
+echo "== seven restarts in a row: the gateway's own respawn-storm breaker stays off"
+T_R0=$(now_ms); PREV=$GW2
+for i in 1 2 3 4 5 6 7; do
+  code=$(api -o /dev/null -w '%{http_code}' -X POST "$BASE/agent/restart")
+  [ "$code" = 202 ] || fail "restart $i answered $code"
+  v=$(wait_for 150 "v['state'] == 'running' and v['pid'] != $PREV") || fail "restart $i never came back"
+  PREV=$(echo "$v" | field pid)
+done
+T_R1=$(now_ms)
+# hermes-agent 0.19.0 logs this (and sleeps 10 s, 20 s, ...) past 5 starts in 120 s
+# unless HERMES_GATEWAY_MAX_STARTS <= 0, which the daemon sets.
+grep -q "to break a respawn storm" "$WORK/daemon.log" && fail "the gateway's respawn breaker slowed a restart"
+echo "   7 restarts in $(( T_R1 - T_R0 )) ms, no respawn-storm back-off"
+GW2=$PREV
+
 echo "== stop"
 T_STOP=$(now_ms)
 code=$(api -o /dev/null -w '%{http_code}' -X POST "$BASE/agent/stop")
