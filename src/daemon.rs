@@ -104,7 +104,7 @@ impl Daemon {
         let runs = Runs::new(
             store.clone(),
             agent.clone(),
-            GatewayClient::new(agent.endpoint().clone()),
+            GatewayClient::new(agent.endpoint().clone(), agent.gate()),
             RunLimits {
                 max_input_bytes: config.runs.max_input_bytes,
                 subscribers_per_run: config.runs.subscribers_per_run,

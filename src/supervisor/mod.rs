@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod cgroup;
+pub mod gateway_socket;
 mod health;
 mod leftovers;
 pub mod logs;
@@ -41,7 +42,7 @@ use crate::config::{Config, GatewayConfig};
 use crate::store::{self, Store, agent::Transition};
 use backoff::{Backoff, CrashWindow};
 use logs::GatewayLog;
-use probe::Prober;
+use probe::{HealthError, Prober};
 
 /// `daemon_state` key of the desired state (`running` / `stopped`).
 pub const DESIRED_KEY: &str = "agent.desired";
@@ -97,6 +98,7 @@ pub struct Supervisor {
     log: GatewayLog,
     desired: Desired,
     containment: Arc<cgroup::Containment>,
+    gate: Arc<agent::KeyGate>,
 }
 
 impl Supervisor {
@@ -142,6 +144,7 @@ impl Supervisor {
             api_key: key,
         };
         let (handle, channels) = agent::channel(AgentStatus::initial(desired), endpoint.clone());
+        let gate = handle.gate();
         Ok((
             handle,
             Supervisor {
@@ -152,6 +155,7 @@ impl Supervisor {
                 log,
                 desired,
                 containment: Arc::new(containment),
+                gate,
             },
         ))
     }
@@ -169,7 +173,7 @@ impl Supervisor {
             let machine = Machine {
                 backoff: Backoff::new(self.cfg.backoff_base, self.cfg.backoff_cap),
                 crashes: CrashWindow::new(self.cfg.crash_loop_window, self.cfg.crash_loop_count),
-                prober: Prober::new(self.endpoint.clone()),
+                prober: Prober::new(self.endpoint.clone(), self.gate),
                 endpoint: self.endpoint,
                 cfg: self.cfg,
                 store: self.store,
@@ -241,7 +245,7 @@ enum Phase {
 }
 
 enum ProbeKind {
-    Health(Result<Option<String>, String>),
+    Health(Result<Option<String>, HealthError>),
     Capabilities(Result<serde_json::Value, String>),
 }
 
@@ -539,7 +543,7 @@ impl Machine {
         // make a gateway that cannot bind look healthy.
         if port_in_use(self.cfg.port).await {
             let message = format!(
-                "port {} on 127.0.0.1 is already in use by another process; the gateway cannot listen",
+                "port {} on 127.0.0.1 is already in use, held by a process the daemon did not start; the gateway cannot listen",
                 self.cfg.port
             );
             tracing::error!(port = self.cfg.port, "gateway port already in use");

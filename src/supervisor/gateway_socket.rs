@@ -1,0 +1,478 @@
+//! Only the gateway the daemon started gets the gateway key.
+//!
+//! Before any request to the gateway's port the daemon checks who holds
+//! the port: every TCP socket in `LISTEN` that a connection to
+//! `127.0.0.1:PORT` could reach (`/proc/self/net/tcp{,6}`: local address
+//! `127.0.0.1`, `0.0.0.0`, `::` or `::ffff:127.0.0.1`) must be open in one
+//! of the gateway's processes (`socket:[INODE]` in `/proc/PID/fd`). A
+//! process that bound the port first (before the gateway started, or after
+//! it died), or one that shares it (`SO_REUSEPORT`), fails the check, and
+//! no key, prompt or health probe is sent to it.
+//!
+//! Why this and not the socket's uid: in production the gateway runs as
+//! the agent's user, and so does the agent's own shell, which is exactly
+//! the impostor to keep out. Why not hand the gateway a socket the daemon
+//! bound: hermes-agent 0.19.0 binds its API port itself
+//! (`web.TCPSite(host, port)` in `gateway/platforms/api_server.py`) and
+//! cannot take an inherited socket.
+//!
+//! Reading another user's `/proc/PID/fd` is a ptrace-read check with the
+//! caller's *filesystem* ids (`proc(5)`, `PTRACE_MODE_READ_FSCREDS`): the
+//! check thread takes the gateway's uid and gid as its fsuid/fsgid
+//! (`setfsuid`/`setfsgid`, allowed by `CAP_SETUID`/`CAP_SETGID`), so no
+//! `CAP_SYS_PTRACE` or `CAP_DAC_READ_SEARCH` is needed. Those ids are
+//! per-thread: the check runs on a thread of its own that ends with it, so
+//! no pooled thread ever carries the agent's ids. A gateway that made
+//! itself non-dumpable cannot be inspected and fails the check (closed).
+//!
+//! Cheap: the listening inodes are read on every call (one small `/proc`
+//! file); the process walk runs only when they differ from the last
+//! verified ones, the gateway changed, or a connection failed. What is
+//! left is the moment between a check and the connection it allows (the
+//! gateway dying and an impostor binding within it).
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use reqwest::header::HeaderValue;
+use tokio::sync::watch;
+
+use crate::agent::AgentStatus;
+
+use super::process;
+
+/// Largest `/proc/net/tcp{,6}` read (about 50,000 sockets): past it the
+/// answer would be partial, so the check fails instead.
+const MAX_TABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Most descriptors looked at per process.
+const MAX_FDS: usize = 65_536;
+/// `/proc/net/tcp` state of a listening socket.
+const TCP_LISTEN: &str = "0A";
+
+/// Why the key was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no gateway process is running")]
+    NoGateway,
+    #[error("the gateway is not listening on port {0} yet")]
+    NotListening(u16),
+    #[error("port {0} on 127.0.0.1 is held by a process the daemon did not start")]
+    Foreign(u16),
+    #[error("cannot check who holds the gateway port: {0}")]
+    Unreadable(String),
+}
+
+impl Refusal {
+    /// `true` when something else holds the port (as opposed to the
+    /// gateway not being there yet).
+    pub fn is_foreign(&self) -> bool {
+        matches!(self, Refusal::Foreign(_) | Refusal::Unreadable(_))
+    }
+}
+
+/// Inodes of the listening sockets a connection to `127.0.0.1:port` could
+/// reach. Blocking: reads `/proc`.
+pub fn listeners(port: u16) -> io::Result<Vec<u64>> {
+    let mut out = BTreeSet::new();
+    for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
+        match read_capped(path) {
+            Ok(text) => parse_listeners(&text, port, v6, &mut out),
+            // A kernel without IPv6 has no tcp6 table.
+            Err(e) if v6 && e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn read_capped(path: &str) -> io::Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_TABLE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_TABLE_BYTES {
+        return Err(io::Error::other(format!("{path} is larger than the cap")));
+    }
+    Ok(text)
+}
+
+/// Add the inodes of `LISTEN` rows on `port` whose local address accepts
+/// connections to 127.0.0.1. Columns: `sl local rem st tx:rx tr:tm
+/// retrnsmt uid timeout inode`; addresses are hex words in host order.
+pub fn parse_listeners(text: &str, port: u16, v6: bool, out: &mut BTreeSet<u64>) {
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().take(10).collect();
+        let [_, local, _, state, _, _, _, _, _, inode] = f[..] else {
+            continue;
+        };
+        if state != TCP_LISTEN {
+            continue;
+        }
+        let Some((addr, p)) = local.split_once(':') else {
+            continue;
+        };
+        if u16::from_str_radix(p, 16).ok() != Some(port) {
+            continue;
+        }
+        let reaches = if v6 {
+            v6_reaches_loopback(addr)
+        } else {
+            v4_word(addr).is_some_and(|a| a == [127, 0, 0, 1] || a == [0, 0, 0, 0])
+        };
+        if let (true, Ok(n)) = (reaches, inode.parse::<u64>()) {
+            out.insert(n);
+        }
+    }
+}
+
+fn v4_word(hex: &str) -> Option<[u8; 4]> {
+    (hex.len() == 8)
+        .then(|| u32::from_str_radix(hex, 16).ok())
+        .flatten()
+        .map(u32::to_ne_bytes)
+}
+
+/// `::` (dual-stack unless `IPV6_V6ONLY`, which the table does not show:
+/// counted, so a doubt fails closed) and `::ffff:127.0.0.1`.
+fn v6_reaches_loopback(hex: &str) -> bool {
+    if hex.len() != 32 {
+        return false;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+        match v4_word(&hex[i * 8..i * 8 + 8]) {
+            Some(w) => chunk.copy_from_slice(&w),
+            None => return false,
+        }
+    }
+    let ip = std::net::Ipv6Addr::from(bytes);
+    ip.is_unspecified() || ip.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// The gateway's processes today: the child and its process group.
+/// Blocking: walks `/proc`.
+pub fn gateway_pids(child: u32) -> Vec<u32> {
+    let mut pids = vec![child];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if pid != child
+            && process::stat(pid).is_some_and(|s| s.pgrp == child && s.state != 'Z')
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `Ok` when every inode in `inodes` is open in one of `pids`. Blocking;
+/// changes the calling thread's filesystem ids while it reads another
+/// user's descriptors, so call it on a thread of its own
+/// ([`inspect_on_own_thread`]).
+pub fn held_by(port: u16, inodes: &[u64], pids: &[u32]) -> Result<(), Refusal> {
+    let mut unseen: BTreeSet<u64> = inodes.iter().copied().collect();
+    let mut denied = None;
+    for &pid in pids {
+        if unseen.is_empty() {
+            break;
+        }
+        let Some((uid, gid)) = real_ids(pid) else {
+            continue;
+        };
+        match as_fs_ids(uid, gid, || remove_open_sockets(pid, &mut unseen)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => denied = Some(format!("process {pid}: {e}")),
+            Err(e) => denied = Some(e),
+        }
+    }
+    match (unseen.is_empty(), denied) {
+        (true, _) => Ok(()),
+        (false, Some(why)) => Err(Refusal::Unreadable(why)),
+        (false, None) => Err(Refusal::Foreign(port)),
+    }
+}
+
+/// Real uid and gid from `/proc/PID/status` (world-readable).
+fn real_ids(pid: u32) -> Option<(u32, u32)> {
+    let mut text = String::new();
+    std::fs::File::open(format!("/proc/{pid}/status"))
+        .ok()?
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .ok()?;
+    let first = |key: &str| -> Option<u32> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((first("Uid:")?, first("Gid:")?))
+}
+
+fn remove_open_sockets(pid: u32, unseen: &mut BTreeSet<u64>) -> io::Result<()> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd"))?;
+    for entry in dir.take(MAX_FDS) {
+        let Ok(entry) = entry else { continue };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse::<u64>().ok());
+        if let Some(i) = inode {
+            unseen.remove(&i);
+            if unseen.is_empty() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The calling thread's filesystem uid and gid (`-1` changes nothing and
+/// returns the current value).
+fn fs_ids() -> (u32, u32) {
+    // SAFETY: plain syscalls; an invalid id only reads the current one.
+    unsafe {
+        (
+            libc::setfsuid(u32::MAX) as u32,
+            libc::setfsgid(u32::MAX) as u32,
+        )
+    }
+}
+
+/// Run `f` with this thread's filesystem ids set to `uid`/`gid` (when they
+/// differ), then restore them.
+fn as_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> Result<T, String> {
+    let before = fs_ids();
+    if before == (uid, gid) {
+        return Ok(f());
+    }
+    let restore = |(u, g): (u32, u32)| {
+        // SAFETY: plain per-thread syscalls back to the ids we had.
+        unsafe {
+            libc::setfsuid(u);
+            libc::setfsgid(g);
+        }
+    };
+    // SAFETY: plain per-thread syscalls; success is checked below.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+    }
+    if fs_ids() != (uid, gid) {
+        restore(before);
+        return Err(format!(
+            "cannot take the gateway's user ids {uid}:{gid} to inspect it (CAP_SETUID and CAP_SETGID needed)"
+        ));
+    }
+    let result = f();
+    restore(before);
+    Ok(result)
+}
+
+/// Run a check that may change filesystem ids on a thread that ends with
+/// it (never a pooled thread), and await its answer.
+async fn inspect_on_own_thread(
+    f: impl FnOnce() -> Result<(), Refusal> + Send + 'static,
+) -> Result<(), Refusal> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("gateway-socket".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| Refusal::Unreadable(format!("cannot start the check: {e}")))?;
+    rx.await
+        .map_err(|_| Refusal::Unreadable("the check ended without an answer".into()))?
+}
+
+/// What was last verified: these listening sockets belong to the gateway
+/// whose child is `child`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verified {
+    child: u32,
+    inodes: Vec<u64>,
+}
+
+/// The gate in front of the gateway key: [`KeyGate::bearer`] is the only
+/// way to the `Authorization` header, and it answers only after the check.
+pub struct KeyGate {
+    port: Option<u16>,
+    bearer: Option<HeaderValue>,
+    status: watch::Receiver<AgentStatus>,
+    verified: tokio::sync::Mutex<Option<Verified>>,
+    /// Set while refusing, so a refusal episode logs one line.
+    refusing: AtomicBool,
+}
+
+impl std::fmt::Debug for KeyGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyGate")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyGate {
+    /// `status` gives the child's pid (the supervisor publishes it).
+    pub fn new(port: Option<u16>, key: &str, status: watch::Receiver<AgentStatus>) -> KeyGate {
+        let bearer = HeaderValue::from_str(&format!("Bearer {key}"))
+            .ok()
+            .map(|mut h| {
+                h.set_sensitive(true);
+                h
+            });
+        KeyGate {
+            port,
+            bearer,
+            status,
+            verified: tokio::sync::Mutex::new(None),
+            refusing: AtomicBool::new(false),
+        }
+    }
+
+    /// `Ok` when the port is held by the gateway the daemon started.
+    pub async fn check(&self) -> Result<(), Refusal> {
+        let port = self
+            .port
+            .ok_or_else(|| Refusal::Unreadable("the gateway address has no port".into()))?;
+        let child = self.status.borrow().pid.ok_or(Refusal::NoGateway)?;
+        let inodes = tokio::task::spawn_blocking(move || listeners(port))
+            .await
+            .map_err(|e| Refusal::Unreadable(e.to_string()))?
+            .map_err(|e| Refusal::Unreadable(e.to_string()))?;
+        if inodes.is_empty() {
+            return Err(Refusal::NotListening(port));
+        }
+        let seen = Verified { child, inodes };
+        let mut verified = self.verified.lock().await;
+        if verified.as_ref() == Some(&seen) {
+            return Ok(());
+        }
+        *verified = None;
+        let inodes = seen.inodes.clone();
+        let result =
+            inspect_on_own_thread(move || held_by(port, &inodes, &gateway_pids(child))).await;
+        match &result {
+            Ok(()) => {
+                *verified = Some(seen);
+                if self.refusing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(port, "the gateway port is held by the gateway again");
+                }
+            }
+            Err(e) => {
+                if !self.refusing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(port, pid = child, reason = %e, "not talking to the gateway port: it is not held by the gateway the daemon started");
+                }
+            }
+        }
+        result
+    }
+
+    /// `Bearer <key>` (sensitive), after [`KeyGate::check`].
+    pub async fn bearer(&self) -> Result<HeaderValue, Refusal> {
+        self.check().await?;
+        self.bearer
+            .clone()
+            .ok_or_else(|| Refusal::Unreadable("the gateway key is not a valid header".into()))
+    }
+
+    /// Forget the last verification (a connection failed: whoever holds
+    /// the port now is checked again before the next request).
+    pub fn invalidate(&self) {
+        if let Ok(mut v) = self.verified.try_lock() {
+            *v = None;
+        }
+    }
+}
+
+/// `true` when something listens where the gateway must listen. Reads
+/// `/proc` (sends nothing to the port); if that fails, a bare connect.
+pub async fn port_held(port: u16) -> bool {
+    match tokio::task::spawn_blocking(move || listeners(port)).await {
+        Ok(Ok(inodes)) => !inodes.is_empty(),
+        _ => {
+            let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+            matches!(
+                tokio::time::timeout(std::time::Duration::from_millis(250), connect).await,
+                Ok(Ok(_))
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 111 1 0000000000000000 100 0 0 10 0
+   1: 00000000:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 222 1 0000000000000000 100 0 0 10 0
+   2: 0200007F:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 333 1 0000000000000000 100 0 0 10 0
+   3: 0100007F:21C2 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 444 1 0000000000000000 100 0 0 10 0
+   4: 0100007F:21C3 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 555 1 0000000000000000 100 0 0 10 0
+";
+
+    const TABLE6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:21C2 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 666 1 0000000000000000 100 0 0 10 0
+   1: 0000000000000000FFFF00000100007F:21C2 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 777 1 0000000000000000 100 0 0 10 0
+   2: 00000000000000000000000001000000:21C2 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 888 1 0000000000000000 100 0 0 10 0
+";
+
+    #[test]
+    fn only_listeners_reachable_at_loopback_on_the_port_count() {
+        let mut out = BTreeSet::new();
+        // 8642 = 0x21C2; the table's words are little-endian on x86/arm.
+        if cfg!(target_endian = "little") {
+            parse_listeners(TABLE, 8642, false, &mut out);
+            parse_listeners(TABLE6, 8642, true, &mut out);
+            // 127.0.0.1 and 0.0.0.0 yes; 127.0.0.2, an established
+            // connection and another port no; [::] and ::ffff:127.0.0.1
+            // yes, [::1] no.
+            assert_eq!(out.into_iter().collect::<Vec<_>>(), vec![111, 222, 666, 777]);
+        }
+        let mut none = BTreeSet::new();
+        parse_listeners("header\ngarbage line\n 0: zz:zz", 8642, false, &mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_listener_in_this_process_is_found_and_attributed() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let inodes = listeners(port).expect("read /proc");
+        assert_eq!(inodes.len(), 1, "{inodes:?}");
+        let me = std::process::id();
+        assert_eq!(held_by(port, &inodes, &[me]), Ok(()));
+        // Not held by a process that is not this one.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let r = held_by(port, &inodes, &[other.id()]);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert_eq!(r, Err(Refusal::Foreign(port)));
+        drop(l);
+        assert!(listeners(port).expect("read /proc").is_empty());
+    }
+
+    #[test]
+    fn the_fs_ids_are_restored() {
+        let before = fs_ids();
+        let inside = as_fs_ids(before.0, before.1, fs_ids).expect("same ids");
+        assert_eq!(inside, before);
+        assert_eq!(fs_ids(), before);
+    }
+}
