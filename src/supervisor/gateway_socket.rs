@@ -476,3 +476,31 @@ mod tests {
         assert_eq!(fs_ids(), before);
     }
 }
+
+/// The production shape, checked by hand (it needs two users): the
+/// gateway's listener owned by another uid, the checker a non-root user
+/// holding only `CAP_SETUID`/`CAP_SETGID`. See README "Gateway link".
+#[cfg(test)]
+mod cross_user {
+    use super::*;
+
+    #[test]
+    #[ignore = "run by hand as a non-root user with ambient CAP_SETUID/CAP_SETGID"]
+    fn another_users_listener_is_attributed_with_setfsuid_only() {
+        let var = |k: &str| -> u32 {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{k} not set"))
+        };
+        let (port, pid) = (var("GW_SOCKET_PORT") as u16, var("GW_SOCKET_PID"));
+        let inodes = listeners(port).expect("read /proc");
+        assert!(!inodes.is_empty(), "nothing listens on {port}");
+        assert_eq!(held_by(port, &inodes, &[pid]), Ok(()));
+        // A process of the same user that does not hold it: refused.
+        assert_eq!(
+            held_by(port, &inodes, &[var("GW_SOCKET_OTHER_PID")]),
+            Err(Refusal::Foreign(port))
+        );
+    }
+}
