@@ -169,12 +169,7 @@ async fn loopback_calls_never_go_through_a_proxy() {
     let run = wait_ended(&d, &id).await;
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "Hello from the fake gateway.");
-    assert_eq!(
-        proxy.connections(),
-        0,
-        "the proxy saw: {:?}",
-        proxy.heads()
-    );
+    assert_eq!(proxy.connections(), 0, "the proxy saw: {:?}", proxy.heads());
 }
 
 #[tokio::test]
@@ -229,11 +224,8 @@ async fn an_impostor_on_the_port_after_the_gateway_died_gets_no_key() {
     w.wait_agent(&d, "running").await;
     // The next gateway will not listen, so the impostor keeps the port
     // whichever binds first.
-    std::fs::write(
-        w.home().join("fake_gateway.json"),
-        r#"{"no_listen": true}"#,
-    )
-    .expect("control file");
+    std::fs::write(w.home().join("fake_gateway.json"), r#"{"no_listen": true}"#)
+        .expect("control file");
     let _ = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{}/fake/crash", w.port))
         .json(&json!({"signal": 9}))

@@ -79,7 +79,10 @@ impl HubClient {
     /// A `POST` to `route` carrying the current credential.
     pub fn post(&self, route: &str) -> Result<reqwest::RequestBuilder, NoCredential> {
         let bearer: HeaderValue = self.credentials.bearer_header().ok_or(NoCredential)?;
-        Ok(self.http.post(self.url(route)).header(AUTHORIZATION, bearer))
+        Ok(self
+            .http
+            .post(self.url(route))
+            .header(AUTHORIZATION, bearer))
     }
 }
 
@@ -212,14 +215,21 @@ mod tests {
             .send()
             .await
             .expect_err("refused");
-        assert!(err.is_builder() || err.to_string().contains("scheme"), "{err}");
+        assert!(
+            err.is_builder() || err.to_string().contains("scheme"),
+            "{err}"
+        );
 
         let bad = dir.path().join("ca.pem");
         std::fs::write(&bad, "not a certificate").expect("write");
-        let err = HubClient::new(&config("https://hub.invalid".into(), Some(bad)), "t1", creds)
-            .await
-            .err()
-            .expect("refused");
+        let err = HubClient::new(
+            &config("https://hub.invalid".into(), Some(bad)),
+            "t1",
+            creds,
+        )
+        .await
+        .err()
+        .expect("refused");
         assert!(matches!(err, ClientError::CaFile { .. }), "{err}");
     }
 }

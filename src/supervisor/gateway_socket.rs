@@ -161,9 +161,7 @@ pub fn gateway_pids(child: u32) -> Vec<u32> {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        if pid != child
-            && process::stat(pid).is_some_and(|s| s.pgrp == child && s.state != 'Z')
-        {
+        if pid != child && process::stat(pid).is_some_and(|s| s.pgrp == child && s.state != 'Z') {
             pids.push(pid);
         }
     }
@@ -440,7 +438,10 @@ mod tests {
             // 127.0.0.1 and 0.0.0.0 yes; 127.0.0.2, an established
             // connection and another port no; [::] and ::ffff:127.0.0.1
             // yes, [::1] no.
-            assert_eq!(out.into_iter().collect::<Vec<_>>(), vec![111, 222, 666, 777]);
+            assert_eq!(
+                out.into_iter().collect::<Vec<_>>(),
+                vec![111, 222, 666, 777]
+            );
         }
         let mut none = BTreeSet::new();
         parse_listeners("header\ngarbage line\n 0: zz:zz", 8642, false, &mut none);
