@@ -1,5 +1,5 @@
-//! The daemon's link to the gateway: loopback calls never go through a
-//! proxy, and only the gateway the daemon started gets the gateway key
+//! The daemon's links: loopback calls (and a plain-http hub) never go
+//! through a proxy, and only the gateway the daemon started gets the gateway key
 //! (an impostor holding the port before the start, while the gateway
 //! cannot bind, or after it died gets nothing at all).
 
@@ -153,10 +153,15 @@ async fn wait_ended(d: &TestDaemon, id: &str) -> Value {
 }
 
 #[tokio::test]
-async fn loopback_calls_never_go_through_a_proxy() {
+async fn loopback_calls_and_a_plain_http_hub_never_go_through_a_proxy() {
     let proxy = Recorder::on(free_port()).await;
+    let hub = Recorder::on(free_port()).await;
     let url = format!("http://127.0.0.1:{}", proxy.port);
     let mut w = GatewayWorld::new();
+    w.extra = format!(
+        "[hub]\nurl = \"http://127.0.0.1:{}\"\nheartbeat_interval = \"200ms\"\n",
+        hub.port
+    );
     for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
         w.env.push((name.to_owned(), url.clone()));
         w.env.push((name.to_lowercase(), url.clone()));
@@ -169,6 +174,15 @@ async fn loopback_calls_never_go_through_a_proxy() {
     let run = wait_ended(&d, &id).await;
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "Hello from the fake gateway.");
+    // The hub got its heartbeats directly, with the credential.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hub.heads().iter().any(|h| {
+        h.starts_with("POST /v1/tenant-runtime/tenant-test/heartbeat ")
+            && h.to_ascii_lowercase().contains("authorization: bearer")
+    }) {
+        assert!(Instant::now() < deadline, "no heartbeat: {:?}", hub.heads());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(proxy.connections(), 0, "the proxy saw: {:?}", proxy.heads());
 }
 

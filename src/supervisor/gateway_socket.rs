@@ -413,6 +413,7 @@ pub async fn port_held(port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 111 1 0000000000000000 100 0 0 10 0
@@ -467,6 +468,56 @@ mod tests {
         assert_eq!(r, Err(Refusal::Foreign(port)));
         drop(l);
         assert!(listeners(port).expect("read /proc").is_empty());
+    }
+
+    fn status_with_pid(pid: Option<u32>) -> watch::Sender<AgentStatus> {
+        let mut st = AgentStatus::initial(crate::agent::Desired::Running);
+        st.pid = pid;
+        watch::channel(st).0
+    }
+
+    #[tokio::test]
+    async fn the_gate_checks_again_when_the_listener_changes_hands() {
+        // This test process plays the gateway.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let status = status_with_pid(Some(std::process::id()));
+        let gate = KeyGate::new(Some(port), "gate-test-key-0123456789", status.subscribe());
+        let bearer = gate.bearer().await.expect("our own listener");
+        assert!(bearer.is_sensitive());
+        assert_eq!(
+            bearer.to_str().ok(),
+            Some("Bearer gate-test-key-0123456789")
+        );
+        assert_eq!(gate.check().await, Ok(()), "cached");
+
+        // The listener goes; another process (own group, so not one of
+        // "ours") takes the port.
+        drop(l);
+        assert_eq!(gate.check().await, Err(Refusal::NotListening(port)));
+        let mut impostor = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import socket,sys,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(30)"
+                ),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(impostor.stdout.take().expect("stdout"));
+        std::io::BufRead::read_line(&mut out, &mut line).expect("ready line");
+        assert_eq!(line.trim(), "ready");
+        let refused = gate.bearer().await;
+        let _ = impostor.kill();
+        let _ = impostor.wait();
+        assert_eq!(refused, Err(Refusal::Foreign(port)));
+
+        // No gateway process: nothing to check against.
+        status.send_modify(|s| s.pid = None);
+        assert_eq!(gate.check().await, Err(Refusal::NoGateway));
     }
 
     #[test]
