@@ -18,12 +18,16 @@
 //!
 //! Reading another user's `/proc/PID/fd` is a ptrace-read check with the
 //! caller's *filesystem* ids (`proc(5)`, `PTRACE_MODE_READ_FSCREDS`): the
-//! check thread takes the gateway's uid and gid as its fsuid/fsgid
-//! (`setfsuid`/`setfsgid`, allowed by `CAP_SETUID`/`CAP_SETGID`), so no
-//! `CAP_SYS_PTRACE` or `CAP_DAC_READ_SEARCH` is needed. Those ids are
-//! per-thread: the check runs on a thread of its own that ends with it, so
-//! no pooled thread ever carries the agent's ids. A gateway that made
-//! itself non-dumpable cannot be inspected and fails the check (closed).
+//! walk runs as the agent ([`crate::identity::as_agent`]: `setfsuid`/
+//! `setfsgid`, allowed by `CAP_SETUID`/`CAP_SETGID`), so no
+//! `CAP_SYS_PTRACE` or `CAP_DAC_READ_SEARCH` is needed. A gateway that
+//! made itself non-dumpable cannot be inspected and fails the check
+//! (closed).
+//!
+//! The gateway's processes are a plain pid list: the agent's cgroup
+//! (`cgroup.procs`) when there is one, else the child and its process
+//! group; the child itself must be alive (a dead gateway's port is
+//! nobody's).
 //!
 //! Cheap: the listening inodes are read on every call (one small `/proc`
 //! file); the process walk runs only when they differ from the last
@@ -33,6 +37,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use reqwest::header::HeaderValue;
@@ -169,9 +174,8 @@ pub fn gateway_pids(child: u32) -> Vec<u32> {
 }
 
 /// `Ok` when every inode in `inodes` is open in one of `pids`. Blocking;
-/// changes the calling thread's filesystem ids while it reads another
-/// user's descriptors, so call it on a thread of its own
-/// ([`inspect_on_own_thread`]).
+/// reads the agent's `/proc/PID/fd`, so call it as the agent
+/// ([`crate::identity::as_agent`]).
 pub fn held_by(port: u16, inodes: &[u64], pids: &[u32]) -> Result<(), Refusal> {
     let mut unseen: BTreeSet<u64> = inodes.iter().copied().collect();
     let mut denied = None;
@@ -179,14 +183,10 @@ pub fn held_by(port: u16, inodes: &[u64], pids: &[u32]) -> Result<(), Refusal> {
         if unseen.is_empty() {
             break;
         }
-        let Some((uid, gid)) = real_ids(pid) else {
-            continue;
-        };
-        match as_fs_ids(uid, gid, || remove_open_sockets(pid, &mut unseen)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
-            Ok(Err(e)) => denied = Some(format!("process {pid}: {e}")),
-            Err(e) => denied = Some(e),
+        match remove_open_sockets(pid, &mut unseen) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => denied = Some(format!("process {pid}: {e}")),
         }
     }
     match (unseen.is_empty(), denied) {
@@ -194,25 +194,6 @@ pub fn held_by(port: u16, inodes: &[u64], pids: &[u32]) -> Result<(), Refusal> {
         (false, Some(why)) => Err(Refusal::Unreadable(why)),
         (false, None) => Err(Refusal::Foreign(port)),
     }
-}
-
-/// Real uid and gid from `/proc/PID/status` (world-readable).
-fn real_ids(pid: u32) -> Option<(u32, u32)> {
-    let mut text = String::new();
-    std::fs::File::open(format!("/proc/{pid}/status"))
-        .ok()?
-        .take(64 * 1024)
-        .read_to_string(&mut text)
-        .ok()?;
-    let first = |key: &str| -> Option<u32> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    Some((first("Uid:")?, first("Gid:")?))
 }
 
 fn remove_open_sockets(pid: u32, unseen: &mut BTreeSet<u64>) -> io::Result<()> {
@@ -237,64 +218,6 @@ fn remove_open_sockets(pid: u32, unseen: &mut BTreeSet<u64>) -> io::Result<()> {
     Ok(())
 }
 
-/// The calling thread's filesystem uid and gid (`-1` changes nothing and
-/// returns the current value).
-fn fs_ids() -> (u32, u32) {
-    // SAFETY: plain syscalls; an invalid id only reads the current one.
-    unsafe {
-        (
-            libc::setfsuid(u32::MAX) as u32,
-            libc::setfsgid(u32::MAX) as u32,
-        )
-    }
-}
-
-/// Run `f` with this thread's filesystem ids set to `uid`/`gid` (when they
-/// differ), then restore them.
-fn as_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> Result<T, String> {
-    let before = fs_ids();
-    if before == (uid, gid) {
-        return Ok(f());
-    }
-    let restore = |(u, g): (u32, u32)| {
-        // SAFETY: plain per-thread syscalls back to the ids we had.
-        unsafe {
-            libc::setfsuid(u);
-            libc::setfsgid(g);
-        }
-    };
-    // SAFETY: plain per-thread syscalls; success is checked below.
-    unsafe {
-        libc::setfsgid(gid);
-        libc::setfsuid(uid);
-    }
-    if fs_ids() != (uid, gid) {
-        restore(before);
-        return Err(format!(
-            "cannot take the gateway's user ids {uid}:{gid} to inspect it (CAP_SETUID and CAP_SETGID needed)"
-        ));
-    }
-    let result = f();
-    restore(before);
-    Ok(result)
-}
-
-/// Run a check that may change filesystem ids on a thread that ends with
-/// it (never a pooled thread), and await its answer.
-async fn inspect_on_own_thread(
-    f: impl FnOnce() -> Result<(), Refusal> + Send + 'static,
-) -> Result<(), Refusal> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("gateway-socket".into())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .map_err(|e| Refusal::Unreadable(format!("cannot start the check: {e}")))?;
-    rx.await
-        .map_err(|_| Refusal::Unreadable("the check ended without an answer".into()))?
-}
-
 /// What was last verified: these listening sockets belong to the gateway
 /// whose child is `child`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,12 +226,18 @@ struct Verified {
     inodes: Vec<u64>,
 }
 
+/// The gateway's processes, given the child's pid. Blocking.
+pub type PidSource = Box<dyn Fn(u32) -> Vec<u32> + Send + Sync>;
+
 /// The gate in front of the gateway key: [`KeyGate::bearer`] is the only
 /// way to the `Authorization` header, and it answers only after the check.
 pub struct KeyGate {
     port: Option<u16>,
     bearer: Option<HeaderValue>,
     status: watch::Receiver<AgentStatus>,
+    /// Set once by the supervisor when the agent has a cgroup; else
+    /// [`gateway_pids`].
+    pids: std::sync::OnceLock<Arc<PidSource>>,
     verified: tokio::sync::Mutex<Option<Verified>>,
     /// Set while refusing, so a refusal episode logs one line.
     refusing: AtomicBool,
@@ -335,9 +264,16 @@ impl KeyGate {
             port,
             bearer,
             status,
+            pids: std::sync::OnceLock::new(),
             verified: tokio::sync::Mutex::new(None),
             refusing: AtomicBool::new(false),
         }
+    }
+
+    /// Where the gateway's pids come from (the agent's cgroup); the first
+    /// call wins.
+    pub fn set_pid_source(&self, source: PidSource) {
+        let _ = self.pids.set(Arc::new(source));
     }
 
     /// `Ok` when the port is held by the gateway the daemon started.
@@ -360,8 +296,24 @@ impl KeyGate {
         }
         *verified = None;
         let inodes = seen.inodes.clone();
-        let result =
-            inspect_on_own_thread(move || held_by(port, &inodes, &gateway_pids(child))).await;
+        let source = self.pids.get().cloned();
+        let result = crate::identity::spawn_as_agent(move || {
+            // A dead (or reaped and reused) child holds nothing of ours.
+            if !process::is_alive(child, None) {
+                return Err(Refusal::NoGateway);
+            }
+            let mut pids = match source {
+                Some(f) => f(child),
+                None => gateway_pids(child),
+            };
+            if !pids.contains(&child) {
+                pids.insert(0, child);
+            }
+            held_by(port, &inodes, &pids)
+        })
+        .await
+        .map_err(|e| Refusal::Unreadable(e.to_string()))
+        .and_then(|r| r);
         match &result {
             Ok(()) => {
                 *verified = Some(seen);
@@ -369,6 +321,7 @@ impl KeyGate {
                     tracing::info!(port, "the gateway port is held by the gateway again");
                 }
             }
+            Err(Refusal::NoGateway | Refusal::NotListening(_)) => {}
             Err(e) => {
                 if !self.refusing.swap(true, Ordering::Relaxed) {
                     tracing::error!(port, pid = child, reason = %e, "not talking to the gateway port: it is not held by the gateway the daemon started");
@@ -519,14 +472,6 @@ mod tests {
         status.send_modify(|s| s.pid = None);
         assert_eq!(gate.check().await, Err(Refusal::NoGateway));
     }
-
-    #[test]
-    fn the_fs_ids_are_restored() {
-        let before = fs_ids();
-        let inside = as_fs_ids(before.0, before.1, fs_ids).expect("same ids");
-        assert_eq!(inside, before);
-        assert_eq!(fs_ids(), before);
-    }
 }
 
 /// The production shape, checked by hand (it needs two users): the
@@ -546,13 +491,20 @@ mod cross_user {
                 .unwrap_or_else(|| panic!("{k} not set"))
         };
         let (port, pid) = (var("GW_SOCKET_PORT") as u16, var("GW_SOCKET_PID"));
+        let uid = var("GW_SOCKET_UID").to_string();
+        let agent = crate::identity::resolve(Some(&uid), Some(&uid)).expect("identity");
+        crate::identity::set_agent(agent);
         let inodes = listeners(port).expect("read /proc");
         assert!(!inodes.is_empty(), "nothing listens on {port}");
-        assert_eq!(held_by(port, &inodes, &[pid]), Ok(()));
+        let other = var("GW_SOCKET_OTHER_PID");
+        let (mine, not_mine) = crate::identity::as_agent(|| {
+            (
+                held_by(port, &inodes, &[pid]),
+                held_by(port, &inodes, &[other]),
+            )
+        });
+        assert_eq!(mine, Ok(()));
         // A process of the same user that does not hold it: refused.
-        assert_eq!(
-            held_by(port, &inodes, &[var("GW_SOCKET_OTHER_PID")]),
-            Err(Refusal::Foreign(port))
-        );
+        assert_eq!(not_mine, Err(Refusal::Foreign(port)));
     }
 }

@@ -144,7 +144,15 @@ impl Supervisor {
             api_key: key,
         };
         let (handle, channels) = agent::channel(AgentStatus::initial(desired), endpoint.clone());
+        let containment = Arc::new(containment);
         let gate = handle.gate();
+        if containment.cgroup().is_some() {
+            // The gateway's processes are its cgroup's (see gateway_socket).
+            let c = containment.clone();
+            gate.set_pid_source(Box::new(move |child| {
+                c.cgroup().map_or_else(|| vec![child], |cg| cg.procs())
+            }));
+        }
         Ok((
             handle,
             Supervisor {
@@ -154,7 +162,7 @@ impl Supervisor {
                 endpoint,
                 log,
                 desired,
-                containment: Arc::new(containment),
+                containment,
                 gate,
             },
         ))
