@@ -40,6 +40,8 @@ pub enum StartError {
     Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error(transparent)]
     Hub(#[from] crate::hub::client::ClientError),
+    #[error("cannot build the gateway client: {0}")]
+    GatewayClient(#[source] reqwest::Error),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -104,7 +106,8 @@ impl Daemon {
         let runs = Runs::new(
             store.clone(),
             agent.clone(),
-            GatewayClient::new(agent.endpoint().clone(), agent.gate()),
+            GatewayClient::new(agent.endpoint().clone(), agent.gate())
+                .map_err(StartError::GatewayClient)?,
             RunLimits {
                 max_input_bytes: config.runs.max_input_bytes,
                 subscribers_per_run: config.runs.subscribers_per_run,

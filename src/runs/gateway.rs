@@ -59,16 +59,20 @@ pub struct GatewayClient {
 pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 impl GatewayClient {
-    pub fn new(endpoint: GatewayEndpoint, gate: Arc<KeyGate>) -> GatewayClient {
+    /// No fallback to a default client when this fails: that one would
+    /// honour the environment's proxies.
+    pub fn new(
+        endpoint: GatewayEndpoint,
+        gate: Arc<KeyGate>,
+    ) -> Result<GatewayClient, reqwest::Error> {
         let http = crate::supervisor::probe::loopback_client(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        GatewayClient {
+            .build()?;
+        Ok(GatewayClient {
             http,
             endpoint,
             gate,
-        }
+        })
     }
 
     /// A request to `path` with the key, once the gate allows it.

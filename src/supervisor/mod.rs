@@ -78,6 +78,8 @@ pub enum SupervisorError {
     Store(#[from] store::StoreError),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot build the gateway client: {0}")]
+    Client(#[source] reqwest::Error),
 }
 
 /// The identity of a spawned gateway, persisted so the next daemon can find
@@ -98,7 +100,7 @@ pub struct Supervisor {
     log: GatewayLog,
     desired: Desired,
     containment: Arc<cgroup::Containment>,
-    gate: Arc<agent::KeyGate>,
+    prober: Prober,
 }
 
 impl Supervisor {
@@ -146,6 +148,8 @@ impl Supervisor {
         let (handle, channels) = agent::channel(AgentStatus::initial(desired), endpoint.clone());
         let containment = Arc::new(containment);
         let gate = handle.gate();
+        let prober =
+            Prober::new(endpoint.clone(), gate.clone()).map_err(SupervisorError::Client)?;
         if containment.cgroup().is_some() {
             // The gateway's processes are its cgroup's (see gateway_socket).
             let c = containment.clone();
@@ -163,7 +167,7 @@ impl Supervisor {
                 log,
                 desired,
                 containment,
-                gate,
+                prober,
             },
         ))
     }
@@ -181,7 +185,7 @@ impl Supervisor {
             let machine = Machine {
                 backoff: Backoff::new(self.cfg.backoff_base, self.cfg.backoff_cap),
                 crashes: CrashWindow::new(self.cfg.crash_loop_window, self.cfg.crash_loop_count),
-                prober: Prober::new(self.endpoint.clone(), self.gate),
+                prober: self.prober,
                 endpoint: self.endpoint,
                 cfg: self.cfg,
                 store: self.store,

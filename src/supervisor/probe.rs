@@ -37,16 +37,17 @@ pub fn loopback_client(connect_timeout: Duration) -> reqwest::ClientBuilder {
 }
 
 impl Prober {
-    pub fn new(endpoint: GatewayEndpoint, gate: Arc<KeyGate>) -> Prober {
+    /// No fallback to a default client when this fails: that one would
+    /// honour the environment's proxies.
+    pub fn new(endpoint: GatewayEndpoint, gate: Arc<KeyGate>) -> Result<Prober, reqwest::Error> {
         let client = loopback_client(Duration::from_secs(2))
             .pool_max_idle_per_host(1)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Prober {
+            .build()?;
+        Ok(Prober {
             client,
             endpoint,
             gate,
-        }
+        })
     }
 
     /// `Ok(version)` when `/health` answers 2xx with `status: ok` (or no
