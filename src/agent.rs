@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use crate::supervisor::gateway_socket::KeyGate;
+
 /// Lifecycle states of the supervised gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,8 +111,16 @@ impl AgentStatus {
 pub struct GatewayEndpoint {
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub base_url: String,
-    /// The `API_SERVER_KEY` the daemon generated; send as `Bearer`.
+    /// The `API_SERVER_KEY` the daemon generated, for the managed scope.
+    /// Requests get it only through [`AgentHandle::gate`].
     pub api_key: String,
+}
+
+impl GatewayEndpoint {
+    /// The port of `base_url`.
+    pub fn port(&self) -> Option<u16> {
+        self.base_url.rsplit_once(':')?.1.parse().ok()
+    }
 }
 
 impl std::fmt::Debug for GatewayEndpoint {
@@ -136,6 +146,7 @@ pub struct AgentHandle {
     status: watch::Receiver<AgentStatus>,
     commands: mpsc::Sender<(AgentCommand, oneshot::Sender<AgentStatus>)>,
     endpoint: std::sync::Arc<GatewayEndpoint>,
+    gate: std::sync::Arc<KeyGate>,
 }
 
 /// The supervisor's end of an [`AgentHandle`].
@@ -149,11 +160,13 @@ pub struct AgentChannels {
 pub fn channel(initial: AgentStatus, endpoint: GatewayEndpoint) -> (AgentHandle, AgentChannels) {
     let (status_tx, status_rx) = watch::channel(initial);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let gate = KeyGate::new(endpoint.port(), &endpoint.api_key, status_rx.clone());
     (
         AgentHandle {
             status: status_rx,
             commands: cmd_tx,
             endpoint: std::sync::Arc::new(endpoint),
+            gate: std::sync::Arc::new(gate),
         },
         AgentChannels {
             status: status_tx,
@@ -172,9 +185,16 @@ impl AgentHandle {
         self.status.borrow().clone().at(crate::store::now_ms())
     }
 
-    /// The gateway's API address and key, for callers of the gateway (runs).
+    /// The gateway's API address, for callers of the gateway (runs).
     pub fn endpoint(&self) -> &GatewayEndpoint {
         &self.endpoint
+    }
+
+    /// The only way to the gateway key: it checks that the gateway port is
+    /// held by the gateway the supervisor started before it hands out the
+    /// `Authorization` header.
+    pub fn gate(&self) -> std::sync::Arc<KeyGate> {
+        self.gate.clone()
     }
 
     /// A receiver to await changes.

@@ -39,7 +39,9 @@ pub enum StartError {
     #[error(transparent)]
     Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error(transparent)]
-    Hub(#[from] crate::hub::heartbeat::ClientError),
+    Hub(#[from] crate::hub::client::ClientError),
+    #[error("cannot build the gateway client: {0}")]
+    GatewayClient(#[source] reqwest::Error),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -104,7 +106,8 @@ impl Daemon {
         let runs = Runs::new(
             store.clone(),
             agent.clone(),
-            GatewayClient::new(agent.endpoint().clone()),
+            GatewayClient::new(agent.endpoint().clone(), agent.gate())
+                .map_err(StartError::GatewayClient)?,
             RunLimits {
                 max_input_bytes: config.runs.max_input_bytes,
                 subscribers_per_run: config.runs.subscribers_per_run,
@@ -123,17 +126,16 @@ impl Daemon {
             hub_link.set_open_runs_source(move || runs.open_runs() as u64);
         }
         let metrics = Arc::new(Metrics::new());
+        // The one client for every call to the hub (heartbeats, deliveries).
+        let hub_client =
+            hub::client::HubClient::new(&config.hub, &config.tenant_id, credentials.clone())
+                .await?;
         let cron = crate::cron::CronService::new(
             store.clone(),
             runs.clone(),
             metrics.clone(),
             config.cron.clone(),
-            config.hub.url.clone().map(|url| crate::cron::HubTarget {
-                url,
-                tenant_id: config.tenant_id.clone(),
-                credential_file: config.auth.credential_file.clone(),
-                ca_file: config.hub.ca_file.clone(),
-            }),
+            hub_client.clone(),
             Arc::new(crate::cron::SystemClock),
             cancel.clone(),
         );
@@ -175,16 +177,16 @@ impl Daemon {
             state.metrics.clone(),
             cancel.clone(),
         ));
-        let heartbeat = hub::heartbeat::Heartbeat::new(hub::heartbeat::Deps {
-            config: config.clone(),
-            store: store.clone(),
-            agent: agent.clone(),
-            link: hub_link,
-            metrics: state.metrics.clone(),
-            credentials: credentials.clone(),
-        })
-        .await?;
-        if let Some(hb) = heartbeat {
+        if let Some(client) = hub_client {
+            let deps = hub::heartbeat::Deps {
+                config: config.clone(),
+                store: store.clone(),
+                agent: agent.clone(),
+                link: hub_link,
+                metrics: state.metrics.clone(),
+                credentials: credentials.clone(),
+            };
+            let hb = hub::heartbeat::Heartbeat::with_client(deps, client);
             components.push(hb.spawn(cancel.clone()));
         }
         components.push(crate::skills::watcher::start(

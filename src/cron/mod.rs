@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CronConfig;
+use crate::hub::client::HubClient;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::runs::{RunError, Runs, StartRun};
 use crate::store::cron::{self as db, HistoryRow, JobRow};
@@ -129,15 +130,6 @@ impl From<HistoryRow> for Firing {
     }
 }
 
-/// Where deliveries go (none without `hub.url`).
-#[derive(Debug, Clone)]
-pub struct HubTarget {
-    pub url: String,
-    pub tenant_id: String,
-    pub credential_file: PathBuf,
-    pub ca_file: Option<PathBuf>,
-}
-
 /// The in-memory firing queue, rebuilt from SQLite at start.
 #[derive(Default)]
 struct Queue {
@@ -204,7 +196,8 @@ pub struct CronService {
     runs: Arc<Runs>,
     metrics: Arc<Metrics>,
     config: CronConfig,
-    hub: Option<HubTarget>,
+    /// Where deliveries go (none without `hub.url`).
+    hub: Option<HubClient>,
     clock: Arc<dyn Clock>,
     queue: Mutex<Queue>,
     wake: Notify,
@@ -257,7 +250,7 @@ impl CronService {
         runs: Arc<Runs>,
         metrics: Arc<Metrics>,
         config: CronConfig,
-        hub: Option<HubTarget>,
+        hub: Option<HubClient>,
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> Arc<CronService> {

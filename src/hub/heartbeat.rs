@@ -9,10 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use super::client::ClientError;
+use super::client::HubClient;
 use super::payload::{AgentReport, BODY_VERSION, Beat, ClockReport, LinkReport, UsageReport};
 use super::reply::{self, Reply, ReplyError};
 use super::resources::Sampler;
@@ -20,7 +22,7 @@ use super::schedule::Schedule;
 use super::{Access, HubLink};
 use crate::agent::{AgentCommand, AgentHandle, Desired};
 use crate::auth::Credentials;
-use crate::config::{Config, HubConfig};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, ms_to_rfc3339, now_ms, usage};
 
@@ -33,15 +35,6 @@ pub struct Deps {
     pub link: HubLink,
     pub metrics: Arc<Metrics>,
     pub credentials: Arc<Credentials>,
-}
-
-/// The hub client cannot be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("hub.ca_file {path}: {reason}")]
-    CaFile { path: String, reason: String },
-    #[error("cannot build the hub client: {0}")]
-    Build(#[source] reqwest::Error),
 }
 
 /// One beat that did not get a usable answer.
@@ -77,58 +70,10 @@ impl From<StoreError> for BeatError {
     }
 }
 
-/// The HTTP client for the hub: rustls with ring, the system's roots plus
-/// `hub.ca_file` (the bundled webpki roots are switched off, so trust is
-/// what the operator's image says), bounded timeouts, one idle connection.
-pub async fn client(cfg: &HubConfig) -> Result<reqwest::Client, ClientError> {
-    crate::tls::install_provider();
-    let connect = cfg.request_timeout.min(Duration::from_secs(5));
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_webpki_certs(false)
-        .tls_built_in_native_certs(true)
-        .https_only(
-            cfg.url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("https://")),
-        )
-        .timeout(cfg.request_timeout)
-        .connect_timeout(connect)
-        .pool_max_idle_per_host(1)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("hermes-tenantd/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &cfg.ca_file {
-        let shown = path.display().to_string();
-        let pem = tokio::fs::read(path)
-            .await
-            .map_err(|e| ClientError::CaFile {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaFile {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
-        if certs.is_empty() {
-            return Err(ClientError::CaFile {
-                path: shown,
-                reason: "no PEM certificate in the file".into(),
-            });
-        }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(ClientError::Build)
-}
-
 /// The heartbeat loop's state. Nothing here grows with time.
 pub struct Heartbeat {
     deps: Deps,
-    url: String,
-    client: reqwest::Client,
+    client: HubClient,
     sampler: Option<Sampler>,
     boot_id: String,
     seq: u64,
@@ -149,22 +94,24 @@ pub struct Applied {
 impl Heartbeat {
     /// `None` when no hub is configured.
     pub async fn new(deps: Deps) -> Result<Option<Heartbeat>, ClientError> {
+        let client = HubClient::new(
+            &deps.config.hub,
+            &deps.config.tenant_id,
+            deps.credentials.clone(),
+        )
+        .await?;
+        Ok(client.map(|c| Heartbeat::with_client(deps, c)))
+    }
+
+    /// A heartbeat sending through `client` (the daemon's one hub client).
+    pub fn with_client(deps: Deps, client: HubClient) -> Heartbeat {
         let hub = &deps.config.hub;
-        let Some(base) = hub.url.clone() else {
-            return Ok(None);
-        };
-        let client = client(hub).await?;
-        let url = format!(
-            "{base}/v1/tenant-runtime/{}/heartbeat",
-            deps.config.tenant_id
-        );
         let schedule = Schedule {
             interval: hub.heartbeat_interval,
             jitter: hub.heartbeat_jitter,
             backoff_max: hub.backoff_max,
         };
-        Ok(Some(Heartbeat {
-            url,
+        Heartbeat {
             client,
             sampler: None,
             boot_id: crate::auth::random_token(16),
@@ -175,7 +122,7 @@ impl Heartbeat {
             last_success_at: None,
             command: None,
             deps,
-        }))
+        }
     }
 
     pub fn spawn(self, cancel: CancellationToken) -> JoinHandle<()> {
@@ -257,11 +204,10 @@ impl Heartbeat {
         let (body, max_seq) = self.build().await?;
         let m = &self.deps.metrics.hub;
         m.heartbeat_payload_bytes.set(body.len() as i64);
-        let bearer = self
-            .deps
-            .credentials
-            .bearer_header()
-            .ok_or_else(|| BeatError::Build("the credential is not usable".into()))?;
+        let request = self
+            .client
+            .post("heartbeat")
+            .map_err(|e| BeatError::Build(e.to_string()))?;
         m.heartbeats_sent.inc();
         let sent_ms = now_ms();
         let sent = Instant::now();
@@ -274,10 +220,7 @@ impl Heartbeat {
                 BeatError::Connect(error_chain(&e))
             }
         };
-        let mut resp = self
-            .client
-            .post(&self.url)
-            .header(AUTHORIZATION, bearer)
+        let mut resp = request
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body)
             .send()

@@ -16,6 +16,18 @@ pub struct Schedule {
     pub backoff_max: Duration,
 }
 
+/// The wait after `failures` (≥ 1) failed calls to the hub in a row:
+/// `min(cap, base × 2^(failures−1))` times `U[0.5, 1]` ("equal jitter"),
+/// so a fleet that lost its hub at once comes back spread out instead of
+/// in one burst. The cap is never below `base`. The one backoff of every
+/// call to the hub (heartbeats, cron deliveries).
+pub fn backoff(base: Duration, cap: Duration, failures: u32, rng: &mut impl Rng) -> Duration {
+    let cap = cap.max(base);
+    let doubling = 2f64.powi(failures.saturating_sub(1).min(30) as i32);
+    let raw = base.mul_f64(doubling).min(cap);
+    raw.mul_f64(rng.random_range(0.5..=1.0))
+}
+
 /// Shortest interval the hub may impose (a configured interval below it
 /// still applies, for tests).
 pub const MIN_OVERRIDE: Duration = Duration::from_secs(1);
@@ -38,10 +50,7 @@ impl Schedule {
             };
             return self.interval.mul_f64(factor);
         }
-        let cap = self.backoff_max.max(self.interval);
-        let doubling = 2f64.powi(failures.saturating_sub(1).min(30) as i32);
-        let raw = self.interval.mul_f64(doubling).min(cap);
-        raw.mul_f64(rng.random_range(0.5..=1.0))
+        backoff(self.interval, self.backoff_max, failures, rng)
     }
 
     /// The interval the hub asked for, bounded: at least [`MIN_OVERRIDE`]

@@ -1,13 +1,17 @@
 //! The gateway's runs API as the daemon uses it: submit, event stream,
-//! stop, approval, and the chat-completions fallback.
+//! stop, approval, and the chat-completions fallback. Every request goes
+//! straight to loopback (never a proxy) and carries the key only after
+//! the [`KeyGate`] has checked who holds the port.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-use crate::agent::GatewayEndpoint;
+use crate::agent::{GatewayEndpoint, KeyGate};
+use crate::supervisor::gateway_socket::Refusal;
 
 /// Failures talking to the gateway, classified by what the relay does next.
 #[derive(Debug, thiserror::Error)]
@@ -27,29 +31,71 @@ pub enum GatewayError {
     },
     #[error("gateway error: {0}")]
     Other(String),
+    /// The port is held by a process the daemon did not start: nothing
+    /// was sent.
+    #[error("{0}")]
+    NotOurs(String),
+}
+
+impl From<Refusal> for GatewayError {
+    fn from(r: Refusal) -> Self {
+        if r.is_foreign() {
+            GatewayError::NotOurs(r.to_string())
+        } else {
+            // Not started or not listening yet: like a refused connection.
+            GatewayError::Unavailable(r.to_string())
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct GatewayClient {
     http: reqwest::Client,
     endpoint: GatewayEndpoint,
+    gate: Arc<KeyGate>,
 }
 
 /// Largest single SSE line accepted from the gateway.
 pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 impl GatewayClient {
-    pub fn new(endpoint: GatewayEndpoint) -> GatewayClient {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+    /// No fallback to a default client when this fails: that one would
+    /// honour the environment's proxies.
+    pub fn new(
+        endpoint: GatewayEndpoint,
+        gate: Arc<KeyGate>,
+    ) -> Result<GatewayClient, reqwest::Error> {
+        let http = crate::supervisor::probe::loopback_client(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        GatewayClient { http, endpoint }
+            .build()?;
+        Ok(GatewayClient {
+            http,
+            endpoint,
+            gate,
+        })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.endpoint.base_url)
+    /// A request to `path` with the key, once the gate allows it.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, GatewayError> {
+        let bearer = self.gate.bearer().await?;
+        Ok(self
+            .http
+            .request(method, format!("{}{path}", self.endpoint.base_url))
+            .header(reqwest::header::AUTHORIZATION, bearer))
+    }
+
+    /// Send; a failed connection makes the gate check the port again.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, GatewayError> {
+        req.send().await.map_err(|e| {
+            if e.is_connect() {
+                self.gate.invalidate();
+            }
+            Self::transport(e)
+        })
     }
 
     async fn classify(resp: reqwest::Response) -> GatewayError {
@@ -94,14 +140,10 @@ impl GatewayClient {
 
     /// `GET /v1/capabilities`: `true` when the runs API is there.
     pub async fn has_runs_api(&self) -> bool {
-        let Ok(resp) = self
-            .http
-            .get(self.url("/v1/capabilities"))
-            .bearer_auth(&self.endpoint.api_key)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-        else {
+        let Ok(req) = self.request(reqwest::Method::GET, "/v1/capabilities").await else {
+            return true;
+        };
+        let Ok(resp) = self.send(req.timeout(Duration::from_secs(5))).await else {
             return true;
         };
         if !resp.status().is_success() {
@@ -113,15 +155,10 @@ impl GatewayClient {
 
     /// `POST /v1/runs` → the gateway's run id.
     pub async fn submit(&self, body: &Value) -> Result<String, GatewayError> {
+        let req = self.request(reqwest::Method::POST, "/v1/runs").await?;
         let resp = self
-            .http
-            .post(self.url("/v1/runs"))
-            .bearer_auth(&self.endpoint.api_key)
-            .timeout(Duration::from_secs(30))
-            .json(body)
-            .send()
-            .await
-            .map_err(Self::transport)?;
+            .send(req.timeout(Duration::from_secs(30)).json(body))
+            .await?;
         if !resp.status().is_success() {
             return Err(Self::classify(resp).await);
         }
@@ -140,14 +177,15 @@ impl GatewayClient {
         &self,
         gateway_run_id: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + use<>, GatewayError> {
+        let req = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/runs/{gateway_run_id}/events"),
+            )
+            .await?;
         let resp = self
-            .http
-            .get(self.url(&format!("/v1/runs/{gateway_run_id}/events")))
-            .bearer_auth(&self.endpoint.api_key)
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .map_err(Self::transport)?;
+            .send(req.header(reqwest::header::ACCEPT, "text/event-stream"))
+            .await?;
         if !resp.status().is_success() {
             return Err(Self::classify(resp).await);
         }
@@ -170,15 +208,10 @@ impl GatewayClient {
     }
 
     async fn post_empty(&self, path: &str, body: &Value) -> Result<(), GatewayError> {
+        let req = self.request(reqwest::Method::POST, path).await?;
         let resp = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.endpoint.api_key)
-            .timeout(Duration::from_secs(15))
-            .json(body)
-            .send()
-            .await
-            .map_err(Self::transport)?;
+            .send(req.timeout(Duration::from_secs(15)).json(body))
+            .await?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -192,15 +225,12 @@ impl GatewayClient {
         session_id: &str,
         body: &Value,
     ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + use<>, GatewayError> {
+        let req = self
+            .request(reqwest::Method::POST, "/v1/chat/completions")
+            .await?;
         let resp = self
-            .http
-            .post(self.url("/v1/chat/completions"))
-            .bearer_auth(&self.endpoint.api_key)
-            .header("X-Hermes-Session-Id", session_id)
-            .json(body)
-            .send()
-            .await
-            .map_err(Self::transport)?;
+            .send(req.header("X-Hermes-Session-Id", session_id).json(body))
+            .await?;
         if !resp.status().is_success() {
             return Err(Self::classify(resp).await);
         }

@@ -439,5 +439,6 @@ fn map_gateway(e: gateway::GatewayError) -> RunError {
         gateway::GatewayError::Unavailable(m) | gateway::GatewayError::Other(m) => {
             RunError::Unavailable(format!("the agent did not answer: {m}"))
         }
+        gateway::GatewayError::NotOurs(m) => RunError::Unavailable(m),
     }
 }

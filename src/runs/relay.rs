@@ -225,6 +225,9 @@ async fn relay(
                 return Err(("gateway_rejected".into(), message));
             }
             Err(GatewayError::Other(m)) => return Err(("gateway_error".into(), m)),
+            // Never retried: the key stays home until the supervisor has
+            // its own gateway on the port again.
+            Err(GatewayError::NotOurs(m)) => return Err(("agent_unavailable".into(), m)),
         }
     };
     drop(queue_permit);

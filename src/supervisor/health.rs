@@ -166,6 +166,14 @@ impl Machine {
                         );
                         self.launch_capabilities();
                     }
+                    // Someone else holds the port (the gateway could not
+                    // bind it): say so while the start times out.
+                    (Phase::Starting { .. }, Err(HealthError::NotOurs(why)))
+                        if self.status.last_error.as_ref() != Some(&why) =>
+                    {
+                        self.status.last_error = Some(why);
+                        self.publish();
+                    }
                     (Phase::Starting { .. }, Err(_)) => {}
                     (Phase::Running { failures, .. }, Ok(version)) => {
                         *failures = 0;
@@ -185,6 +193,7 @@ impl Machine {
                         }
                     }
                     (Phase::Running { failures, .. }, Err(why)) => {
+                        let why = why.to_string();
                         *failures += 1;
                         tracing::warn!(failures = *failures, threshold, error = %why, "gateway health probe failed");
                         if *failures >= threshold {

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod cgroup;
+pub mod gateway_socket;
 mod health;
 mod leftovers;
 pub mod logs;
@@ -41,7 +42,7 @@ use crate::config::{Config, GatewayConfig};
 use crate::store::{self, Store, agent::Transition};
 use backoff::{Backoff, CrashWindow};
 use logs::GatewayLog;
-use probe::Prober;
+use probe::{HealthError, Prober};
 
 /// `daemon_state` key of the desired state (`running` / `stopped`).
 pub const DESIRED_KEY: &str = "agent.desired";
@@ -77,6 +78,8 @@ pub enum SupervisorError {
     Store(#[from] store::StoreError),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot build the gateway client: {0}")]
+    Client(#[source] reqwest::Error),
 }
 
 /// The identity of a spawned gateway, persisted so the next daemon can find
@@ -97,6 +100,7 @@ pub struct Supervisor {
     log: GatewayLog,
     desired: Desired,
     containment: Arc<cgroup::Containment>,
+    prober: Prober,
 }
 
 impl Supervisor {
@@ -142,6 +146,17 @@ impl Supervisor {
             api_key: key,
         };
         let (handle, channels) = agent::channel(AgentStatus::initial(desired), endpoint.clone());
+        let containment = Arc::new(containment);
+        let gate = handle.gate();
+        let prober =
+            Prober::new(endpoint.clone(), gate.clone()).map_err(SupervisorError::Client)?;
+        if containment.cgroup().is_some() {
+            // The gateway's processes are its cgroup's (see gateway_socket).
+            let c = containment.clone();
+            gate.set_pid_source(Box::new(move |child| {
+                c.cgroup().map_or_else(|| vec![child], |cg| cg.procs())
+            }));
+        }
         Ok((
             handle,
             Supervisor {
@@ -151,7 +166,8 @@ impl Supervisor {
                 endpoint,
                 log,
                 desired,
-                containment: Arc::new(containment),
+                containment,
+                prober,
             },
         ))
     }
@@ -169,7 +185,7 @@ impl Supervisor {
             let machine = Machine {
                 backoff: Backoff::new(self.cfg.backoff_base, self.cfg.backoff_cap),
                 crashes: CrashWindow::new(self.cfg.crash_loop_window, self.cfg.crash_loop_count),
-                prober: Prober::new(self.endpoint.clone()),
+                prober: self.prober,
                 endpoint: self.endpoint,
                 cfg: self.cfg,
                 store: self.store,
@@ -241,7 +257,7 @@ enum Phase {
 }
 
 enum ProbeKind {
-    Health(Result<Option<String>, String>),
+    Health(Result<Option<String>, HealthError>),
     Capabilities(Result<serde_json::Value, String>),
 }
 
@@ -539,7 +555,7 @@ impl Machine {
         // make a gateway that cannot bind look healthy.
         if port_in_use(self.cfg.port).await {
             let message = format!(
-                "port {} on 127.0.0.1 is already in use by another process; the gateway cannot listen",
+                "port {} on 127.0.0.1 is already in use, held by a process the daemon did not start; the gateway cannot listen",
                 self.cfg.port
             );
             tracing::error!(port = self.cfg.port, "gateway port already in use");

@@ -88,13 +88,10 @@ pub(super) fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::S
     })
 }
 
-/// `true` when something accepts connections on the gateway's port.
+/// `true` when something listens on the gateway's port (read from `/proc`:
+/// nothing is sent to it, not even a connection).
 pub(super) async fn port_in_use(port: u16) -> bool {
-    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
-    matches!(
-        tokio::time::timeout(Duration::from_millis(250), connect).await,
-        Ok(Ok(_))
-    )
+    super::gateway_socket::port_held(port).await
 }
 
 /// Modification time and size of the files whose change lifts a `config`

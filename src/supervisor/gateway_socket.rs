@@ -1,0 +1,510 @@
+//! Only the gateway the daemon started gets the gateway key.
+//!
+//! Before any request to the gateway's port the daemon checks who holds
+//! the port: every TCP socket in `LISTEN` that a connection to
+//! `127.0.0.1:PORT` could reach (`/proc/self/net/tcp{,6}`: local address
+//! `127.0.0.1`, `0.0.0.0`, `::` or `::ffff:127.0.0.1`) must be open in one
+//! of the gateway's processes (`socket:[INODE]` in `/proc/PID/fd`). A
+//! process that bound the port first (before the gateway started, or after
+//! it died), or one that shares it (`SO_REUSEPORT`), fails the check, and
+//! no key, prompt or health probe is sent to it.
+//!
+//! Why this and not the socket's uid: in production the gateway runs as
+//! the agent's user, and so does the agent's own shell, which is exactly
+//! the impostor to keep out. Why not hand the gateway a socket the daemon
+//! bound: hermes-agent 0.19.0 binds its API port itself
+//! (`web.TCPSite(host, port)` in `gateway/platforms/api_server.py`) and
+//! cannot take an inherited socket.
+//!
+//! Reading another user's `/proc/PID/fd` is a ptrace-read check with the
+//! caller's *filesystem* ids (`proc(5)`, `PTRACE_MODE_READ_FSCREDS`): the
+//! walk runs as the agent ([`crate::identity::as_agent`]: `setfsuid`/
+//! `setfsgid`, allowed by `CAP_SETUID`/`CAP_SETGID`), so no
+//! `CAP_SYS_PTRACE` or `CAP_DAC_READ_SEARCH` is needed. A gateway that
+//! made itself non-dumpable cannot be inspected and fails the check
+//! (closed).
+//!
+//! The gateway's processes are a plain pid list: the agent's cgroup
+//! (`cgroup.procs`) when there is one, else the child and its process
+//! group; the child itself must be alive (a dead gateway's port is
+//! nobody's).
+//!
+//! Cheap: the listening inodes are read on every call (one small `/proc`
+//! file); the process walk runs only when they differ from the last
+//! verified ones, the gateway changed, or a connection failed. What is
+//! left is the moment between a check and the connection it allows (the
+//! gateway dying and an impostor binding within it).
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use reqwest::header::HeaderValue;
+use tokio::sync::watch;
+
+use crate::agent::AgentStatus;
+
+use super::process;
+
+/// Largest `/proc/net/tcp{,6}` read (about 50,000 sockets): past it the
+/// answer would be partial, so the check fails instead.
+const MAX_TABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Most descriptors looked at per process.
+const MAX_FDS: usize = 65_536;
+/// `/proc/net/tcp` state of a listening socket.
+const TCP_LISTEN: &str = "0A";
+
+/// Why the key was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no gateway process is running")]
+    NoGateway,
+    #[error("the gateway is not listening on port {0} yet")]
+    NotListening(u16),
+    #[error("port {0} on 127.0.0.1 is held by a process the daemon did not start")]
+    Foreign(u16),
+    #[error("cannot check who holds the gateway port: {0}")]
+    Unreadable(String),
+}
+
+impl Refusal {
+    /// `true` when something else holds the port (as opposed to the
+    /// gateway not being there yet).
+    pub fn is_foreign(&self) -> bool {
+        matches!(self, Refusal::Foreign(_) | Refusal::Unreadable(_))
+    }
+}
+
+/// Inodes of the listening sockets a connection to `127.0.0.1:port` could
+/// reach. Blocking: reads `/proc`.
+pub fn listeners(port: u16) -> io::Result<Vec<u64>> {
+    let mut out = BTreeSet::new();
+    for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
+        match read_capped(path) {
+            Ok(text) => parse_listeners(&text, port, v6, &mut out),
+            // A kernel without IPv6 has no tcp6 table.
+            Err(e) if v6 && e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn read_capped(path: &str) -> io::Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_TABLE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_TABLE_BYTES {
+        return Err(io::Error::other(format!("{path} is larger than the cap")));
+    }
+    Ok(text)
+}
+
+/// Add the inodes of `LISTEN` rows on `port` whose local address accepts
+/// connections to 127.0.0.1. Columns: `sl local rem st tx:rx tr:tm
+/// retrnsmt uid timeout inode`; addresses are hex words in host order.
+pub fn parse_listeners(text: &str, port: u16, v6: bool, out: &mut BTreeSet<u64>) {
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().take(10).collect();
+        let [_, local, _, state, _, _, _, _, _, inode] = f[..] else {
+            continue;
+        };
+        if state != TCP_LISTEN {
+            continue;
+        }
+        let Some((addr, p)) = local.split_once(':') else {
+            continue;
+        };
+        if u16::from_str_radix(p, 16).ok() != Some(port) {
+            continue;
+        }
+        let reaches = if v6 {
+            v6_reaches_loopback(addr)
+        } else {
+            v4_word(addr).is_some_and(|a| a == [127, 0, 0, 1] || a == [0, 0, 0, 0])
+        };
+        if let (true, Ok(n)) = (reaches, inode.parse::<u64>()) {
+            out.insert(n);
+        }
+    }
+}
+
+fn v4_word(hex: &str) -> Option<[u8; 4]> {
+    (hex.len() == 8)
+        .then(|| u32::from_str_radix(hex, 16).ok())
+        .flatten()
+        .map(u32::to_ne_bytes)
+}
+
+/// `::` (dual-stack unless `IPV6_V6ONLY`, which the table does not show:
+/// counted, so a doubt fails closed) and `::ffff:127.0.0.1`.
+fn v6_reaches_loopback(hex: &str) -> bool {
+    if hex.len() != 32 {
+        return false;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+        match v4_word(&hex[i * 8..i * 8 + 8]) {
+            Some(w) => chunk.copy_from_slice(&w),
+            None => return false,
+        }
+    }
+    let ip = std::net::Ipv6Addr::from(bytes);
+    ip.is_unspecified() || ip.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// The gateway's processes today: the child and its process group.
+/// Blocking: walks `/proc`.
+pub fn gateway_pids(child: u32) -> Vec<u32> {
+    let mut pids = vec![child];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if pid != child && process::stat(pid).is_some_and(|s| s.pgrp == child && s.state != 'Z') {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `Ok` when every inode in `inodes` is open in one of `pids`. Blocking;
+/// reads the agent's `/proc/PID/fd`, so call it as the agent
+/// ([`crate::identity::as_agent`]).
+pub fn held_by(port: u16, inodes: &[u64], pids: &[u32]) -> Result<(), Refusal> {
+    let mut unseen: BTreeSet<u64> = inodes.iter().copied().collect();
+    let mut denied = None;
+    for &pid in pids {
+        if unseen.is_empty() {
+            break;
+        }
+        match remove_open_sockets(pid, &mut unseen) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => denied = Some(format!("process {pid}: {e}")),
+        }
+    }
+    match (unseen.is_empty(), denied) {
+        (true, _) => Ok(()),
+        (false, Some(why)) => Err(Refusal::Unreadable(why)),
+        (false, None) => Err(Refusal::Foreign(port)),
+    }
+}
+
+fn remove_open_sockets(pid: u32, unseen: &mut BTreeSet<u64>) -> io::Result<()> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd"))?;
+    for entry in dir.take(MAX_FDS) {
+        let Ok(entry) = entry else { continue };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse::<u64>().ok());
+        if let Some(i) = inode {
+            unseen.remove(&i);
+            if unseen.is_empty() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What was last verified: these listening sockets belong to the gateway
+/// whose child is `child`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verified {
+    child: u32,
+    inodes: Vec<u64>,
+}
+
+/// The gateway's processes, given the child's pid. Blocking.
+pub type PidSource = Box<dyn Fn(u32) -> Vec<u32> + Send + Sync>;
+
+/// The gate in front of the gateway key: [`KeyGate::bearer`] is the only
+/// way to the `Authorization` header, and it answers only after the check.
+pub struct KeyGate {
+    port: Option<u16>,
+    bearer: Option<HeaderValue>,
+    status: watch::Receiver<AgentStatus>,
+    /// Set once by the supervisor when the agent has a cgroup; else
+    /// [`gateway_pids`].
+    pids: std::sync::OnceLock<Arc<PidSource>>,
+    verified: tokio::sync::Mutex<Option<Verified>>,
+    /// Set while refusing, so a refusal episode logs one line.
+    refusing: AtomicBool,
+}
+
+impl std::fmt::Debug for KeyGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyGate")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyGate {
+    /// `status` gives the child's pid (the supervisor publishes it).
+    pub fn new(port: Option<u16>, key: &str, status: watch::Receiver<AgentStatus>) -> KeyGate {
+        let bearer = HeaderValue::from_str(&format!("Bearer {key}"))
+            .ok()
+            .map(|mut h| {
+                h.set_sensitive(true);
+                h
+            });
+        KeyGate {
+            port,
+            bearer,
+            status,
+            pids: std::sync::OnceLock::new(),
+            verified: tokio::sync::Mutex::new(None),
+            refusing: AtomicBool::new(false),
+        }
+    }
+
+    /// Where the gateway's pids come from (the agent's cgroup); the first
+    /// call wins.
+    pub fn set_pid_source(&self, source: PidSource) {
+        let _ = self.pids.set(Arc::new(source));
+    }
+
+    /// `Ok` when the port is held by the gateway the daemon started.
+    pub async fn check(&self) -> Result<(), Refusal> {
+        let port = self
+            .port
+            .ok_or_else(|| Refusal::Unreadable("the gateway address has no port".into()))?;
+        let child = self.status.borrow().pid.ok_or(Refusal::NoGateway)?;
+        let inodes = tokio::task::spawn_blocking(move || listeners(port))
+            .await
+            .map_err(|e| Refusal::Unreadable(e.to_string()))?
+            .map_err(|e| Refusal::Unreadable(e.to_string()))?;
+        if inodes.is_empty() {
+            return Err(Refusal::NotListening(port));
+        }
+        let seen = Verified { child, inodes };
+        let mut verified = self.verified.lock().await;
+        if verified.as_ref() == Some(&seen) {
+            return Ok(());
+        }
+        *verified = None;
+        let inodes = seen.inodes.clone();
+        let source = self.pids.get().cloned();
+        let result = crate::identity::spawn_as_agent(move || {
+            // A dead (or reaped and reused) child holds nothing of ours.
+            if !process::is_alive(child, None) {
+                return Err(Refusal::NoGateway);
+            }
+            let mut pids = match source {
+                Some(f) => f(child),
+                None => gateway_pids(child),
+            };
+            if !pids.contains(&child) {
+                pids.insert(0, child);
+            }
+            held_by(port, &inodes, &pids)
+        })
+        .await
+        .map_err(|e| Refusal::Unreadable(e.to_string()))
+        .and_then(|r| r);
+        match &result {
+            Ok(()) => {
+                *verified = Some(seen);
+                if self.refusing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(port, "the gateway port is held by the gateway again");
+                }
+            }
+            Err(Refusal::NoGateway | Refusal::NotListening(_)) => {}
+            Err(e) => {
+                if !self.refusing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(port, pid = child, reason = %e, "not talking to the gateway port: it is not held by the gateway the daemon started");
+                }
+            }
+        }
+        result
+    }
+
+    /// `Bearer <key>` (sensitive), after [`KeyGate::check`].
+    pub async fn bearer(&self) -> Result<HeaderValue, Refusal> {
+        self.check().await?;
+        self.bearer
+            .clone()
+            .ok_or_else(|| Refusal::Unreadable("the gateway key is not a valid header".into()))
+    }
+
+    /// Forget the last verification (a connection failed: whoever holds
+    /// the port now is checked again before the next request).
+    pub fn invalidate(&self) {
+        if let Ok(mut v) = self.verified.try_lock() {
+            *v = None;
+        }
+    }
+}
+
+/// `true` when something listens where the gateway must listen. Reads
+/// `/proc` (sends nothing to the port); if that fails, a bare connect.
+pub async fn port_held(port: u16) -> bool {
+    match tokio::task::spawn_blocking(move || listeners(port)).await {
+        Ok(Ok(inodes)) => !inodes.is_empty(),
+        _ => {
+            let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+            matches!(
+                tokio::time::timeout(std::time::Duration::from_millis(250), connect).await,
+                Ok(Ok(_))
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 111 1 0000000000000000 100 0 0 10 0
+   1: 00000000:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 222 1 0000000000000000 100 0 0 10 0
+   2: 0200007F:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 333 1 0000000000000000 100 0 0 10 0
+   3: 0100007F:21C2 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 444 1 0000000000000000 100 0 0 10 0
+   4: 0100007F:21C3 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 555 1 0000000000000000 100 0 0 10 0
+";
+
+    const TABLE6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:21C2 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 666 1 0000000000000000 100 0 0 10 0
+   1: 0000000000000000FFFF00000100007F:21C2 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 777 1 0000000000000000 100 0 0 10 0
+   2: 00000000000000000000000001000000:21C2 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 888 1 0000000000000000 100 0 0 10 0
+";
+
+    #[test]
+    fn only_listeners_reachable_at_loopback_on_the_port_count() {
+        let mut out = BTreeSet::new();
+        // 8642 = 0x21C2; the table's words are little-endian on x86/arm.
+        if cfg!(target_endian = "little") {
+            parse_listeners(TABLE, 8642, false, &mut out);
+            parse_listeners(TABLE6, 8642, true, &mut out);
+            // 127.0.0.1 and 0.0.0.0 yes; 127.0.0.2, an established
+            // connection and another port no; [::] and ::ffff:127.0.0.1
+            // yes, [::1] no.
+            assert_eq!(
+                out.into_iter().collect::<Vec<_>>(),
+                vec![111, 222, 666, 777]
+            );
+        }
+        let mut none = BTreeSet::new();
+        parse_listeners("header\ngarbage line\n 0: zz:zz", 8642, false, &mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_listener_in_this_process_is_found_and_attributed() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let inodes = listeners(port).expect("read /proc");
+        assert_eq!(inodes.len(), 1, "{inodes:?}");
+        let me = std::process::id();
+        assert_eq!(held_by(port, &inodes, &[me]), Ok(()));
+        // Not held by a process that is not this one.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let r = held_by(port, &inodes, &[other.id()]);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert_eq!(r, Err(Refusal::Foreign(port)));
+        drop(l);
+        assert!(listeners(port).expect("read /proc").is_empty());
+    }
+
+    fn status_with_pid(pid: Option<u32>) -> watch::Sender<AgentStatus> {
+        let mut st = AgentStatus::initial(crate::agent::Desired::Running);
+        st.pid = pid;
+        watch::channel(st).0
+    }
+
+    #[tokio::test]
+    async fn the_gate_checks_again_when_the_listener_changes_hands() {
+        // This test process plays the gateway.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let status = status_with_pid(Some(std::process::id()));
+        let gate = KeyGate::new(Some(port), "gate-test-key-0123456789", status.subscribe());
+        let bearer = gate.bearer().await.expect("our own listener");
+        assert!(bearer.is_sensitive());
+        assert_eq!(
+            bearer.to_str().ok(),
+            Some("Bearer gate-test-key-0123456789")
+        );
+        assert_eq!(gate.check().await, Ok(()), "cached");
+
+        // The listener goes; another process (own group, so not one of
+        // "ours") takes the port.
+        drop(l);
+        assert_eq!(gate.check().await, Err(Refusal::NotListening(port)));
+        let mut impostor = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import socket,sys,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(30)"
+                ),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(impostor.stdout.take().expect("stdout"));
+        std::io::BufRead::read_line(&mut out, &mut line).expect("ready line");
+        assert_eq!(line.trim(), "ready");
+        let refused = gate.bearer().await;
+        let _ = impostor.kill();
+        let _ = impostor.wait();
+        assert_eq!(refused, Err(Refusal::Foreign(port)));
+
+        // No gateway process: nothing to check against.
+        status.send_modify(|s| s.pid = None);
+        assert_eq!(gate.check().await, Err(Refusal::NoGateway));
+    }
+}
+
+/// The production shape, checked by hand (it needs two users): the
+/// gateway's listener owned by another uid, the checker a non-root user
+/// holding only `CAP_SETUID`/`CAP_SETGID`. See README "Gateway link".
+#[cfg(test)]
+mod cross_user {
+    use super::*;
+
+    #[test]
+    #[ignore = "run by hand as a non-root user with ambient CAP_SETUID/CAP_SETGID"]
+    fn another_users_listener_is_attributed_with_setfsuid_only() {
+        let var = |k: &str| -> u32 {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{k} not set"))
+        };
+        let (port, pid) = (var("GW_SOCKET_PORT") as u16, var("GW_SOCKET_PID"));
+        let uid = var("GW_SOCKET_UID").to_string();
+        let agent = crate::identity::resolve(Some(&uid), Some(&uid)).expect("identity");
+        crate::identity::set_agent(agent);
+        let inodes = listeners(port).expect("read /proc");
+        assert!(!inodes.is_empty(), "nothing listens on {port}");
+        let other = var("GW_SOCKET_OTHER_PID");
+        let (mine, not_mine) = crate::identity::as_agent(|| {
+            (
+                held_by(port, &inodes, &[pid]),
+                held_by(port, &inodes, &[other]),
+            )
+        });
+        assert_eq!(mine, Ok(()));
+        // A process of the same user that does not hold it: refused.
+        assert_eq!(not_mine, Err(Refusal::Foreign(port)));
+    }
+}
