@@ -133,7 +133,14 @@ pub fn spawn(spec: &SpawnSpec, cgroup_procs: Option<&OwnedFd>) -> io::Result<Spa
             // raise) so the OOM killer takes the agent and its tools first.
             // Before the switch to the agent's user: afterwards the process
             // is not dumpable until it executes, and /proc/self is root's.
+            // A daemon started with ambient capabilities is not dumpable
+            // either (its /proc/self is root's too): this child makes itself
+            // dumpable for the write; the switch below clears it again and
+            // the exec sets it as for any program.
             // Best effort: a failure leaves the inherited value.
+            if run_as.is_some() {
+                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+            }
             let fd = libc::open(
                 c"/proc/self/oom_score_adj".as_ptr(),
                 libc::O_WRONLY | libc::O_CLOEXEC,
