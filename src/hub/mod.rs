@@ -8,6 +8,7 @@
 //! [`heartbeat`] is the task that talks to the hub; [`uptime`] records
 //! the agent's running time for the usage report.
 
+pub mod decision;
 pub mod heartbeat;
 pub mod metrics;
 pub mod payload;

@@ -1,0 +1,377 @@
+//! Who decides whether the agent runs: the one rule, in one place.
+//!
+//! - The hub's desired agent state is an **edge**: it is applied when the
+//!   hub changes it — a value different from the last hub decision
+//!   recorded, or the same value with a greater `desired.version` — and
+//!   never re-applied because a reply repeats it.
+//! - A local decision (a run or a cron firing that wakes the agent, an
+//!   operator's `POST /agent/*`) is newer than the hub's last decision and
+//!   stands until the hub says something new. The beat reports
+//!   `agent.desired_by`, so the hub sees the wake-up and can decide again.
+//! - A hub stop waits for the runs in flight (`hub.stop_wait_for_runs`),
+//!   and is dropped if a newer local decision arrives meanwhile.
+//! - Suspension is not a decision but a state: while suspended every beat
+//!   stops the agent at once (runs in flight end). Back to active, the
+//!   hub's latest agent decision is applied (the reply's, else the
+//!   recorded one, else `running`).
+//! - The last hub decision is persisted (`daemon_state` key
+//!   `hub.desired_agent`) once applied, so a daemon restart neither
+//!   re-stops an agent woken since, nor forgets a newer hub decision (one
+//!   not yet applied when the daemon died is new again after it).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{Access, HubLink};
+use crate::agent::{AgentCommand, AgentHandle, Desired, DesiredBy};
+use crate::store::Store;
+
+/// `daemon_state` key of the last hub decision applied (JSON).
+pub const DECISION_KEY: &str = "hub.desired_agent";
+
+/// How often a pending hub stop looks at the open-run count (the count
+/// lives in the runs service's map, which has no change signal).
+const RUNS_POLL: Duration = Duration::from_millis(250);
+/// Bound on the supervisor accepting a command.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One agent decision of the hub: the value and its version, if the hub
+/// sends one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubDecision {
+    pub agent: Desired,
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+impl HubDecision {
+    /// The edge rule: new when the value differs from the last decision,
+    /// or when its version is greater (no version is lower than any).
+    pub fn supersedes(&self, last: Option<&HubDecision>) -> bool {
+        last.is_none_or(|l| self.agent != l.agent || self.version > l.version)
+    }
+}
+
+/// What a reply asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing new: the agent stays as the newest decision left it.
+    Keep,
+    /// Suspended: stop now, runs or not.
+    Suspend,
+    /// Apply this hub decision (a stop waits for the runs in flight).
+    Apply(Desired, &'static str),
+}
+
+/// The rule as a pure function: what to do with a reply, and the hub
+/// decision to remember from now on.
+pub fn judge(
+    access: Access,
+    resumed: bool,
+    reply: Option<HubDecision>,
+    last: Option<HubDecision>,
+) -> (Verdict, Option<HubDecision>) {
+    let new = reply.is_some_and(|r| r.supersedes(last.as_ref()));
+    let remember = match (reply, last) {
+        (None, l) => l,
+        (Some(r), _) if new => Some(r),
+        // The same value again: keep the highest version seen, so the
+        // hub's next greater version is recognised as new.
+        (Some(r), l) => Some(HubDecision {
+            agent: r.agent,
+            version: r.version.max(l.and_then(|l| l.version)),
+        }),
+    };
+    let verdict = match access {
+        Access::Suspended => Verdict::Suspend,
+        Access::Active if resumed => Verdict::Apply(
+            remember.map_or(Desired::Running, |d| d.agent),
+            "access restored",
+        ),
+        Access::Active if new => Verdict::Apply(
+            remember.map_or(Desired::Running, |d| d.agent),
+            "hub desired state",
+        ),
+        Access::Active => Verdict::Keep,
+    };
+    (verdict, remember)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Suspend,
+    Decision,
+}
+
+/// Applies the hub's replies to the agent under [`judge`]. Owned by the
+/// heartbeat task; never waits on the supervisor (commands go from a
+/// spawned task, one at a time).
+pub struct Decisions {
+    agent: AgentHandle,
+    link: HubLink,
+    store: Store,
+    stop_wait: Duration,
+    last: Option<HubDecision>,
+    loaded: bool,
+    task: Option<(Pending, JoinHandle<()>)>,
+}
+
+impl Decisions {
+    pub fn new(agent: AgentHandle, link: HubLink, store: Store, stop_wait: Duration) -> Decisions {
+        Decisions {
+            agent,
+            link,
+            store,
+            stop_wait,
+            last: None,
+            loaded: false,
+            task: None,
+        }
+    }
+
+    /// Apply one well-formed reply's desired state (after its access has
+    /// been applied to the link). Returns the state asked of the
+    /// supervisor, if a command goes out.
+    pub async fn apply(&mut self, resumed: bool, reply: Option<HubDecision>) -> Option<Desired> {
+        self.load().await;
+        let (verdict, remember) = judge(self.link.access(), resumed, reply, self.last);
+        let changed = remember != self.last;
+        self.last = remember;
+        match verdict {
+            Verdict::Keep | Verdict::Suspend => {
+                if changed {
+                    // Seen but nothing to apply now (same value, or
+                    // suspended): recorded for the next comparison.
+                    persist(&self.store, remember).await;
+                }
+                (verdict == Verdict::Suspend && self.suspend()).then_some(Desired::Stopped)
+            }
+            Verdict::Apply(want, why) => {
+                self.decide(want, why, remember);
+                Some(want)
+            }
+        }
+    }
+
+    /// Stop the agent for a suspension unless it is stopped already or a
+    /// suspension stop is on its way; a pending hub decision is dropped.
+    /// Returns `true` if a command was sent.
+    pub fn suspend(&mut self) -> bool {
+        match &self.task {
+            Some((Pending::Suspend, t)) if !t.is_finished() => return false,
+            Some((Pending::Decision, t)) if !t.is_finished() => t.abort(),
+            _ => {}
+        }
+        self.task = None;
+        if self.agent.status().desired == Desired::Stopped {
+            return false;
+        }
+        tracing::info!(
+            command = ?AgentCommand::Stop,
+            reason = "suspended",
+            "asking the supervisor to change the agent"
+        );
+        let agent = self.agent.clone();
+        let task = tokio::spawn(async move {
+            send(&agent, AgentCommand::Stop).await;
+        });
+        self.task = Some((Pending::Suspend, task));
+        true
+    }
+
+    /// Carry out a new hub decision: supersedes a pending one.
+    fn decide(&mut self, want: Desired, why: &'static str, remember: Option<HubDecision>) {
+        if let Some((_, t)) = self.task.take() {
+            t.abort();
+        }
+        let agent = self.agent.clone();
+        let link = self.link.clone();
+        let store = self.store.clone();
+        let stop_wait = self.stop_wait;
+        let task = tokio::spawn(async move {
+            let before = agent.status();
+            if want == Desired::Stopped {
+                wait_for_runs(&link, stop_wait).await;
+            }
+            let now = agent.status();
+            if (now.desired, now.desired_by) != (before.desired, before.desired_by) {
+                // Someone decided while the runs finished: the newer
+                // decision stands; the hub sees it in the next beat.
+                tracing::info!(
+                    desired = ?now.desired,
+                    desired_by = now.desired_by.as_str(),
+                    "a newer decision came while the hub's stop waited; the stop is dropped"
+                );
+                persist(&store, remember).await;
+                return;
+            }
+            let cmd = match want {
+                Desired::Running => AgentCommand::Start,
+                Desired::Stopped => AgentCommand::Stop,
+            };
+            tracing::info!(command = ?cmd, reason = why, "asking the supervisor to change the agent");
+            if send(&agent, cmd).await {
+                persist(&store, remember).await;
+            }
+        });
+        self.task = Some((Pending::Decision, task));
+    }
+
+    async fn load(&mut self) {
+        if self.loaded {
+            return;
+        }
+        self.loaded = true;
+        match self.store.get_state(DECISION_KEY).await {
+            Ok(Some(v)) if !v.is_empty() => match serde_json::from_str(&v) {
+                Ok(d) => self.last = Some(d),
+                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable hub decision record"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the last hub decision"),
+        }
+    }
+}
+
+/// Wait until no run is in flight, at most `bound` (the stop goes ahead
+/// after it). Runs that start meanwhile are waited for too: the agent is
+/// running, so they did not wake it.
+async fn wait_for_runs(link: &HubLink, bound: Duration) {
+    let open = link.open_runs();
+    if open == 0 {
+        return;
+    }
+    tracing::info!(
+        open_runs = open,
+        wait_s = bound.as_secs(),
+        "the hub decided to stop the agent; waiting for the runs in flight"
+    );
+    let deadline = Instant::now() + bound;
+    loop {
+        tokio::time::sleep(RUNS_POLL).await;
+        let open = link.open_runs();
+        if open == 0 {
+            tracing::info!("the runs in flight have ended; stopping the agent");
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                open_runs = open,
+                waited_s = bound.as_secs(),
+                "runs still in flight after hub.stop_wait_for_runs; stopping the agent anyway"
+            );
+            return;
+        }
+    }
+}
+
+/// Send `cmd` on the hub's behalf; `true` once the supervisor accepted it.
+async fn send(agent: &AgentHandle, cmd: AgentCommand) -> bool {
+    match tokio::time::timeout(ACCEPT_TIMEOUT, agent.send(cmd, DesiredBy::Hub)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "agent command not delivered");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("the supervisor did not accept the command within 60 s");
+            false
+        }
+    }
+}
+
+async fn persist(store: &Store, decision: Option<HubDecision>) {
+    let value = decision
+        .and_then(|d| serde_json::to_string(&d).ok())
+        .unwrap_or_default();
+    if let Err(e) = store.set_state(DECISION_KEY, value).await {
+        tracing::error!(error = %e, "cannot persist the hub's agent decision");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(agent: Desired, version: Option<u64>) -> Option<HubDecision> {
+        Some(HubDecision { agent, version })
+    }
+
+    const STOP: Desired = Desired::Stopped;
+    const RUN: Desired = Desired::Running;
+
+    #[test]
+    fn a_repeated_decision_is_not_applied_again() {
+        let (v, last) = judge(Access::Active, false, d(STOP, None), None);
+        assert_eq!(v, Verdict::Apply(STOP, "hub desired state"));
+        let (v, again) = judge(Access::Active, false, d(STOP, None), last);
+        assert_eq!(v, Verdict::Keep);
+        assert_eq!(again, last);
+        // A reply without a desired agent state keeps the record.
+        assert_eq!(
+            judge(Access::Active, false, None, last),
+            (Verdict::Keep, last)
+        );
+    }
+
+    #[test]
+    fn a_changed_value_or_a_greater_version_is_new() {
+        let (v, last) = judge(Access::Active, false, d(RUN, None), d(STOP, None));
+        assert_eq!(v, Verdict::Apply(RUN, "hub desired state"));
+        assert_eq!(last, d(RUN, None));
+        let (v, _) = judge(Access::Active, false, d(STOP, Some(4)), d(STOP, Some(3)));
+        assert_eq!(v, Verdict::Apply(STOP, "hub desired state"));
+        let (v, last) = judge(Access::Active, false, d(STOP, Some(3)), d(STOP, Some(3)));
+        assert_eq!(v, Verdict::Keep);
+        assert_eq!(last, d(STOP, Some(3)));
+        // An older version with the same value changes nothing, and the
+        // highest version stays the reference.
+        let (v, last) = judge(Access::Active, false, d(STOP, Some(2)), d(STOP, Some(3)));
+        assert_eq!((v, last), (Verdict::Keep, d(STOP, Some(3))));
+        // A first version is greater than none; a hub that stops sending
+        // versions repeats its decision.
+        let (v, last) = judge(Access::Active, false, d(STOP, Some(0)), d(STOP, None));
+        assert_eq!(
+            (v, last),
+            (Verdict::Apply(STOP, "hub desired state"), d(STOP, Some(0)))
+        );
+        let (v, last) = judge(Access::Active, false, d(STOP, None), last);
+        assert_eq!((v, last), (Verdict::Keep, d(STOP, Some(0))));
+    }
+
+    #[test]
+    fn suspension_stops_and_records_and_resumption_applies_the_latest_decision() {
+        let (v, last) = judge(Access::Suspended, false, d(RUN, Some(5)), d(STOP, Some(4)));
+        assert_eq!((v, last), (Verdict::Suspend, d(RUN, Some(5))));
+        let (v, _) = judge(Access::Suspended, false, None, last);
+        assert_eq!(v, Verdict::Suspend);
+        // Back to active: the recorded decision even without a new one.
+        let (v, _) = judge(Access::Active, true, None, last);
+        assert_eq!(v, Verdict::Apply(RUN, "access restored"));
+        let (v, _) = judge(Access::Active, true, None, d(STOP, None));
+        assert_eq!(v, Verdict::Apply(STOP, "access restored"));
+        let (v, _) = judge(Access::Active, true, None, None);
+        assert_eq!(v, Verdict::Apply(RUN, "access restored"));
+    }
+
+    #[test]
+    fn the_record_round_trips_and_old_records_read() {
+        let json = serde_json::to_string(&HubDecision {
+            agent: STOP,
+            version: Some(9),
+        })
+        .expect("json");
+        assert_eq!(json, r#"{"agent":"stopped","version":9}"#);
+        let old: HubDecision = serde_json::from_str(r#"{"agent":"running"}"#).expect("read");
+        assert_eq!(
+            old,
+            HubDecision {
+                agent: RUN,
+                version: None
+            }
+        );
+    }
+}
