@@ -22,22 +22,12 @@ fn world(hub: &FakeHub) -> GatewayWorld {
     w
 }
 
-async fn agent(d: &TestDaemon) -> Value {
-    d.get("/agent")
-        .send()
-        .await
-        .expect("GET /agent")
-        .json()
-        .await
-        .expect("json")
-}
-
 /// Poll `GET /agent` until it is in `state` with `desired` set by `by`
 /// (the snapshot before the supervisor's first step says `stopped` too).
 async fn wait_agent_by(d: &TestDaemon, state: &str, by: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let a = agent(d).await;
+        let a = d.get_json("/agent").await;
         if a["state"] == state && a["desired_by"] == by {
             return a;
         }
@@ -83,7 +73,7 @@ async fn a_run_woken_under_a_repeated_hub_stop_completes_and_the_agent_stays_up_
         Some(false),
         "{done}"
     );
-    let a = agent(&d).await;
+    let a = d.get_json("/agent").await;
     assert_eq!(
         (&a["state"], &a["desired_by"]),
         (&json!("running"), &json!("run")),
@@ -97,7 +87,7 @@ async fn a_run_woken_under_a_repeated_hub_stop_completes_and_the_agent_stays_up_
         assert_eq!(b["body"]["agent"]["desired"], "running", "{b}");
         assert_eq!(b["body"]["agent"]["desired_by"], "run", "{b}");
     }
-    assert_eq!(agent(&d).await["state"], "running");
+    assert_eq!(d.get_json("/agent").await["state"], "running");
     assert_eq!(commands(&d, "Stop"), 1, "only the first stop was applied");
 
     // A new decision (a greater version of the same value) stops it.
@@ -122,7 +112,7 @@ async fn a_hub_stop_during_a_run_waits_for_the_run_then_stops_the_agent() {
     d.wait_for_log("waiting for the runs in flight", Duration::from_secs(10))
         .await;
     // The stop waits: the run is still going and the agent is up.
-    assert_eq!(agent(&d).await["state"], "running");
+    assert_eq!(d.get_json("/agent").await["state"], "running");
     assert_eq!(commands(&d, "Stop"), 0);
 
     let done = wait_run(&d, &id, "completed").await;
@@ -190,7 +180,7 @@ async fn across_daemon_restarts_the_newer_decision_wins() {
         "{:?}",
         beats[1]
     );
-    assert_eq!(agent(&d).await["state"], "running");
+    assert_eq!(d.get_json("/agent").await["state"], "running");
     assert_eq!(commands(&d, "Stop"), 0);
 
     // A newer hub stop that is still waiting for a run when the daemon
@@ -214,7 +204,7 @@ async fn across_daemon_restarts_the_newer_decision_wins() {
     drop(d);
     let d = w.daemon().await;
     more_beats(&hub, 2).await;
-    let a = agent(&d).await;
+    let a = d.get_json("/agent").await;
     assert_eq!(
         (&a["state"], &a["desired"]),
         (&json!("stopped"), &json!("stopped")),

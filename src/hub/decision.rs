@@ -2,14 +2,16 @@
 //!
 //! - The hub's desired agent state is an **edge**: it is applied when the
 //!   hub changes it — a value different from the last hub decision
-//!   recorded, or the same value with a greater `desired.version` — and
-//!   never re-applied because a reply repeats it.
+//!   recorded, or the same value with a greater `desired.version` (any
+//!   version is greater than none) — and never re-applied because a reply
+//!   repeats it.
 //! - A local decision (a run or a cron firing that wakes the agent, an
 //!   operator's `POST /agent/*`) is newer than the hub's last decision and
 //!   stands until the hub says something new. The beat reports
 //!   `agent.desired_by`, so the hub sees the wake-up and can decide again.
 //! - A hub stop waits for the runs in flight (`hub.stop_wait_for_runs`),
-//!   and is dropped if a newer local decision arrives meanwhile.
+//!   and is dropped if the desired state changes meanwhile (an operator
+//!   command); a hub start is applied at once.
 //! - Suspension is not a decision but a state: while suspended every beat
 //!   stops the agent at once (runs in flight end). Back to active, the
 //!   hub's latest agent decision is applied (the reply's, else the
