@@ -213,3 +213,51 @@ async fn across_daemon_restarts_the_newer_decision_wins() {
     assert_eq!(commands(&d, "Start"), 0);
     assert_eq!(commands(&d, "Stop"), 0);
 }
+
+/// A cron firing wakes the agent as `cron` and an operator command is
+/// `operator`: both stand under the hub's repeated stop.
+#[tokio::test]
+async fn a_cron_firing_and_an_operator_start_are_local_decisions_too() {
+    let hub = FakeHub::start();
+    hub.control(json!({"desired": {"agent": "stopped"}})).await;
+    let w = world(&hub);
+    let d = w.daemon().await;
+    wait_agent_by(&d, "stopped", "hub").await;
+
+    let r = d
+        .post("/agent-cron")
+        .json(&json!({"schedule": "0 0 1 1 *", "prompt": "manual please"}))
+        .send()
+        .await
+        .expect("create job");
+    assert_eq!(r.status(), 201);
+    let job: Value = r.json().await.expect("json");
+    let id = job["id"].as_str().expect("id");
+    let r = d
+        .post(&format!("/agent-cron/{id}/run"))
+        .send()
+        .await
+        .expect("fire");
+    assert_eq!(r.status(), 202);
+    let firing: Value = r.json().await.expect("json");
+    let run_id = firing["run_id"].as_str().expect("run id");
+    wait_run(&d, run_id, "completed").await;
+    wait_agent_by(&d, "running", "cron").await;
+    let beats = more_beats(&hub, 2).await;
+    assert_eq!(beats[1]["body"]["agent"]["desired_by"], "cron");
+    assert_eq!(d.get_json("/agent").await["state"], "running");
+
+    let r = d.post("/agent/stop").send().await.expect("stop");
+    assert_eq!(r.status(), 202);
+    wait_agent_by(&d, "stopped", "operator").await;
+    let r = d.post("/agent/start").send().await.expect("start");
+    assert_eq!(r.status(), 202);
+    wait_agent_by(&d, "running", "operator").await;
+    more_beats(&hub, 2).await;
+    assert_eq!(d.get_json("/agent").await["state"], "running");
+    assert_eq!(
+        commands(&d, "Stop"),
+        2,
+        "the hub's first stop and the operator's"
+    );
+}

@@ -376,4 +376,152 @@ mod tests {
             }
         );
     }
+
+    // ---- carrying decisions out, against a stand-in supervisor ----------------
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::mpsc;
+
+    use crate::agent::{AgentStatus, GatewayEndpoint, channel};
+
+    struct Bench {
+        decisions: Decisions,
+        open: Arc<AtomicU64>,
+        /// Commands the stand-in supervisor accepted, in order.
+        seen: mpsc::UnboundedReceiver<(String, DesiredBy)>,
+        store: Store,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A `Decisions` whose supervisor applies each command to the status
+    /// (desired and who set it) and reports it; `open` is the open-run count.
+    fn bench(desired: Desired, by: DesiredBy, stop_wait: Duration) -> Bench {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store =
+            Store::open_blocking(&dir.path().join("db"), &Default::default()).expect("open store");
+        let endpoint = GatewayEndpoint {
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: "unused-in-this-test-0123456789".into(),
+        };
+        let initial = AgentStatus {
+            desired_by: by,
+            ..AgentStatus::initial(desired)
+        };
+        let (handle, mut ch) = channel(initial, endpoint);
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(req) = ch.commands.recv().await {
+                ch.status.send_modify(|s| {
+                    s.desired = match req.cmd {
+                        AgentCommand::Stop => Desired::Stopped,
+                        AgentCommand::Start | AgentCommand::Restart => Desired::Running,
+                    };
+                    s.desired_by = req.by;
+                });
+                let _ = seen_tx.send((format!("{:?}", req.cmd), req.by));
+                let _ = req.reply.send(ch.status.borrow().clone());
+            }
+        });
+        let link = HubLink::new(Access::Active);
+        let open = Arc::new(AtomicU64::new(0));
+        let count = open.clone();
+        link.set_open_runs_source(move || count.load(Ordering::Relaxed));
+        Bench {
+            decisions: Decisions::new(handle, link, store.clone(), stop_wait),
+            open,
+            seen,
+            store,
+            _dir: dir,
+        }
+    }
+
+    impl Bench {
+        /// Wait for the pending decision's task to end.
+        async fn settle(&mut self) {
+            if let Some((_, t)) = self.decisions.task.take() {
+                t.await.expect("decision task");
+            }
+        }
+
+        async fn recorded(&self) -> Option<HubDecision> {
+            let v = self.store.get_state(DECISION_KEY).await.expect("read");
+            v.and_then(|v| serde_json::from_str(&v).ok())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hub_stop_waits_for_the_open_runs_then_is_recorded() {
+        let mut b = bench(RUN, DesiredBy::Run, Duration::from_secs(600));
+        b.open.store(1, Ordering::Relaxed);
+        let stop = d(STOP, Some(3));
+        assert_eq!(b.decisions.apply(false, stop).await, Some(STOP));
+        // An absence needs a window: a few polls of the open-run count.
+        tokio::time::sleep(RUNS_POLL * 3).await;
+        assert!(
+            b.decisions
+                .task
+                .as_ref()
+                .is_some_and(|(_, t)| !t.is_finished())
+        );
+        assert!(
+            b.seen.try_recv().is_err(),
+            "nothing sent while a run is open"
+        );
+        assert_eq!(
+            b.recorded().await,
+            None,
+            "not recorded before it is applied"
+        );
+        b.open.store(0, Ordering::Relaxed);
+        b.settle().await;
+        assert_eq!(b.seen.recv().await, Some(("Stop".into(), DesiredBy::Hub)));
+        assert_eq!(b.recorded().await, stop);
+        // The same reply again: nothing more.
+        assert_eq!(b.decisions.apply(false, stop).await, None);
+        assert!(b.decisions.task.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pending_hub_stop_gives_way_to_a_newer_operator_decision() {
+        let mut b = bench(RUN, DesiredBy::Run, Duration::from_secs(600));
+        b.open.store(1, Ordering::Relaxed);
+        b.decisions.apply(false, d(STOP, None)).await;
+        let agent = b.decisions.agent.clone();
+        agent
+            .send(AgentCommand::Start, DesiredBy::Operator)
+            .await
+            .expect("start");
+        assert_eq!(
+            b.seen.recv().await,
+            Some(("Start".into(), DesiredBy::Operator))
+        );
+        b.open.store(0, Ordering::Relaxed);
+        b.settle().await;
+        assert!(b.seen.try_recv().is_err(), "the hub's stop was dropped");
+        // Seen, so the repeated reply is not new.
+        assert_eq!(b.recorded().await, d(STOP, None));
+    }
+
+    #[tokio::test]
+    async fn a_hub_stop_goes_ahead_after_the_bound() {
+        let mut b = bench(RUN, DesiredBy::Run, Duration::from_millis(300));
+        b.open.store(1, Ordering::Relaxed);
+        b.decisions.apply(false, d(STOP, None)).await;
+        b.settle().await;
+        assert_eq!(b.seen.recv().await, Some(("Stop".into(), DesiredBy::Hub)));
+    }
+
+    #[tokio::test]
+    async fn a_suspension_drops_a_pending_stop_and_stops_at_once() {
+        let mut b = bench(RUN, DesiredBy::Run, Duration::from_secs(600));
+        b.open.store(1, Ordering::Relaxed);
+        b.decisions.apply(false, d(STOP, None)).await;
+        b.decisions.link = HubLink::new(Access::Suspended);
+        assert_eq!(b.decisions.apply(false, None).await, Some(STOP));
+        b.settle().await;
+        assert_eq!(b.seen.recv().await, Some(("Stop".into(), DesiredBy::Hub)));
+        // Already stopped: the next beat sends nothing.
+        assert_eq!(b.decisions.apply(false, None).await, None);
+    }
 }

@@ -295,6 +295,10 @@ mod tests {
             std::time::Duration::from_secs(60)
         );
         assert_eq!(c.hub.usage_batch, 500);
+        assert_eq!(
+            c.hub.stop_wait_for_runs,
+            std::time::Duration::from_secs(600)
+        );
         assert!((c.hub.heartbeat_jitter - 0.1).abs() < 1e-9);
         let short = config("heartbeat_interval = \"3s\"").expect("valid");
         assert_eq!(short.hub.request_timeout, std::time::Duration::from_secs(1));
@@ -307,6 +311,7 @@ mod tests {
             ("backoff_max = \"soon\"", "hub.backoff_max"),
             ("clock_skew_threshold = \"0s\"", "hub.clock_skew_threshold"),
             ("request_timeout = \"x\"", "hub.request_timeout"),
+            ("stop_wait_for_runs = \"0s\"", "hub.stop_wait_for_runs"),
         ] {
             let e = config(text).expect_err(text);
             assert!(e.to_string().contains(key), "{e}");
