@@ -121,6 +121,12 @@ async fn a_hub_stop_during_a_run_waits_for_the_run_then_stops_the_agent() {
     assert_eq!(commands(&d, "Stop"), 1);
     d.wait_for_log("the runs in flight have ended", Duration::from_secs(1))
         .await;
+
+    // The next run is a newer decision: it wakes the agent and completes.
+    let run = start_run(&d, json!({"input": "after the stop"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    wait_run(&d, &id, "completed").await;
+    wait_agent_by(&d, "running", "run").await;
 }
 
 /// Documented behaviour: a suspension is immediate. The run in flight

@@ -195,9 +195,13 @@ impl Decisions {
         let stop_wait = self.stop_wait;
         let task = tokio::spawn(async move {
             let before = agent.status();
-            if want == Desired::Stopped {
-                wait_for_runs(&link, stop_wait).await;
-            }
+            // Held from the last look at the open runs until the Stop is
+            // accepted (cleared on every exit, an abort included).
+            let _committing = if want == Desired::Stopped {
+                Some(wait_for_runs(&link, stop_wait).await)
+            } else {
+                None
+            };
             let now = agent.status();
             if (now.desired, now.desired_by) != (before.desired, before.desired_by) {
                 // Someone decided while the runs finished: the newer
@@ -238,26 +242,33 @@ impl Decisions {
     }
 }
 
-/// Wait until no run is in flight, at most `bound` (the stop goes ahead
-/// after it). Runs that start meanwhile are waited for too: the agent is
-/// running, so they did not wake it.
-async fn wait_for_runs(link: &HubLink, bound: Duration) {
-    let open = link.open_runs();
-    if open == 0 {
-        return;
+/// Clears `HubLink::hub_stopping` when dropped.
+struct Committing(HubLink);
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        self.0.set_hub_stopping(false);
     }
-    tracing::info!(
-        open_runs = open,
-        wait_s = bound.as_secs(),
-        "the hub decided to stop the agent; waiting for the runs in flight"
-    );
+}
+
+/// Wait until no run is in flight, at most `bound` (the stop goes ahead
+/// after it), and hold the gate that makes new runs wait for the stop.
+/// Runs that start meanwhile are waited for too: the agent is running, so
+/// they did not wake it. The gate is raised before the last count, so a
+/// run is either counted (and waited for) or sees the gate (and wakes the
+/// agent after the stop): none reaches a gateway that is being stopped.
+async fn wait_for_runs(link: &HubLink, bound: Duration) -> Committing {
     let deadline = Instant::now() + bound;
+    let mut logged = false;
     loop {
-        tokio::time::sleep(RUNS_POLL).await;
+        link.set_hub_stopping(true);
+        let gate = Committing(link.clone());
         let open = link.open_runs();
         if open == 0 {
-            tracing::info!("the runs in flight have ended; stopping the agent");
-            return;
+            if logged {
+                tracing::info!("the runs in flight have ended; stopping the agent");
+            }
+            return gate;
         }
         if Instant::now() >= deadline {
             tracing::warn!(
@@ -265,8 +276,18 @@ async fn wait_for_runs(link: &HubLink, bound: Duration) {
                 waited_s = bound.as_secs(),
                 "runs still in flight after hub.stop_wait_for_runs; stopping the agent anyway"
             );
-            return;
+            return gate;
         }
+        drop(gate);
+        if !logged {
+            logged = true;
+            tracing::info!(
+                open_runs = open,
+                wait_s = bound.as_secs(),
+                "the hub decided to stop the agent; waiting for the runs in flight"
+            );
+        }
+        tokio::time::sleep(RUNS_POLL).await;
     }
 }
 
@@ -437,11 +458,13 @@ mod tests {
     }
 
     impl Bench {
-        /// Wait for the pending decision's task to end.
+        /// Wait for the pending decision's task to end; the gate for new
+        /// runs is always down then.
         async fn settle(&mut self) {
             if let Some((_, t)) = self.decisions.task.take() {
                 t.await.expect("decision task");
             }
+            assert!(!*self.decisions.link.hub_stopping().borrow());
         }
 
         async fn recorded(&self) -> Option<HubDecision> {
@@ -517,10 +540,15 @@ mod tests {
         let mut b = bench(RUN, DesiredBy::Run, Duration::from_secs(600));
         b.open.store(1, Ordering::Relaxed);
         b.decisions.apply(false, d(STOP, None)).await;
+        let before = b.decisions.link.clone();
         b.decisions.link = HubLink::new(Access::Suspended);
         assert_eq!(b.decisions.apply(false, None).await, Some(STOP));
         b.settle().await;
         assert_eq!(b.seen.recv().await, Some(("Stop".into(), DesiredBy::Hub)));
+        assert!(
+            !*before.hub_stopping().borrow(),
+            "the dropped stop let go of the gate"
+        );
         // Already stopped: the next beat sends nothing.
         assert_eq!(b.decisions.apply(false, None).await, None);
     }

@@ -84,6 +84,9 @@ struct Inner {
     /// `true` while suspended; a watch so the runs service can hold a
     /// receiver (`Runs::new(.., link.suspended(), ..)`).
     suspended: watch::Sender<bool>,
+    /// `true` while a hub stop is being committed (no run open, Stop on
+    /// its way): a run arriving then waits and wakes the agent after it.
+    hub_stopping: watch::Sender<bool>,
     open_runs: AtomicU64,
     open_runs_source: std::sync::OnceLock<CountSource>,
     cron_jobs_due: AtomicU64,
@@ -135,6 +138,7 @@ impl HubLink {
         HubLink {
             inner: Arc::new(Inner {
                 suspended: watch::Sender::new(access == Access::Suspended),
+                hub_stopping: watch::Sender::new(false),
                 open_runs: AtomicU64::new(0),
                 open_runs_source: std::sync::OnceLock::new(),
                 cron_jobs_due: AtomicU64::new(0),
@@ -179,6 +183,16 @@ impl HubLink {
     /// A receiver that is `true` while the tenant is suspended.
     pub fn suspended(&self) -> watch::Receiver<bool> {
         self.inner.suspended.subscribe()
+    }
+
+    /// A receiver that is `true` while a hub stop is being committed (see
+    /// `hub::decision`): a run must not take the agent as running then.
+    pub fn hub_stopping(&self) -> watch::Receiver<bool> {
+        self.inner.hub_stopping.subscribe()
+    }
+
+    pub(crate) fn set_hub_stopping(&self, on: bool) {
+        self.inner.hub_stopping.send_replace(on);
     }
 
     /// Count a run as open until the returned guard is dropped.

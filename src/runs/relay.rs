@@ -317,13 +317,17 @@ fn waker(req: &StartRun) -> DesiredBy {
 async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy) -> RelayResult {
     let deadline = Instant::now() + runs.limits.wake_timeout;
     let mut status_rx = runs.agent.subscribe();
+    let mut stopping_rx = runs.hub_stopping.clone();
     let mut woke = false;
     loop {
         let status = status_rx.borrow_and_update().clone();
-        if status.state == AgentState::Running {
+        // While the hub's stop is being committed the agent is about to
+        // stop: wait for it, then wake it (a newer decision).
+        let hub_stopping = *stopping_rx.borrow_and_update();
+        if !hub_stopping && status.state == AgentState::Running {
             return Ok(());
         }
-        if status.desired == Desired::Stopped && !woke {
+        if !hub_stopping && status.desired == Desired::Stopped && !woke {
             if *runs.suspended.borrow() {
                 return Err(("suspended".into(), "the tenant is suspended".into()));
             }
@@ -342,6 +346,7 @@ async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy
                     return Err(("agent_unavailable".into(), "the supervisor is not running".into()));
                 }
             }
+            Ok(()) = stopping_rx.changed() => {}
             _ = tokio::time::sleep_until(deadline.into()) => {
                 return Err((
                     "agent_unavailable".into(),
