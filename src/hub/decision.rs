@@ -203,8 +203,9 @@ impl Decisions {
                 None
             };
             let now = agent.status();
-            if (now.desired, now.desired_by) != (before.desired, before.desired_by) {
-                // Someone decided while the runs finished: the newer
+            let changed = (now.desired, now.desired_by) != (before.desired, before.desired_by);
+            if changed && now.desired_by != DesiredBy::Hub {
+                // Someone else decided while the runs finished: the newer
                 // decision stands; the hub sees it in the next beat.
                 tracing::info!(
                     desired = ?now.desired,
