@@ -123,8 +123,8 @@ pub(super) async fn config_fingerprint(cfg: &GatewayConfig) -> Vec<Option<(i64, 
 /// Remove the planned-stop marker (as the agent: it is in the agent's home).
 pub(super) async fn remove_planned_stop(cfg: &GatewayConfig) {
     let home = cfg.hermes_home.clone();
-    let _ =
-        tokio::task::spawn_blocking(move || as_agent(|| process::remove_planned_stop(&home))).await;
+    let _ = tokio::task::spawn_blocking(move || as_agent(|| process::remove_planned_stop(&home)))
+        .await;
 }
 
 /// Make sure the agent's cgroup is empty (what a previous gateway left,
