@@ -42,6 +42,41 @@ pub enum Desired {
     Stopped,
 }
 
+/// Who made the agent's current desired state: the hub (a change of its
+/// desired state, or a suspension), a run or a cron firing that woke the
+/// agent, or the operator (`POST /agent/*`, and the default of a new
+/// tenant). Reported in the heartbeat so the hub sees a local wake-up and
+/// can decide again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredBy {
+    Hub,
+    Run,
+    Cron,
+    Operator,
+}
+
+impl DesiredBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredBy::Hub => "hub",
+            DesiredBy::Run => "run",
+            DesiredBy::Cron => "cron",
+            DesiredBy::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DesiredBy> {
+        match s {
+            "hub" => Some(DesiredBy::Hub),
+            "run" => Some(DesiredBy::Run),
+            "cron" => Some(DesiredBy::Cron),
+            "operator" => Some(DesiredBy::Operator),
+            _ => None,
+        }
+    }
+}
+
 /// How the last gateway process ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LastExit {
@@ -57,6 +92,8 @@ pub struct LastExit {
 pub struct AgentStatus {
     pub state: AgentState,
     pub desired: Desired,
+    /// Who set `desired` last.
+    pub desired_by: DesiredBy,
     pub pid: Option<u32>,
     /// RFC 3339 time of the last state change.
     pub since: String,
@@ -83,6 +120,7 @@ impl AgentStatus {
         AgentStatus {
             state: AgentState::Stopped,
             desired,
+            desired_by: DesiredBy::Operator,
             pid: None,
             since: crate::store::ms_to_rfc3339(crate::store::now_ms()),
             uptime_s: None,
@@ -140,11 +178,20 @@ pub enum AgentCommand {
     Restart,
 }
 
+/// One command on its way to the supervisor: what, on whose behalf, and
+/// where to answer with the status once it is accepted.
+#[derive(Debug)]
+pub struct AgentRequest {
+    pub cmd: AgentCommand,
+    pub by: DesiredBy,
+    pub reply: oneshot::Sender<AgentStatus>,
+}
+
 /// Cheap, cloneable access to the agent for everyone but the supervisor.
 #[derive(Clone, Debug)]
 pub struct AgentHandle {
     status: watch::Receiver<AgentStatus>,
-    commands: mpsc::Sender<(AgentCommand, oneshot::Sender<AgentStatus>)>,
+    commands: mpsc::Sender<AgentRequest>,
     endpoint: std::sync::Arc<GatewayEndpoint>,
     gate: std::sync::Arc<KeyGate>,
 }
@@ -152,7 +199,7 @@ pub struct AgentHandle {
 /// The supervisor's end of an [`AgentHandle`].
 pub struct AgentChannels {
     pub status: watch::Sender<AgentStatus>,
-    pub commands: mpsc::Receiver<(AgentCommand, oneshot::Sender<AgentStatus>)>,
+    pub commands: mpsc::Receiver<AgentRequest>,
 }
 
 /// A handle and the supervisor's end of it. Commands queue (bounded) and
@@ -218,12 +265,16 @@ impl AgentHandle {
         }
     }
 
-    /// Send a command; resolves with the status once the supervisor has
-    /// accepted it (not necessarily reached the target state).
-    pub async fn send(&self, cmd: AgentCommand) -> Result<AgentStatus, SupervisorGone> {
-        let (tx, rx) = oneshot::channel();
+    /// Send a command on behalf of `by`; resolves with the status once the
+    /// supervisor has accepted it (not necessarily reached the target state).
+    pub async fn send(
+        &self,
+        cmd: AgentCommand,
+        by: DesiredBy,
+    ) -> Result<AgentStatus, SupervisorGone> {
+        let (reply, rx) = oneshot::channel();
         self.commands
-            .send((cmd, tx))
+            .send(AgentRequest { cmd, by, reply })
             .await
             .map_err(|_| SupervisorGone)?;
         rx.await

@@ -118,6 +118,7 @@ impl Daemon {
                 wake_timeout: config.gateway.start_timeout + Duration::from_secs(5),
             },
             hub_link.suspended(),
+            hub_link.hub_stopping(),
             cancel.clone(),
         );
         runs.recover().await?;

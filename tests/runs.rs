@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -62,31 +62,6 @@ async fn events(d: &TestDaemon, run_id: &str, last: Option<i64>) -> reqwest::Res
         req = req.header("Last-Event-ID", l.to_string());
     }
     req.send().await.expect("events")
-}
-
-async fn start_run(d: &TestDaemon, body: Value) -> Value {
-    let r = d.post("/runs").json(&body).send().await.expect("post run");
-    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
-    r.json().await.expect("json")
-}
-
-async fn wait_run(d: &TestDaemon, run_id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v: Value = d
-            .get(&format!("/runs/{run_id}"))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
-        if v["status"] == status {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "run never reached {status}: {v}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn assert_sequence(frames: &[Frame], from: i64) {

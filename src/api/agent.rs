@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::AppState;
-use crate::agent::{AgentCommand, AgentStatus};
+use crate::agent::{AgentCommand, AgentStatus, DesiredBy};
 use crate::error::ApiError;
 
 pub async fn status(State(state): State<AppState>) -> Json<AgentStatus> {
@@ -19,7 +19,7 @@ async fn command(
 ) -> Result<(StatusCode, Json<AgentStatus>), ApiError> {
     let status = state
         .agent
-        .send(cmd)
+        .send(cmd, DesiredBy::Operator)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok((StatusCode::ACCEPTED, Json(status)))

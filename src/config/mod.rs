@@ -223,6 +223,8 @@ pub struct HubConfig {
     pub clock_skew_threshold: Duration,
     /// Most usage deltas carried by one beat.
     pub usage_batch: u32,
+    /// How long a stop the hub decides waits for the runs in flight.
+    pub stop_wait_for_runs: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -189,6 +189,7 @@ pub(super) struct RawHub {
     pub(super) clock_skew_threshold: Option<String>,
     #[serde(deserialize_with = "lenient")]
     pub(super) usage_batch: Option<u32>,
+    pub(super) stop_wait_for_runs: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

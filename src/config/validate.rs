@@ -217,6 +217,7 @@ pub(super) fn validate(
             "60s",
         )?,
         usage_batch,
+        stop_wait_for_runs: duration("hub.stop_wait_for_runs", raw.hub.stop_wait_for_runs, "10m")?,
     };
 
     let body_bytes = raw.limits.body_bytes.unwrap_or(1024 * 1024);

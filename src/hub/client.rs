@@ -140,6 +140,7 @@ mod tests {
             request_timeout: Duration::from_secs(5),
             clock_skew_threshold: Duration::from_secs(60),
             usage_batch: 100,
+            stop_wait_for_runs: Duration::from_secs(600),
         }
     }
 

@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::client::ClientError;
 use super::client::HubClient;
+use super::decision::{Decisions, HubDecision};
 use super::payload::{AgentReport, BODY_VERSION, Beat, ClockReport, LinkReport, UsageReport};
 use super::reply::{self, Reply, ReplyError};
 use super::resources::Sampler;
 use super::schedule::Schedule;
 use super::{Access, HubLink};
-use crate::agent::{AgentCommand, AgentHandle, Desired};
+use crate::agent::{AgentHandle, Desired};
 use crate::auth::Credentials;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -81,7 +82,7 @@ pub struct Heartbeat {
     failures: u32,
     schedule: Schedule,
     last_success_at: Option<String>,
-    command: Option<JoinHandle<()>>,
+    decisions: Decisions,
 }
 
 /// What a successful beat did, for the loop and the tests.
@@ -120,7 +121,12 @@ impl Heartbeat {
             failures: 0,
             schedule,
             last_success_at: None,
-            command: None,
+            decisions: Decisions::new(
+                deps.agent.clone(),
+                deps.link.clone(),
+                deps.store.clone(),
+                hub.stop_wait_for_runs,
+            ),
             deps,
         }
     }
@@ -143,7 +149,7 @@ impl Heartbeat {
             .set(i64::from(self.deps.link.access() == Access::Suspended));
         // A suspension persisted by an earlier run still holds.
         if self.deps.link.access() == Access::Suspended {
-            self.command_if_needed(Desired::Stopped, "suspended");
+            self.decisions.suspend();
         }
         loop {
             let result = tokio::select! {
@@ -345,18 +351,12 @@ impl Heartbeat {
                 Err(e) => tracing::error!(error = %e, "cannot persist the access the hub set"),
             }
         }
-        let want = match (self.deps.link.access(), desired.agent) {
-            (Access::Suspended, _) => Some((Desired::Stopped, "suspended")),
-            (Access::Active, Some(d)) => Some((d, "hub desired state")),
-            // Back from a suspension that stopped the agent.
-            (Access::Active, None) if resumed => Some((Desired::Running, "access restored")),
-            (Access::Active, None) => None,
-        };
-        if let Some((d, why)) = want {
-            if self.command_if_needed(d, why) {
-                applied.command = Some(d);
-            }
-        }
+        // Who decides is `hub::decision`'s rule: an edge, not a level.
+        let decision = desired.agent.map(|agent| HubDecision {
+            agent,
+            version: desired.version,
+        });
+        applied.command = self.decisions.apply(resumed, decision).await;
 
         if let Some(asked) = reply.heartbeat_interval_s {
             match Schedule::bounded_override(self.deps.config.hub.heartbeat_interval, asked) {
@@ -405,32 +405,6 @@ impl Heartbeat {
             );
         }
         self.deps.link.set_clock(skew_ms, warning);
-    }
-
-    /// Ask the supervisor for `want` unless the agent already wants it or
-    /// a command is still on its way. Never waits: a busy supervisor must
-    /// not hold up the heartbeat. Returns `true` if a command was sent.
-    fn command_if_needed(&mut self, want: Desired, why: &'static str) -> bool {
-        if self.deps.agent.status().desired == want {
-            return false;
-        }
-        if self.command.as_ref().is_some_and(|h| !h.is_finished()) {
-            return false;
-        }
-        let cmd = match want {
-            Desired::Running => AgentCommand::Start,
-            Desired::Stopped => AgentCommand::Stop,
-        };
-        tracing::info!(command = ?cmd, reason = why, "asking the supervisor to change the agent");
-        let agent = self.deps.agent.clone();
-        self.command = Some(tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(60), agent.send(cmd)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "agent command not delivered"),
-                Err(_) => tracing::warn!("the supervisor did not accept the command within 60 s"),
-            }
-        }));
-        true
     }
 }
 

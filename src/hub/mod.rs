@@ -9,6 +9,7 @@
 //! the agent's running time for the usage report.
 
 pub mod client;
+pub mod decision;
 pub mod heartbeat;
 pub mod metrics;
 pub mod payload;
@@ -84,6 +85,9 @@ struct Inner {
     /// `true` while suspended; a watch so the runs service can hold a
     /// receiver (`Runs::new(.., link.suspended(), ..)`).
     suspended: watch::Sender<bool>,
+    /// `true` while a hub stop is being committed (no run open, Stop on
+    /// its way): a run arriving then waits and wakes the agent after it.
+    hub_stopping: watch::Sender<bool>,
     open_runs: AtomicU64,
     open_runs_source: std::sync::OnceLock<CountSource>,
     cron_jobs_due: AtomicU64,
@@ -135,6 +139,7 @@ impl HubLink {
         HubLink {
             inner: Arc::new(Inner {
                 suspended: watch::Sender::new(access == Access::Suspended),
+                hub_stopping: watch::Sender::new(false),
                 open_runs: AtomicU64::new(0),
                 open_runs_source: std::sync::OnceLock::new(),
                 cron_jobs_due: AtomicU64::new(0),
@@ -179,6 +184,16 @@ impl HubLink {
     /// A receiver that is `true` while the tenant is suspended.
     pub fn suspended(&self) -> watch::Receiver<bool> {
         self.inner.suspended.subscribe()
+    }
+
+    /// A receiver that is `true` while a hub stop is being committed (see
+    /// `hub::decision`): a run must not take the agent as running then.
+    pub fn hub_stopping(&self) -> watch::Receiver<bool> {
+        self.inner.hub_stopping.subscribe()
+    }
+
+    pub(crate) fn set_hub_stopping(&self, on: bool) {
+        self.inner.hub_stopping.send_replace(on);
     }
 
     /// Count a run as open until the returned guard is dropped.
@@ -295,6 +310,10 @@ mod tests {
             std::time::Duration::from_secs(60)
         );
         assert_eq!(c.hub.usage_batch, 500);
+        assert_eq!(
+            c.hub.stop_wait_for_runs,
+            std::time::Duration::from_secs(600)
+        );
         assert!((c.hub.heartbeat_jitter - 0.1).abs() < 1e-9);
         let short = config("heartbeat_interval = \"3s\"").expect("valid");
         assert_eq!(short.hub.request_timeout, std::time::Duration::from_secs(1));
@@ -307,6 +326,7 @@ mod tests {
             ("backoff_max = \"soon\"", "hub.backoff_max"),
             ("clock_skew_threshold = \"0s\"", "hub.clock_skew_threshold"),
             ("request_timeout = \"x\"", "hub.request_timeout"),
+            ("stop_wait_for_runs = \"0s\"", "hub.stop_wait_for_runs"),
         ] {
             let e = config(text).expect_err(text);
             assert!(e.to_string().contains(key), "{e}");

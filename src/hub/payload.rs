@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::resources::HostReport;
 use super::{Access, ClockView};
-use crate::agent::{AgentState, AgentStatus, Desired, LastExit};
+use crate::agent::{AgentState, AgentStatus, Desired, DesiredBy, LastExit};
 use crate::store::usage::UsageEntry;
 
 /// Version of this body's shape; bumped on an incompatible change.
@@ -38,6 +38,9 @@ pub struct Beat<'a> {
 pub struct AgentReport<'a> {
     pub state: AgentState,
     pub desired: Desired,
+    /// Who set `desired`: `run`/`cron`/`operator` after a local wake, so
+    /// the hub sees it and can decide again.
+    pub desired_by: DesiredBy,
     pub since: &'a str,
     pub uptime_s: Option<u64>,
     pub restarts: u64,
@@ -50,6 +53,7 @@ impl<'a> AgentReport<'a> {
         AgentReport {
             state: s.state,
             desired: s.desired,
+            desired_by: s.desired_by,
             since: &s.since,
             uptime_s: s.uptime_s,
             restarts: s.restarts,

@@ -29,6 +29,11 @@ pub struct Reply {
 pub struct DesiredState {
     #[serde(default)]
     pub agent: Option<Desired>,
+    /// The hub's version of its agent decision (for example a counter it
+    /// bumps on each decision). Lets the hub repeat a value as a new
+    /// decision: see `hub::decision`.
+    #[serde(default)]
+    pub version: Option<u64>,
     #[serde(default)]
     pub access: Option<Access>,
 }
@@ -59,7 +64,7 @@ mod tests {
     #[test]
     fn full_reply_parses_and_unknown_fields_are_ignored() {
         let r = parse(
-            br#"{"ack_seq": 41, "desired": {"agent": "stopped", "access": "suspended", "future": 1},
+            br#"{"ack_seq": 41, "desired": {"agent": "stopped", "access": "suspended", "version": 7, "future": 1},
                  "heartbeat_interval_s": 15.5, "now": "2026-11-22T10:00:00Z", "news": [1,2]}"#,
         )
         .expect("valid");
@@ -67,6 +72,7 @@ mod tests {
         let d = r.desired.expect("desired");
         assert_eq!(d.agent, Some(Desired::Stopped));
         assert_eq!(d.access, Some(Access::Suspended));
+        assert_eq!(d.version, Some(7));
         assert_eq!(r.heartbeat_interval_s, Some(15.5));
         assert!(r.now.is_some());
         assert_eq!(parse(b"").expect("empty"), Reply::default());
@@ -81,6 +87,8 @@ mod tests {
             b"{\"ack_seq\": \"ten\"}",
             b"{\"desired\": {\"agent\": \"dancing\"}}",
             b"{\"desired\": {\"access\": \"maybe\"}}",
+            b"{\"desired\": {\"agent\": \"stopped\", \"version\": -1}}",
+            b"{\"desired\": {\"agent\": \"stopped\", \"version\": \"2\"}}",
             b"{\"now\": \"yesterday\"}",
             b"{\"ack_seq\": 1",
         ] {

@@ -130,6 +130,8 @@ pub struct Runs {
     pub(crate) subscribers_total: Arc<Semaphore>,
     pub(crate) queued: Arc<Semaphore>,
     pub(crate) suspended: watch::Receiver<bool>,
+    /// `true` while the hub's stop is being committed (`hub::decision`).
+    pub(crate) hub_stopping: watch::Receiver<bool>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -159,6 +161,7 @@ impl Runs {
         gateway: GatewayClient,
         limits: RunLimits,
         suspended: watch::Receiver<bool>,
+        hub_stopping: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) -> Arc<Runs> {
         Arc::new(Runs {
@@ -170,6 +173,7 @@ impl Runs {
             limits,
             active: Mutex::new(HashMap::new()),
             suspended,
+            hub_stopping,
             shutdown,
         })
     }

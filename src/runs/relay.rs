@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::gateway::{GatewayError, SseParser, capabilities_have_runs};
 use super::{ActiveRun, LiveEvent, Runs, StartRun, is_terminal_event};
-use crate::agent::{AgentCommand, AgentState, Desired};
+use crate::agent::{AgentCommand, AgentState, Desired, DesiredBy};
 use crate::store::conversations::{self, AppendMessages, NewMessage, Role};
 use crate::store::runs::{self as run_store, RunUpdate, StoredEvent};
 use crate::store::usage::{self, NewUsage};
@@ -131,12 +131,17 @@ pub(super) async fn drive(
         &mut outcome,
     )
     .await;
-    if let Err((code, message)) = result {
+    if let Err((mut code, mut message)) = result {
         if runs.shutdown.is_cancelled() && code == "agent_restarted" {
             // The daemon is stopping; the next start closes this run.
             drop(seq);
             let _ = writer_task.await;
             return;
+        }
+        if code == "agent_restarted" && *runs.suspended.borrow() {
+            // A suspension stops the agent at once: say why the run ended.
+            code = "suspended".into();
+            message = "the tenant was suspended; the agent was stopped".into();
         }
         let gid = active
             .gateway_run_id
@@ -188,7 +193,7 @@ async fn relay(
     seq: &mut Sequencer,
     outcome: &mut Outcome,
 ) -> RelayResult {
-    wait_for_agent(runs, active).await?;
+    wait_for_agent(runs, active, waker(req)).await?;
     let runs_api = match runs.agent.status().capabilities {
         Some(c) => capabilities_have_runs(&c),
         None => runs.gateway.has_runs_api().await,
@@ -219,7 +224,7 @@ async fn relay(
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = active.cancel_queued.cancelled() => return Err(("cancelled".into(), String::new())),
                 }
-                wait_for_agent(runs, active).await?;
+                wait_for_agent(runs, active, waker(req)).await?;
             }
             Err(GatewayError::Rejected { message, .. }) => {
                 return Err(("gateway_rejected".into(), message));
@@ -301,23 +306,38 @@ async fn relay(
     ))
 }
 
+/// On whose behalf a run wakes the agent: a cron firing's run says so by
+/// its platform, every other run is the tenant's.
+fn waker(req: &StartRun) -> DesiredBy {
+    match req.platform.as_deref() {
+        Some("cron") => DesiredBy::Cron,
+        _ => DesiredBy::Run,
+    }
+}
+
 /// Wait until the agent is running, waking it if it is stopped by desire.
-async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>) -> RelayResult {
+/// The wake is a newer decision than the hub's last one: it stands until
+/// the hub changes its desired state (`hub::decision`).
+async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy) -> RelayResult {
     let deadline = Instant::now() + runs.limits.wake_timeout;
     let mut status_rx = runs.agent.subscribe();
+    let mut stopping_rx = runs.hub_stopping.clone();
     let mut woke = false;
     loop {
         let status = status_rx.borrow_and_update().clone();
-        if status.state == AgentState::Running {
+        // While the hub's stop is being committed the agent is about to
+        // stop: wait for it, then wake it (a newer decision).
+        let hub_stopping = *stopping_rx.borrow_and_update();
+        if !hub_stopping && status.state == AgentState::Running {
             return Ok(());
         }
-        if status.desired == Desired::Stopped && !woke {
+        if !hub_stopping && status.desired == Desired::Stopped && !woke {
             if *runs.suspended.borrow() {
                 return Err(("suspended".into(), "the tenant is suspended".into()));
             }
             woke = true;
             tracing::info!("waking the agent for a run");
-            if runs.agent.send(AgentCommand::Start).await.is_err() {
+            if runs.agent.send(AgentCommand::Start, by).await.is_err() {
                 return Err((
                     "agent_unavailable".into(),
                     "the supervisor is not running".into(),
@@ -330,6 +350,7 @@ async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>) -> RelayResul
                     return Err(("agent_unavailable".into(), "the supervisor is not running".into()));
                 }
             }
+            Ok(()) = stopping_rx.changed() => {}
             _ = tokio::time::sleep_until(deadline.into()) => {
                 return Err((
                     "agent_unavailable".into(),

@@ -251,6 +251,23 @@ impl Store {
         .await
     }
 
+    /// Persist several daemon values in one transaction (all or none).
+    pub async fn set_states(&self, pairs: Vec<(&'static str, String)>) -> StoreResult<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            for (key, value) in &pairs {
+                tx.execute(
+                    "INSERT INTO daemon_state (key, value, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    rusqlite::params![key, value, now_ms()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Persist a daemon value.
     pub async fn set_state(&self, key: &'static str, value: String) -> StoreResult<()> {
         self.write(move |c| {

@@ -29,14 +29,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{
-    self, AgentChannels, AgentCommand, AgentHandle, AgentState, AgentStatus, Desired,
-    GatewayEndpoint, LastExit,
+    self, AgentChannels, AgentCommand, AgentHandle, AgentRequest, AgentState, AgentStatus, Desired,
+    DesiredBy, GatewayEndpoint, LastExit,
 };
 use crate::config::{Config, GatewayConfig};
 use crate::store::{self, Store, agent::Transition};
@@ -46,6 +46,8 @@ use probe::{HealthError, Prober};
 
 /// `daemon_state` key of the desired state (`running` / `stopped`).
 pub const DESIRED_KEY: &str = "agent.desired";
+/// `daemon_state` key of who set it (`hub`, `run`, `cron`, `operator`).
+pub const DESIRED_BY_KEY: &str = "agent.desired_by";
 /// `daemon_state` key of the live gateway's identity (JSON), `""` when none.
 pub const PROCESS_KEY: &str = "gateway.process";
 
@@ -99,6 +101,7 @@ pub struct Supervisor {
     endpoint: GatewayEndpoint,
     log: GatewayLog,
     desired: Desired,
+    desired_by: DesiredBy,
     containment: Arc<cgroup::Containment>,
     prober: Prober,
 }
@@ -138,6 +141,13 @@ impl Supervisor {
             // A new tenant's agent runs.
             _ => Desired::Running,
         };
+        let desired_by = match store.get_state(DESIRED_BY_KEY).await?.as_deref() {
+            _ if suspended => DesiredBy::Hub,
+            Some(v) => DesiredBy::parse(v).unwrap_or(DesiredBy::Operator),
+            None => DesiredBy::Operator,
+        };
+        let mut initial = AgentStatus::initial(desired);
+        initial.desired_by = desired_by;
         let limits = config.gateway.limits.clone();
         let containment = tokio::task::spawn_blocking(move || cgroup::setup(&limits)).await?;
         log_containment(&containment);
@@ -145,7 +155,7 @@ impl Supervisor {
             base_url: format!("http://127.0.0.1:{}", config.gateway.port),
             api_key: key,
         };
-        let (handle, channels) = agent::channel(AgentStatus::initial(desired), endpoint.clone());
+        let (handle, channels) = agent::channel(initial, endpoint.clone());
         let containment = Arc::new(containment);
         let gate = handle.gate();
         let prober =
@@ -166,6 +176,7 @@ impl Supervisor {
                 endpoint,
                 log,
                 desired,
+                desired_by,
                 containment,
                 prober,
             },
@@ -191,7 +202,10 @@ impl Supervisor {
                 store: self.store,
                 log: self.log,
                 status_tx: status,
-                status: AgentStatus::initial(self.desired),
+                status: AgentStatus {
+                    desired_by: self.desired_by,
+                    ..AgentStatus::initial(self.desired)
+                },
                 record_tx,
                 probe_tx,
                 child: None,
@@ -268,7 +282,7 @@ struct ProbeMsg {
 
 enum Event {
     Shutdown,
-    Command(Option<(AgentCommand, oneshot::Sender<AgentStatus>)>),
+    Command(Option<AgentRequest>),
     Exited(std::io::Result<ExitStatus>),
     Probe(ProbeMsg),
     Timer,
@@ -320,7 +334,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 impl Machine {
     async fn run(
         mut self,
-        mut commands: mpsc::Receiver<(AgentCommand, oneshot::Sender<AgentStatus>)>,
+        mut commands: mpsc::Receiver<AgentRequest>,
         mut probes: mpsc::Receiver<ProbeMsg>,
         cancel: CancellationToken,
     ) {
@@ -347,9 +361,9 @@ impl Machine {
             match event {
                 Event::Shutdown => self.on_shutdown().await,
                 Event::Command(None) => commands_open = false,
-                Event::Command(Some((cmd, reply))) => {
-                    self.on_command(cmd).await;
-                    let _ = reply.send(self.status.clone());
+                Event::Command(Some(req)) => {
+                    self.on_command(req.cmd, req.by).await;
+                    let _ = req.reply.send(self.status.clone());
                 }
                 Event::Exited(r) => self.on_exit(r).await,
                 Event::Probe(p) => self.on_probe(p).await,
@@ -432,16 +446,23 @@ impl Machine {
         self.publish();
     }
 
-    async fn set_desired(&mut self, desired: Desired) {
-        if self.status.desired == desired {
+    /// Record the desired state and who decided it (the newest decision
+    /// owns it, even when the value does not change), in one transaction.
+    async fn set_desired(&mut self, desired: Desired, by: DesiredBy) {
+        if self.status.desired == desired && self.status.desired_by == by {
             return;
         }
         self.status.desired = desired;
+        self.status.desired_by = by;
         let value = match desired {
             Desired::Running => "running",
             Desired::Stopped => "stopped",
         };
-        if let Err(e) = self.store.set_state(DESIRED_KEY, value.to_owned()).await {
+        let pairs = vec![
+            (DESIRED_KEY, value.to_owned()),
+            (DESIRED_BY_KEY, by.as_str().to_owned()),
+        ];
+        if let Err(e) = self.store.set_states(pairs).await {
             tracing::error!(error = %e, "cannot persist the desired agent state");
         }
         self.publish();
@@ -449,11 +470,11 @@ impl Machine {
 
     // ---- commands -------------------------------------------------------------
 
-    async fn on_command(&mut self, cmd: AgentCommand) {
-        tracing::info!(command = ?cmd, state = self.status.state.as_str(), "agent command");
+    async fn on_command(&mut self, cmd: AgentCommand, by: DesiredBy) {
+        tracing::info!(command = ?cmd, by = by.as_str(), state = self.status.state.as_str(), "agent command");
         match cmd {
             AgentCommand::Start => {
-                self.set_desired(Desired::Running).await;
+                self.set_desired(Desired::Running, by).await;
                 match &mut self.phase {
                     Phase::Starting { .. } | Phase::Running { .. } => {}
                     Phase::Stopping { then, .. } => {
@@ -472,7 +493,7 @@ impl Machine {
                 }
             }
             AgentCommand::Stop => {
-                self.set_desired(Desired::Stopped).await;
+                self.set_desired(Desired::Stopped, by).await;
                 match &mut self.phase {
                     Phase::Starting { .. } | Phase::Running { .. } => {
                         self.begin_stop(After::Idle, "stop").await;
@@ -494,7 +515,7 @@ impl Machine {
                 }
             }
             AgentCommand::Restart => {
-                self.set_desired(Desired::Running).await;
+                self.set_desired(Desired::Running, by).await;
                 match &mut self.phase {
                     Phase::Starting { .. } | Phase::Running { .. } => {
                         self.begin_stop(After::Respawn, "restart").await;

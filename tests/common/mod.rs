@@ -2,6 +2,8 @@
 //! loopback port with a temporary data directory, and talk HTTP to it.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -380,5 +382,32 @@ impl GatewayWorld {
 impl Default for GatewayWorld {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `POST /runs`, expecting `202`; the accepted run.
+pub async fn start_run(d: &TestDaemon, body: serde_json::Value) -> serde_json::Value {
+    let r = d.post("/runs").json(&body).send().await.expect("post run");
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    r.json().await.expect("json")
+}
+
+/// Poll `GET /runs/{id}` until its status is `status` (30 s at most).
+pub async fn wait_run(d: &TestDaemon, run_id: &str, status: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: serde_json::Value = d
+            .get(&format!("/runs/{run_id}"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if v["status"] == status {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "run never reached {status}: {v}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
