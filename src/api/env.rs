@@ -22,7 +22,7 @@ impl From<EnvError> for ApiError {
             EnvError::Reserved(n) => ApiError::Reserved(n),
             EnvError::NotFound(_) => ApiError::NotFound(e.to_string()),
             EnvError::TooLarge | EnvError::NotUtf8 => ApiError::Conflict(e.to_string()),
-            EnvError::Io(e) => ApiError::internal(e),
+            EnvError::Io(e) => ApiError::from_io(e),
         }
     }
 }

@@ -13,12 +13,21 @@ pub fn decode(cursor: &str) -> Result<String, StoreError> {
     if cursor.len() % 2 != 0 || cursor.len() > 512 {
         return Err(bad());
     }
-    let bytes = (0..cursor.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad())?;
+    // Pairs of bytes, never string slices: a client's cursor may hold
+    // multi-byte characters, and slicing inside one panics.
+    let bytes = cursor
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some((hex_value(pair[0])? << 4) | hex_value(pair[1])?))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
     String::from_utf8(bytes).map_err(|_| bad())
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|v| u8::try_from(v).ok())
 }
 
 fn not_ours() -> StoreError {
