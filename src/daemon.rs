@@ -202,10 +202,17 @@ impl Daemon {
             Some(files) => Some(crate::tls::server_config(&files.cert, &files.key).await?),
             None => None,
         };
+        // One connection budget for both listeners (file descriptors).
+        let hygiene = crate::listener::Hygiene::new(&config.limits);
+        tracing::debug!(
+            max_connections = hygiene.max_connections(),
+            "connection cap"
+        );
         servers.push(serve(
             listener,
             api::router(state.clone()),
             tls,
+            hygiene.clone(),
             cancel.clone(),
         ));
 
@@ -219,6 +226,7 @@ impl Daemon {
                     l,
                     api::metrics_router(state.clone()),
                     None,
+                    hygiene.clone(),
                     cancel.clone(),
                 ));
                 Some(bound)
@@ -300,39 +308,11 @@ fn serve(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    hygiene: crate::listener::Hygiene,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let result = match tls {
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        cancel.cancelled().await;
-                    })
-                    .await
-            }
-            Some(cfg) => {
-                let handle = axum_server::Handle::new();
-                let h = handle.clone();
-                tokio::spawn(async move {
-                    cancel.cancelled().await;
-                    h.graceful_shutdown(Some(DRAIN));
-                });
-                match listener.into_std() {
-                    Ok(std_listener) => {
-                        axum_server::from_tcp_rustls(std_listener, cfg)
-                            .handle(handle)
-                            .serve(app.into_make_service())
-                            .await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "listener failed");
-        }
-    })
+    let tls = tls.map(|cfg| tokio_rustls::TlsAcceptor::from(cfg.get_inner()));
+    tokio::spawn(crate::listener::serve(listener, app, tls, hygiene, cancel))
 }
 
 /// Delete finished runs past their retention, hourly.

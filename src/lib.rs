@@ -14,6 +14,7 @@ pub mod files;
 pub mod hex;
 pub mod history_sync;
 pub mod hub;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod runs;
