@@ -644,10 +644,16 @@ fn kind_of(meta: &Metadata) -> &'static str {
     }
 }
 
+/// The mtime as RFC 3339. The agent sets mtimes at will: chrono's
+/// `From<SystemTime>` panics past its range, so go through unix ms and the
+/// clamped formatter.
 fn modified(meta: &Metadata) -> Option<String> {
     let t = meta.modified().ok()?;
-    let dt: chrono::DateTime<chrono::Utc> = t.into();
-    Some(dt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    let ms = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |v| -v),
+    };
+    Some(crate::timestamp::format(ms))
 }
 
 /// A content type from the file name (downloads are attachments anyway).

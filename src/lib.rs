@@ -22,6 +22,7 @@ pub mod settings;
 pub mod skills;
 pub mod store;
 pub mod supervisor;
+pub mod timestamp;
 pub mod tls;
 
 /// This build's version.

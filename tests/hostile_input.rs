@@ -127,3 +127,74 @@ async fn junk_cursors_never_fail_the_server_and_reads_stay_up() {
         }
     }
 }
+
+#[tokio::test]
+async fn times_outside_years_0000_to_9999_are_refused_and_never_rendered() {
+    let ws = tempfile::tempdir().expect("workspace");
+    let d = TestDaemon::start_with(Options {
+        config_extra: format!(
+            "[[files.roots]]\nname = \"workspace\"\npath = \"{}\"\n",
+            ws.path().display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    // The usage period whose end is 10000-01-01.
+    let r = d.get("/usage?period=9999-12").send().await.expect("send");
+    expect_problem(r, 400, "invalid_argument").await;
+    let r = d
+        .get("/usage?from=9999-12-01T00:00:00Z&to=9999-12-31T23:00:00-02:00")
+        .send()
+        .await
+        .expect("send");
+    expect_problem(r, 400, "invalid_argument").await;
+    let v = d.get_json("/usage?period=9999-11").await;
+    assert_eq!(v["to"], "9999-12-01T00:00:00.000Z", "{v}");
+
+    // Cron schedules whose firing would be past 9999.
+    for schedule in [
+        "99999999999m",
+        "every 99999999999m",
+        "9999-12-31T23:00:00-02:00",
+    ] {
+        let r = d
+            .post("/agent-cron")
+            .json(&json!({"name": "far", "schedule": schedule, "prompt": "hi"}))
+            .send()
+            .await
+            .expect("send");
+        expect_problem(r, 400, "invalid_argument").await;
+    }
+
+    // Search filters.
+    let r = d
+        .get("/conversations/search?q=hello&since=9999-12-31T23:00:00-02:00")
+        .send()
+        .await
+        .expect("send");
+    expect_problem(r, 400, "invalid_argument").await;
+
+    // A file the agent dated far in the future lists with a four-digit
+    // year (the file system may clamp the time first; either way, no 5xx).
+    let path = ws.path().join("future.txt");
+    std::fs::write(&path, "x").expect("write");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let times = [
+        libc::timespec {
+            tv_sec: 1 << 50,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 1 << 50,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: a valid NUL-terminated path and two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(rc, 0, "utimensat: {}", std::io::Error::last_os_error());
+    let r = d.get("/files?root=workspace").send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    let modified = v["entries"][0]["modified"].as_str().expect("modified");
+    assert_eq!(modified.find('-'), Some(4), "{modified}");
+}

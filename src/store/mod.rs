@@ -355,11 +355,10 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Unix milliseconds as RFC 3339 UTC with milliseconds.
+/// Unix milliseconds as RFC 3339 UTC with milliseconds (four-digit year:
+/// see [`crate::timestamp`]).
 pub fn ms_to_rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::timestamp::format(ms)
 }
 
 #[cfg(test)]
