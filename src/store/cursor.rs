@@ -34,9 +34,14 @@ fn not_ours() -> StoreError {
     StoreError::Invalid("`cursor` is not a cursor this API returned".into())
 }
 
+/// `cursor=` (empty) means no cursor: the first page.
+fn given(after: Option<&str>) -> Option<&str> {
+    after.filter(|c| !c.is_empty())
+}
+
 /// A cursor holding one integer (an id or an offset); `default` without one.
 pub fn int(after: Option<&str>, default: i64) -> Result<i64, StoreError> {
-    match after {
+    match given(after) {
         Some(c) => fields(c, 1)?[0].parse().map_err(|_| not_ours()),
         None => Ok(default),
     }
@@ -44,7 +49,7 @@ pub fn int(after: Option<&str>, default: i64) -> Result<i64, StoreError> {
 
 /// A `(unix ms, id)` keyset cursor; `(None, None)` without one.
 pub fn time_id(after: Option<&str>) -> Result<(Option<i64>, Option<String>), StoreError> {
-    match after {
+    match given(after) {
         Some(c) => {
             let f = fields(c, 2)?;
             let t = f[0].parse::<i64>().map_err(|_| not_ours())?;
