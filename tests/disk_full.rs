@@ -49,6 +49,14 @@ impl Drop for Tmpfs {
     }
 }
 
+async fn remember(d: &TestDaemon, content: &str) -> reqwest::Response {
+    d.post("/memory")
+        .json(&json!({ "content": content }))
+        .send()
+        .await
+        .expect("send")
+}
+
 /// Fill the volume holding `path` completely; returns the filler's path.
 fn fill(dir: &Path) -> PathBuf {
     let path = dir.join("filler");
@@ -80,13 +88,7 @@ async fn full_volume_is_507_reads_work_and_writes_recover_without_restart() {
         ..Default::default()
     })
     .await;
-    let r = d
-        .post("/memory")
-        .json(&json!({"content": "before the disk filled"}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 201);
+    assert_eq!(remember(&d, "before the disk filled").await.status(), 201);
 
     let filler = fill(&data);
     // SQLite may still fit a few rows in pages it already holds; keep
@@ -95,12 +97,7 @@ async fn full_volume_is_507_reads_work_and_writes_recover_without_restart() {
     let mut refused = None;
     for i in 0..3000 {
         let content = format!("row {i} {}", "x".repeat(4000));
-        let r = d
-            .post("/memory")
-            .json(&json!({ "content": content }))
-            .send()
-            .await
-            .expect("send");
+        let r = remember(&d, &content).await;
         match r.status().as_u16() {
             201 => acknowledged.push(content),
             _ => {
@@ -148,13 +145,7 @@ async fn full_volume_is_507_reads_work_and_writes_recover_without_restart() {
         .await
         .expect("send");
     assert_eq!(r.status(), 200);
-    let r = d
-        .post("/memory")
-        .json(&json!({"content": "after space was freed"}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 201);
+    assert_eq!(remember(&d, "after space was freed").await.status(), 201);
     acknowledged.push("after space was freed".into());
 
     let mut stored = Vec::new();

@@ -4,27 +4,35 @@
 mod common;
 use common::*;
 
-#[tokio::test]
-async fn serves_https_with_the_configured_certificate() {
-    let dir = tempfile::tempdir().expect("tmp");
+/// A self-signed certificate for `localhost` written under `dir`, and the
+/// environment that points the daemon at it.
+fn certificate(dir: &std::path::Path) -> (rcgen::Certificate, Vec<(String, String)>) {
     let key = rcgen::KeyPair::generate().expect("key");
     let params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
     let cert = params.self_signed(&key).expect("cert");
-    let cert_path = dir.path().join("tls.crt");
-    let key_path = dir.path().join("tls.key");
+    let cert_path = dir.join("tls.crt");
+    let key_path = dir.join("tls.key");
     std::fs::write(&cert_path, cert.pem()).expect("write cert");
     write_private(&key_path, &key.serialize_pem());
+    let env = vec![
+        (
+            "HERMES_TENANTD_LISTEN__TLS_CERT".into(),
+            cert_path.display().to_string(),
+        ),
+        (
+            "HERMES_TENANTD_LISTEN__TLS_KEY".into(),
+            key_path.display().to_string(),
+        ),
+    ];
+    (cert, env)
+}
+
+#[tokio::test]
+async fn serves_https_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, tls_env) = certificate(dir.path());
     let d = TestDaemon::start_with(Options {
-        env: vec![
-            (
-                "HERMES_TENANTD_LISTEN__TLS_CERT".into(),
-                cert_path.display().to_string(),
-            ),
-            (
-                "HERMES_TENANTD_LISTEN__TLS_KEY".into(),
-                key_path.display().to_string(),
-            ),
-        ],
+        env: tls_env,
         ..Default::default()
     })
     .await;
@@ -65,25 +73,10 @@ fn non_loopback_without_tls_is_refused_at_start() {
 async fn silent_tls_clients_are_closed_after_the_handshake_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().expect("tmp");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
-    let cert = params.self_signed(&key).expect("cert");
-    let cert_path = dir.path().join("tls.crt");
-    let key_path = dir.path().join("tls.key");
-    std::fs::write(&cert_path, cert.pem()).expect("write cert");
-    write_private(&key_path, &key.serialize_pem());
+    let (cert, tls_env) = certificate(dir.path());
     let d = TestDaemon::start_with(Options {
         config_extra: "[limits]\ntls_handshake_timeout = \"2s\"\n".into(),
-        env: vec![
-            (
-                "HERMES_TENANTD_LISTEN__TLS_CERT".into(),
-                cert_path.display().to_string(),
-            ),
-            (
-                "HERMES_TENANTD_LISTEN__TLS_KEY".into(),
-                key_path.display().to_string(),
-            ),
-        ],
+        env: tls_env,
         ..Default::default()
     })
     .await;
