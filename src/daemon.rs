@@ -63,6 +63,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 impl Daemon {
     /// Bring everything up. Returns once the listeners accept connections.
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        crate::allocator::limit_arenas();
         let config = Arc::new(config);
         let data_dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || create_private_dir(&data_dir)).await??;
@@ -235,6 +236,7 @@ impl Daemon {
         };
 
         components.push(watchdog(store.clone(), cancel.clone()));
+        components.push(crate::allocator::spawn_trim(cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));
         components.extend(cron.spawn());
         components.push(crate::history_sync::spawn(
