@@ -205,8 +205,10 @@ impl Daemon {
         };
         // One connection budget for both listeners (file descriptors).
         let hygiene = crate::listener::Hygiene::new(&config.limits);
-        tracing::debug!(
+        // Said once, so an operator sees when RLIMIT_NOFILE lowered it.
+        tracing::info!(
             max_connections = hygiene.max_connections(),
+            configured = config.limits.max_connections,
             "connection cap"
         );
         servers.push(serve(

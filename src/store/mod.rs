@@ -193,8 +193,12 @@ impl Store {
         .await?;
         // Remember a full disk so readiness can say so; any write that
         // succeeds again (space freed) clears it.
-        let full = matches!(result, Err(StoreError::Full));
-        self.inner.write_blocked.store(full, Ordering::Relaxed);
+        match &result {
+            Ok(_) => self.inner.write_blocked.store(false, Ordering::Relaxed),
+            Err(StoreError::Full) => self.inner.write_blocked.store(true, Ordering::Relaxed),
+            // A refused or failed write says nothing about space.
+            Err(_) => {}
+        }
         result
     }
 
