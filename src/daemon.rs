@@ -65,6 +65,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 impl Daemon {
     /// Bring everything up. Returns once the listeners accept connections.
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        crate::allocator::limit_arenas();
         let config = Arc::new(config);
         // Before anything touches the agent's files (see `identity`).
         crate::identity::set_agent(config.gateway.identity.clone());
@@ -207,10 +208,19 @@ impl Daemon {
             Some(files) => Some(crate::tls::server_config(&files.cert, &files.key).await?),
             None => None,
         };
+        // One connection budget for both listeners (file descriptors).
+        let hygiene = crate::listener::Hygiene::new(&config.limits);
+        // Said once, so an operator sees when RLIMIT_NOFILE lowered it.
+        tracing::info!(
+            max_connections = hygiene.max_connections(),
+            configured = config.limits.max_connections,
+            "connection cap"
+        );
         servers.push(serve(
             listener,
             api::router(state.clone()),
             tls,
+            hygiene.clone(),
             cancel.clone(),
         ));
 
@@ -224,6 +234,7 @@ impl Daemon {
                     l,
                     api::metrics_router(state.clone()),
                     None,
+                    hygiene.clone(),
                     cancel.clone(),
                 ));
                 Some(bound)
@@ -232,6 +243,7 @@ impl Daemon {
         };
 
         components.push(watchdog(store.clone(), cancel.clone()));
+        components.push(crate::allocator::spawn_trim(cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));
         components.extend(cron.spawn());
         components.push(crate::history_sync::spawn(
@@ -305,39 +317,11 @@ fn serve(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    hygiene: crate::listener::Hygiene,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let result = match tls {
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        cancel.cancelled().await;
-                    })
-                    .await
-            }
-            Some(cfg) => {
-                let handle = axum_server::Handle::new();
-                let h = handle.clone();
-                tokio::spawn(async move {
-                    cancel.cancelled().await;
-                    h.graceful_shutdown(Some(DRAIN));
-                });
-                match listener.into_std() {
-                    Ok(std_listener) => {
-                        axum_server::from_tcp_rustls(std_listener, cfg)
-                            .handle(handle)
-                            .serve(app.into_make_service())
-                            .await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "listener failed");
-        }
-    })
+    let tls = tls.map(|cfg| tokio_rustls::TlsAcceptor::from(cfg.get_inner()));
+    tokio::spawn(crate::listener::serve(listener, app, tls, hygiene, cancel))
 }
 
 /// Delete finished runs past their retention, hourly.

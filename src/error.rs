@@ -41,6 +41,10 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
+    /// The data volume is full (`SQLITE_FULL`, `ENOSPC`, `EDQUOT`): nothing
+    /// was written; the same request succeeds once space is freed.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The source is logged, never shown to the client.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -49,6 +53,15 @@ pub enum ApiError {
 impl ApiError {
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         ApiError::Internal(Box::new(e))
+    }
+
+    /// An I/O failure of a write: a full volume is the client's to know
+    /// (`507`, retry later); anything else is internal.
+    pub fn from_io(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => ApiError::InsufficientStorage(NO_SPACE.into()),
+            _ => ApiError::internal(e),
+        }
     }
 
     /// The stable, machine-readable code.
@@ -69,6 +82,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Timeout(_) => "timeout",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -90,10 +104,13 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
+
+const NO_SPACE: &str = "the data volume is full; nothing was written; retry once space is freed";
 
 /// The body of every error response.
 #[derive(Debug, Serialize)]
@@ -140,8 +157,9 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::InvalidArgument(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Busy => ApiError::Unavailable("the database is busy, retry".into()),
+            StoreError::Full => ApiError::InsufficientStorage(NO_SPACE.into()),
+            StoreError::Io(e) => ApiError::from_io(e),
             other @ (StoreError::Sqlite(_)
-            | StoreError::Io(_)
             | StoreError::Join(_)
             | StoreError::TooNew { .. }
             | StoreError::Migration { .. }) => ApiError::internal(other),

@@ -2,6 +2,7 @@
 //! See `ARCHITECTURE.md` for the map of modules.
 
 pub mod agent;
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod hex;
 pub mod history_sync;
 pub mod hub;
 pub mod identity;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod runs;
@@ -22,6 +24,7 @@ pub mod settings;
 pub mod skills;
 pub mod store;
 pub mod supervisor;
+pub mod timestamp;
 pub mod tls;
 
 /// This build's version.

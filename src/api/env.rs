@@ -24,7 +24,7 @@ impl From<EnvError> for ApiError {
             EnvError::TooLarge | EnvError::NotUtf8 | EnvError::NotRegular => {
                 ApiError::Conflict(e.to_string())
             }
-            EnvError::Io(e) => ApiError::internal(e),
+            EnvError::Io(e) => ApiError::from_io(e),
         }
     }
 }

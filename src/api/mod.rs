@@ -261,15 +261,26 @@ async fn record(State(state): State<AppState>, req: Request, next: Next) -> Resp
     resp
 }
 
+/// Liveness, readiness and metrics: cheap, and what tells an operator (or
+/// systemd, or the hub) that the daemon is alive while it sheds load.
+const NEVER_SHED: &[&str] = &["/v1/healthz", "/v1/readyz", "/metrics"];
+
 /// Concurrency limit (shed, not queue) and request timeout. The timeout
 /// covers producing the response head; a stream then runs on its own.
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
-        return ApiError::TooManyRequests {
-            message: "too many requests in flight; retry shortly".into(),
-            retry_after_s: 1,
+    let _permit = if NEVER_SHED.contains(&req.uri().path()) {
+        None
+    } else {
+        match state.inflight.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return ApiError::TooManyRequests {
+                    message: "too many requests in flight; retry shortly".into(),
+                    retry_after_s: 1,
+                }
+                .into_response();
+            }
         }
-        .into_response();
     };
     let limit = state.config.limits.request_timeout;
     match tokio::time::timeout(limit, next.run(req)).await {

@@ -14,7 +14,7 @@ impl From<SettingsError> for ApiError {
         match e {
             SettingsError::Invalid(m) => ApiError::InvalidArgument(m),
             e @ SettingsError::Unusable(_) => ApiError::Conflict(e.to_string()),
-            SettingsError::Io(e) => ApiError::internal(e),
+            SettingsError::Io(e) => ApiError::from_io(e),
         }
     }
 }

@@ -21,6 +21,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .ping()
         .await
         .map_err(|_| ApiError::Unavailable("the store does not answer".into()))?;
+    if !state.store.writable().await {
+        // Reads still work; the hub should not route writes here.
+        return Err(ApiError::Unavailable(
+            "the store cannot write: the data volume is full".into(),
+        ));
+    }
     Ok(Json(json!({
         "status": "ready",
         "schema_version": state.store.schema_version(),

@@ -233,6 +233,16 @@ pub struct LimitsConfig {
     pub request_timeout: Duration,
     pub concurrency: usize,
     pub page_size_max: u32,
+    /// From accepting a connection (or finishing the last request on it)
+    /// to having the next request's head.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// Open connections per listener, before the file-descriptor clamp.
+    pub max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
 }
 
 #[derive(Debug, Clone)]

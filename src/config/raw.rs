@@ -202,6 +202,13 @@ pub(super) struct RawLimits {
     pub(super) concurrency: Option<usize>,
     #[serde(deserialize_with = "lenient")]
     pub(super) page_size_max: Option<u32>,
+    pub(super) header_read_timeout: Option<String>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) tls_handshake_timeout: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub(super) max_connections: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    pub(super) http2_max_streams: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -238,11 +238,38 @@ pub(super) fn validate(
             "must be between 1 and 10000",
         ));
     }
+    let max_connections = raw.limits.max_connections.unwrap_or(1024);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(invalid(
+            "limits.max_connections",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let http2_max_streams = raw.limits.http2_max_streams.unwrap_or(64);
+    if !(1..=10_000).contains(&http2_max_streams) {
+        return Err(invalid(
+            "limits.http2_max_streams",
+            "must be between 1 and 10000",
+        ));
+    }
     let limits = LimitsConfig {
         body_bytes,
         request_timeout: duration("limits.request_timeout", raw.limits.request_timeout, "30s")?,
         concurrency,
         page_size_max,
+        header_read_timeout: duration(
+            "limits.header_read_timeout",
+            raw.limits.header_read_timeout,
+            "10s",
+        )?,
+        idle_timeout: duration("limits.idle_timeout", raw.limits.idle_timeout, "60s")?,
+        tls_handshake_timeout: duration(
+            "limits.tls_handshake_timeout",
+            raw.limits.tls_handshake_timeout,
+            "10s",
+        )?,
+        max_connections,
+        http2_max_streams,
     };
 
     let synchronous = match non_empty(raw.store.synchronous).as_deref() {

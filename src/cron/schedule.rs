@@ -40,6 +40,26 @@ pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
     })
 }
 
+/// Longest interval or delay: firings must stay within the years a
+/// response can carry (0000–9999, see `crate::timestamp`).
+const MAX_SPAN: Duration = Duration::from_secs(100 * 366 * 86_400);
+
+fn within_max_span(text: &str, span: Duration) -> Result<Duration, ScheduleError> {
+    if span > MAX_SPAN {
+        return Err(err(format!(
+            "`{text}`: an interval or delay must be at most 100 years"
+        )));
+    }
+    Ok(span)
+}
+
+fn once_at(text: &str, at: DateTime<Utc>) -> Result<Schedule, ScheduleError> {
+    if !crate::timestamp::in_range_utc(&at) {
+        return Err(err(format!("`{text}` is outside the years 0000 to 9999")));
+    }
+    Ok(Schedule::OnceAt(at))
+}
+
 /// A duration like `15m`, `2h`, `1d`, `30s` (one number, one unit).
 fn parse_span(text: &str) -> Option<Duration> {
     let t = text.trim();
@@ -69,25 +89,26 @@ impl Schedule {
             .strip_prefix("every ")
             .or_else(|| t.strip_prefix("every:"))
         {
-            return parse_span(rest).map(Schedule::Every).ok_or_else(|| {
+            let span = parse_span(rest).ok_or_else(|| {
                 err(format!(
                     "`{t}` is not an interval like `every 15m`, `every 2h` or `every 1d`"
                 ))
-            });
+            })?;
+            return within_max_span(t, span).map(Schedule::Every);
         }
         if let Some(d) = parse_span(t) {
-            return Ok(Schedule::OnceIn(d));
+            return within_max_span(t, d).map(Schedule::OnceIn);
         }
         if let Ok(at) = DateTime::parse_from_rfc3339(t) {
-            return Ok(Schedule::OnceAt(at.with_timezone(&Utc)));
+            return once_at(t, at.with_timezone(&Utc));
         }
         if t.starts_with(|c: char| c.is_ascii_digit()) && t.contains('-') && t.contains(':') {
             // An ISO timestamp without an offset is read as UTC.
             if let Ok(naive) = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S") {
-                return Ok(Schedule::OnceAt(Utc.from_utc_datetime(&naive)));
+                return once_at(t, Utc.from_utc_datetime(&naive));
             }
             if let Ok(naive) = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M") {
-                return Ok(Schedule::OnceAt(Utc.from_utc_datetime(&naive)));
+                return once_at(t, Utc.from_utc_datetime(&naive));
             }
         }
         let fields = t.split_whitespace().count();
@@ -133,6 +154,17 @@ impl Schedule {
     /// schedule was set (intervals count from it, delays start there).
     /// `None`: no firing left.
     pub fn next_after(
+        &self,
+        after: DateTime<Utc>,
+        anchor: DateTime<Utc>,
+        tz: Tz,
+    ) -> Option<DateTime<Utc>> {
+        // A firing past 9999 is no firing: it could not be shown.
+        self.next_unbounded(after, anchor, tz)
+            .filter(crate::timestamp::in_range_utc)
+    }
+
+    fn next_unbounded(
         &self,
         after: DateTime<Utc>,
         anchor: DateTime<Utc>,
@@ -256,10 +288,14 @@ mod tests {
             daily.next_after(t, t, Tz::UTC),
             Some(utc("2026-01-02T00:00:00Z"))
         );
-        // Absurd spans do not overflow.
-        let huge = Schedule::parse("165343915w").expect("parse");
-        let t = utc("2026-01-01T10:00:00Z");
-        assert_eq!(huge.next_after(t, t, Tz::UTC), None);
+        // Absurd spans are refused: a firing must be showable (year ≤ 9999).
+        let e = Schedule::parse("165343915w").unwrap_err();
+        assert!(e.0.contains("at most 100 years"), "{e}");
+        assert!(Schedule::parse("99999999999m").is_err());
+        assert!(Schedule::parse("9999-12-31T23:00:00-02:00").is_err());
+        let century = Schedule::parse("every 5200w").expect("100 years");
+        let t = utc("9990-01-01T10:00:00Z");
+        assert_eq!(century.next_after(t, t, Tz::UTC), None, "past 9999");
         assert!(Schedule::parse("every 99999999999999w").is_err());
         assert!(Schedule::parse("every 0m").is_err());
         assert!(Schedule::parse("every banana").is_err());

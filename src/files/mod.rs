@@ -516,7 +516,12 @@ fn kind_of(st: &Stat) -> &'static str {
     }
 }
 
+/// The mtime as RFC 3339 with a four-digit year: the agent sets mtimes at
+/// will, so through unix ms and the clamped formatter.
 fn modified(st: &Stat) -> Option<String> {
-    let dt = chrono::DateTime::from_timestamp(st.st_mtime, st.st_mtime_nsec as u32)?;
-    Some(dt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    let ms = st
+        .st_mtime
+        .saturating_mul(1000)
+        .saturating_add(st.st_mtime_nsec / 1_000_000);
+    Some(crate::timestamp::format(ms))
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::Serialize;
 
 use crate::store::{Store, StoreResult, hub, ms_to_rfc3339};
+use crate::timestamp;
 
 /// Longest `from`/`to` span a report covers.
 pub const MAX_SPAN_DAYS: i64 = 400;
@@ -38,6 +39,10 @@ fn month(year: i32, month: u32) -> Result<Period, PeriodError> {
         (year, month + 1)
     };
     let end = month_start(ny, nm).ok_or_else(|| err("no such month"))?;
+    // `to` is the next month's start: 9999-12 would end in year 10000.
+    if !timestamp::in_range_utc(&start) || !timestamp::in_range_utc(&end) {
+        return Err(err(timestamp::out_of_range("period")));
+    }
     Ok(Period {
         month: Some(format!("{year:04}-{month:02}")),
         from_ms: start.timestamp_millis(),
@@ -47,13 +52,20 @@ fn month(year: i32, month: u32) -> Result<Period, PeriodError> {
 
 /// RFC 3339, or a date `YYYY-MM-DD` meaning its UTC midnight.
 fn instant(name: &str, text: &str) -> Result<i64, PeriodError> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.timestamp_millis());
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        if let Some(t) = d.and_hms_opt(0, 0, 0) {
-            return Ok(t.and_utc().timestamp_millis());
+    let parsed = DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .ok()
+        .or_else(|| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()?
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc().timestamp_millis())
+        });
+    if let Some(ms) = parsed {
+        if !timestamp::in_range(ms) {
+            return Err(err(timestamp::out_of_range(name)));
         }
+        return Ok(ms);
     }
     Err(err(format!(
         "`{name}` must be an RFC 3339 time or a date YYYY-MM-DD, not `{text}`"

@@ -68,13 +68,13 @@ pub fn parse_time_text(t: &str, field: &str) -> StoreResult<i64> {
     if let Ok(secs) = t.parse::<f64>() {
         return TimeInput::Seconds(secs).to_ms(field);
     }
-    chrono::DateTime::parse_from_rfc3339(t)
-        .map(|d| d.timestamp_millis())
-        .map_err(|_| {
-            StoreError::Invalid(format!(
-                "`{field}` must be RFC 3339 (2026-01-31T12:00:00Z) or unix seconds"
-            ))
-        })
+    if chrono::DateTime::parse_from_rfc3339(t).is_ok() {
+        return crate::timestamp::parse_rfc3339(t)
+            .ok_or_else(|| StoreError::Invalid(crate::timestamp::out_of_range(field)));
+    }
+    Err(StoreError::Invalid(format!(
+        "`{field}` must be RFC 3339 (2026-01-31T12:00:00Z) or unix seconds"
+    )))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,21 +13,35 @@ pub fn decode(cursor: &str) -> Result<String, StoreError> {
     if cursor.len() % 2 != 0 || cursor.len() > 512 {
         return Err(bad());
     }
-    let bytes = (0..cursor.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad())?;
+    // Pairs of bytes, never string slices: a client's cursor may hold
+    // multi-byte characters, and slicing inside one panics.
+    let bytes = cursor
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some((hex_value(pair[0])? << 4) | hex_value(pair[1])?))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
     String::from_utf8(bytes).map_err(|_| bad())
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|v| u8::try_from(v).ok())
 }
 
 fn not_ours() -> StoreError {
     StoreError::Invalid("`cursor` is not a cursor this API returned".into())
 }
 
+/// `cursor=` (empty) means no cursor: the first page.
+fn given(after: Option<&str>) -> Option<&str> {
+    after.filter(|c| !c.is_empty())
+}
+
 /// A cursor holding one integer (an id or an offset); `default` without one.
 pub fn int(after: Option<&str>, default: i64) -> Result<i64, StoreError> {
-    match after {
+    match given(after) {
         Some(c) => fields(c, 1)?[0].parse().map_err(|_| not_ours()),
         None => Ok(default),
     }
@@ -35,7 +49,7 @@ pub fn int(after: Option<&str>, default: i64) -> Result<i64, StoreError> {
 
 /// A `(unix ms, id)` keyset cursor; `(None, None)` without one.
 pub fn time_id(after: Option<&str>) -> Result<(Option<i64>, Option<String>), StoreError> {
-    match after {
+    match given(after) {
         Some(c) => {
             let f = fields(c, 2)?;
             let t = f[0].parse::<i64>().map_err(|_| not_ours())?;

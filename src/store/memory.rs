@@ -98,12 +98,18 @@ pub fn insert(conn: &Connection, m: &NewMemory) -> StoreResult<Memory> {
     let tags =
         serde_json::to_string(&m.tags).map_err(|e| StoreError::Invalid(format!("`tags`: {e}")))?;
     let source = m.source.clone().unwrap_or_else(|| "hub".into());
-    Ok(conn.query_row(
+    // An explicit transaction: in autocommit mode an `INSERT … RETURNING`
+    // commits when its statement is reset, and rusqlite drops the error
+    // there, so a full disk answered 201 for a row that was rolled back.
+    let tx = conn.unchecked_transaction()?;
+    let row = tx.query_row(
         "INSERT INTO memories (content, tags, source, created_at) VALUES (?1, ?2, ?3, ?4)
          RETURNING id, content, tags, source, created_at",
         params![m.content, tags, source, now_ms()],
         memory_row,
-    )?)
+    )?;
+    tx.commit()?;
+    Ok(row)
 }
 
 /// Memories, newest first.

@@ -13,6 +13,7 @@ pub mod runs;
 pub mod usage;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("database is busy")]
     Busy,
+    /// SQLite could not grow the database or its WAL (`SQLITE_FULL`).
+    #[error("database or disk is full")]
+    Full,
     #[error("sqlite: {0}")]
     Sqlite(#[source] rusqlite::Error),
     #[error("io: {0}")]
@@ -59,6 +63,7 @@ impl From<rusqlite::Error> for StoreError {
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
                 StoreError::Busy
             }
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full,
             _ => StoreError::Sqlite(e),
         }
     }
@@ -94,6 +99,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     reader_slots: Arc<Semaphore>,
     schema_version: i64,
+    /// The last write failed for lack of space.
+    write_blocked: AtomicBool,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,6 +162,7 @@ impl Store {
                 reader_slots: Arc::new(Semaphore::new(readers.len())),
                 readers: Mutex::new(readers),
                 schema_version,
+                write_blocked: AtomicBool::new(false),
             }),
         })
     }
@@ -175,8 +183,35 @@ impl Store {
         F: FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
         R: Send + 'static,
     {
-        let mut guard = self.inner.writer.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || f(&mut guard)).await?
+        let guard = self.inner.writer.clone().lock_owned().await;
+        let result = tokio::task::spawn_blocking(move || {
+            // Dropped on return and on unwind alike: the connection stays in
+            // its mutex with no transaction left open.
+            let mut writer = Rollback(guard);
+            f(&mut writer.0)
+        })
+        .await?;
+        // Remember a full disk so readiness can say so; any write that
+        // succeeds again (space freed) clears it.
+        match &result {
+            Ok(_) => self.inner.write_blocked.store(false, Ordering::Relaxed),
+            Err(StoreError::Full) => self.inner.write_blocked.store(true, Ordering::Relaxed),
+            // A refused or failed write says nothing about space.
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Whether the store can write. After a write failed for lack of space,
+    /// this tries one small write, so freeing space is seen without waiting
+    /// for a client's write.
+    pub async fn writable(&self) -> bool {
+        if !self.inner.write_blocked.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.set_state("store.write_probe", now_ms().to_string())
+            .await
+            .is_ok()
     }
 
     /// Run `f` with a read-only connection on the blocking pool.
@@ -194,18 +229,20 @@ impl Store {
             .map_err(|_| StoreError::Busy)?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = inner
-                .readers
-                .lock()
-                .map_err(|_| StoreError::Busy)?
-                .pop()
-                .ok_or(StoreError::Busy)?;
-            let result = f(&conn);
-            if let Ok(mut pool) = inner.readers.lock() {
-                pool.push(conn);
+            // Declared before the lease so it is released after the
+            // connection is back in the pool.
+            let _permit = permit;
+            let conn = lock_pool(&inner.readers).pop().ok_or(StoreError::Busy)?;
+            // Returns the connection on return and on unwind alike: a
+            // panicking closure must not shrink the pool.
+            let lease = ReaderLease {
+                pool: &inner.readers,
+                conn: Some(conn),
+            };
+            match lease.conn.as_ref() {
+                Some(conn) => f(conn),
+                None => Err(StoreError::Busy),
             }
-            drop(permit);
-            result
         })
         .await?
     }
@@ -282,6 +319,48 @@ impl Store {
     }
 }
 
+/// The reader pool's lock is held only for a push or a pop, which cannot
+/// panic; should it ever be poisoned, the pool itself is still sound.
+fn lock_pool(pool: &Mutex<Vec<Connection>>) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+    pool.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Leave no transaction open on a connection whatever the closure did
+/// (returned early, errored or panicked): the next user must start clean.
+fn end_open_transaction(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::warn!(error = %e, "cannot roll back a transaction left open");
+        }
+    }
+}
+
+/// A reader connection borrowed from the pool; back in the pool on drop.
+struct ReaderLease<'a> {
+    pool: &'a Mutex<Vec<Connection>>,
+    conn: Option<Connection>,
+}
+
+impl Drop for ReaderLease<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            end_open_transaction(&conn);
+            lock_pool(self.pool).push(conn);
+        }
+    }
+}
+
+/// The writer connection for one closure; rolls back on drop whatever the
+/// closure left open.
+struct Rollback(tokio::sync::OwnedMutexGuard<Connection>);
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        end_open_transaction(&self.0);
+    }
+}
+
 /// The database holds tenant data: owner only.
 fn restrict_mode(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -297,9 +376,47 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Unix milliseconds as RFC 3339 UTC with milliseconds.
+/// Unix milliseconds as RFC 3339 UTC with milliseconds (four-digit year:
+/// see [`crate::timestamp`]).
 pub fn ms_to_rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::timestamp::format(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_closure_returns_its_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = StoreOptions {
+            readers: 2,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_blocking(&dir.path().join("t.db"), &opts).expect("open");
+        for _ in 0..5 {
+            let r: StoreResult<()> = store.read(|_| panic!("boom")).await;
+            assert!(matches!(r, Err(StoreError::Join(_))));
+        }
+        for _ in 0..5 {
+            store.ping().await.expect("reader pool intact");
+        }
+        // A writer that panics inside an open transaction leaves nothing
+        // behind: the transaction is rolled back and the next write works.
+        let r: StoreResult<()> = store
+            .write(|c| {
+                c.execute_batch(
+                    "BEGIN IMMEDIATE; INSERT INTO daemon_state (key, value, updated_at) VALUES ('k', 'v', 0);",
+                )?;
+                panic!("boom")
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Join(_))));
+        store.set_state("other", "1".into()).await.expect("write");
+        assert_eq!(store.get_state("k").await.expect("read"), None);
+        assert_eq!(
+            store.get_state("other").await.expect("read").as_deref(),
+            Some("1")
+        );
+    }
 }

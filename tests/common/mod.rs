@@ -53,6 +53,12 @@ impl TestDaemon {
     }
 
     pub async fn start_with(opts: Options) -> TestDaemon {
+        Self::start_with_nofile(opts, None).await
+    }
+
+    /// As `start_with`, with the process's `RLIMIT_NOFILE` (soft and hard)
+    /// set to `nofile` before exec.
+    pub async fn start_with_nofile(opts: Options, nofile: Option<u64>) -> TestDaemon {
         let (tmp, dir) = match &opts.dir {
             Some(d) => (None, d.clone()),
             None => {
@@ -88,6 +94,22 @@ impl TestDaemon {
         }
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().expect("spawn hermes-tenantd");
         let stderr = child.stderr.take().expect("stderr");
