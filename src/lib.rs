@@ -2,6 +2,7 @@
 //! See `ARCHITECTURE.md` for the map of modules.
 
 pub mod agent;
+pub mod agent_file;
 pub mod api;
 pub mod atomic_file;
 pub mod auth;

@@ -21,7 +21,12 @@ impl From<EnvError> for ApiError {
             }
             EnvError::Reserved(n) => ApiError::Reserved(n),
             EnvError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            EnvError::TooLarge | EnvError::NotUtf8 => ApiError::Conflict(e.to_string()),
+            EnvError::TooLarge => ApiError::FileTooLarge {
+                message: e.to_string(),
+            },
+            EnvError::NotRegular | EnvError::NotUtf8 | EnvError::WouldNotReadBack => {
+                ApiError::Conflict(e.to_string())
+            }
             EnvError::Io(e) => ApiError::internal(e),
         }
     }
