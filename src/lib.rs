@@ -6,6 +6,7 @@ pub mod agent_file;
 pub mod api;
 pub mod atomic_file;
 pub mod auth;
+pub mod bounded_yaml;
 pub mod config;
 pub mod cron;
 pub mod daemon;

@@ -12,6 +12,11 @@ use super::{CronError, CronService, active, next_for, parse_schedule, spec};
 use crate::store::cron::{self as db, JobRow};
 
 const DONE_KEY: &str = "cron.jobs_json_imported";
+/// Largest `jobs.json` read (the gateway caps a prompt at 5,000 characters;
+/// 4 MiB is hundreds of jobs).
+pub const MAX_JOBS_JSON_BYTES: u64 = 4 * 1024 * 1024;
+/// Most jobs imported; the rest stay in `jobs.json` (named in one line).
+pub const MAX_IMPORTED_JOBS: usize = 500;
 
 fn iso_ms(v: Option<&Value>) -> Option<i64> {
     let s = v?.as_str()?;
@@ -112,14 +117,17 @@ pub fn map_job(j: &Map<String, Value>, now: i64) -> Result<JobRow, String> {
     })
 }
 
-fn read(path: &Path) -> std::io::Result<Option<Value>> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+/// The parsed file (`None`: absent), read with a cap and without
+/// following a symlink; serde_json limits nesting to 128 levels.
+fn read(path: &Path) -> Result<Option<Value>, crate::agent_file::ReadError> {
+    let Some(b) = crate::agent_file::read_capped(path, MAX_JOBS_JSON_BYTES)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&b).map(Some).map_err(|e| {
+        // Category and position only: the message could quote a prompt.
+        let why = format!("not valid JSON ({:?} at line {})", e.classify(), e.line());
+        std::io::Error::new(std::io::ErrorKind::InvalidData, why).into()
+    })
 }
 
 /// Rewrite the file atomically with only `remaining` jobs.
@@ -168,7 +176,13 @@ pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<
     let now = cron.clock.now_ms();
     let mut remaining = Vec::new();
     let mut imported = 0usize;
+    let mut over_cap = 0usize;
     for j in jobs {
+        if imported >= MAX_IMPORTED_JOBS {
+            over_cap += 1;
+            remaining.push(j);
+            continue;
+        }
         let row = match j.as_object().map(|o| map_job(o, now)) {
             Some(Ok(r)) => r,
             Some(Err(why)) => {
@@ -205,6 +219,13 @@ pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    if over_cap > 0 {
+        tracing::warn!(
+            left = over_cap,
+            max = MAX_IMPORTED_JOBS,
+            "gateway cron jobs over the import cap; left in jobs.json"
+        );
     }
     let total = imported + remaining.len();
     if imported > 0 {

@@ -14,6 +14,15 @@ const MAX_SKILL_BYTES: usize = 64 * 1024;
 /// Most bytes of instructions built from skills.
 const MAX_TOTAL_BYTES: usize = 128 * 1024;
 
+/// The file as text, read with the skills index's cap and without
+/// following a symlink; `None` when it cannot be (the caller logs).
+fn read_skill_md(file: &Path) -> Option<String> {
+    let bytes = crate::agent_file::read_capped(file, crate::skills::MAX_SKILL_MD_BYTES)
+        .ok()
+        .flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// `(name, directory under the skills tree)` of the indexed, well-formed
 /// skills with these names; names not found are left out.
 pub fn locate(conn: &Connection, names: &[String]) -> StoreResult<Vec<(String, String)>> {
@@ -45,7 +54,7 @@ pub fn instructions(
     let mut loaded = 0;
     for (name, dir) in found {
         let file = skills_dir.join(dir).join("SKILL.md");
-        let Ok(text) = std::fs::read_to_string(&file) else {
+        let Some(text) = read_skill_md(&file) else {
             tracing::warn!(skill = %name, path = %file.display(), "cron: cannot read a job's skill; left out");
             continue;
         };

@@ -5,11 +5,11 @@
 //! or `skills/<category>/<skill>/SKILL.md`; names starting with `.` are
 //! not scanned (Hermes keeps hub metadata there).
 
+pub mod scan;
 pub mod watcher;
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -18,8 +18,7 @@ use serde_json::Value as Json;
 use crate::store::conversations::Page;
 use crate::store::{StoreError, StoreResult, cursor, ms_to_rfc3339, now_ms};
 
-/// Largest `SKILL.md` read; a bigger one is listed with an error.
-pub const MAX_SKILL_MD_BYTES: u64 = 1024 * 1024;
+pub use scan::{DiskSkill, Indexed, MAX_SKILL_MD_BYTES, read_skill, scan_disk};
 /// Front matter limits from Hermes Agent's documentation.
 pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_DESCRIPTION_CHARS: usize = 1024;
@@ -63,7 +62,7 @@ pub fn parse_skill_md(text: &str, dir_name: &str) -> Parsed {
         p.error = Some("the YAML front matter is not closed by a `---` line".into());
         return p;
     }
-    let value: serde_yaml_ng::Value = match serde_yaml_ng::from_str(&yaml) {
+    let value = match crate::bounded_yaml::from_str(&yaml) {
         Ok(v) => v,
         Err(e) => {
             p.error = Some(match e.location() {
@@ -73,7 +72,10 @@ pub fn parse_skill_md(text: &str, dir_name: &str) -> Parsed {
                     l.column(),
                     first_line(&e.to_string())
                 ),
-                None => format!("front matter is not valid YAML: {e}"),
+                None => format!(
+                    "front matter is not valid YAML: {}",
+                    first_line(&e.to_string())
+                ),
             });
             return p;
         }
@@ -124,116 +126,20 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-/// A skill directory found on disk.
-#[derive(Debug, Clone)]
-pub struct DiskSkill {
-    /// Relative to the skills directory: `skill` or `category/skill`.
-    pub path: String,
-    pub category: Option<String>,
-    pub size: u64,
-    pub mtime_ns: i64,
+/// What the last scans left out, shared by the watcher (writer) and the
+/// API (`GET /skills` says `truncated`).
+#[derive(Debug, Default)]
+pub struct IndexStatus {
+    truncated: AtomicBool,
 }
 
-/// A skill ready to be written to the index.
-#[derive(Debug, Clone)]
-pub struct Indexed {
-    pub disk: DiskSkill,
-    pub parsed: Parsed,
-    pub content_hash: String,
-}
-
-fn visible_dirs(dir: &Path) -> Vec<String> {
-    let Ok(iter) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut v: Vec<String> = iter
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.'))
-        .filter(|n| dir.join(n).is_dir())
-        .collect();
-    v.sort();
-    v
-}
-
-fn skill_md(dir: &Path, rel: &str, category: Option<&str>) -> Option<DiskSkill> {
-    let meta = std::fs::metadata(dir.join(rel).join("SKILL.md")).ok()?;
-    meta.is_file().then(|| DiskSkill {
-        path: rel.to_owned(),
-        category: category.map(str::to_owned),
-        size: meta.len(),
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-    })
-}
-
-/// Skills on disk under `scope` (one top-level entry) or everywhere.
-pub fn scan_disk(skills_dir: &Path, scope: Option<&str>) -> Vec<DiskSkill> {
-    let tops = match scope {
-        Some(t) => vec![t.to_owned()],
-        None => visible_dirs(skills_dir),
-    };
-    let mut out = Vec::new();
-    for top in tops {
-        let dir = skills_dir.join(&top);
-        if top.starts_with('.') || !dir.is_dir() {
-            continue;
-        }
-        if let Some(s) = skill_md(skills_dir, &top, None) {
-            out.push(s);
-        }
-        for sub in visible_dirs(&dir) {
-            if let Some(s) = skill_md(skills_dir, &format!("{top}/{sub}"), Some(&top)) {
-                out.push(s);
-            }
-        }
+impl IndexStatus {
+    pub fn truncated(&self) -> bool {
+        self.truncated.load(Ordering::Relaxed)
     }
-    out
-}
 
-/// Read and parse one skill.
-pub fn read_skill(skills_dir: &Path, disk: DiskSkill) -> Indexed {
-    let dir_name = disk
-        .path
-        .rsplit('/')
-        .next()
-        .unwrap_or(&disk.path)
-        .to_owned();
-    let md = skills_dir.join(&disk.path).join("SKILL.md");
-    let bytes = if disk.size > MAX_SKILL_MD_BYTES {
-        Err(format!(
-            "SKILL.md is larger than {MAX_SKILL_MD_BYTES} bytes"
-        ))
-    } else {
-        std::fs::read(&md).map_err(|e| format!("SKILL.md cannot be read: {e}"))
-    };
-    let (parsed, hash) = match bytes {
-        Ok(b) => {
-            let hash = crate::hex::sha256(&b);
-            let parsed = match std::str::from_utf8(&b) {
-                Ok(t) => parse_skill_md(t, &dir_name),
-                Err(_) => Parsed {
-                    name: dir_name.clone(),
-                    description: String::new(),
-                    front_matter: Json::Object(Default::default()),
-                    error: Some("SKILL.md is not UTF-8 text".into()),
-                },
-            };
-            (parsed, hash)
-        }
-        Err(error) => (
-            Parsed {
-                name: dir_name.clone(),
-                description: String::new(),
-                front_matter: Json::Object(Default::default()),
-                error: Some(error),
-            },
-            String::new(),
-        ),
-    };
-    Indexed {
-        disk,
-        parsed,
-        content_hash: hash,
+    pub fn set_truncated(&self, v: bool) {
+        self.truncated.store(v, Ordering::Relaxed);
     }
 }
 
@@ -267,6 +173,12 @@ pub fn known(
         map.insert(k, v);
     }
     Ok(map)
+}
+
+/// How many skills the index holds.
+pub fn count(conn: &Connection) -> StoreResult<usize> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM skills", [], |r| r.get(0))?;
+    Ok(n.max(0) as usize)
 }
 
 /// Write upserts and deletes in one transaction.
