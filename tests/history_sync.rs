@@ -105,16 +105,7 @@ async fn gateway_history_is_imported_once_including_wal_rows() {
         .unwrap_or(0);
     assert!(wal > 0, "seeded rows should sit in the WAL");
 
-    let extra = format!(
-        "[gateway]\ncommand = \"/nonexistent/hermes gateway run\"\nhermes_home = \"{}\"\n\n[runs]\nhistory_sync_interval = \"200ms\"\n",
-        home.display()
-    );
-    let mut d = TestDaemon::start_with(Options {
-        config_extra: extra.clone(),
-        dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await;
+    let mut d = TestDaemon::start_with(daemon_options(dir.path(), &home)).await;
     // api_server sessions are the daemon's own runs: not imported again.
     wait_count(&d, "pelicans", 3).await;
     let m: Value = d
@@ -140,12 +131,7 @@ async fn gateway_history_is_imported_once_including_wal_rows() {
     // A restart imports nothing twice.
     d.kill();
     drop(d);
-    let d = TestDaemon::start_with(Options {
-        config_extra: extra,
-        dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await;
+    let d = TestDaemon::start_with(daemon_options(dir.path(), &home)).await;
     d.wait_for_log("listening", Duration::from_secs(5)).await;
     // Give the importer a full pass (it logs nothing when nothing is new):
     // add a marker row and wait for it, then check the total.
@@ -230,13 +216,7 @@ async fn a_crafted_state_db_is_refused_without_running_its_schema() {
     assert!(line.contains("gateway state.db"), "{line}");
     let v: Value = d.get_json("/conversations").await;
     assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "{v}");
-    let pid = d.pid();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let hwm_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
+    let hwm_kib = vm_hwm_kib(d.pid());
     assert!(hwm_kib < 512 * 1024, "VmHWM {hwm_kib} KiB");
 }
 

@@ -57,15 +57,6 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// The start scan's log line (JSON), once written.
 async fn start_scan(d: &TestDaemon) -> Value {
     let deadline = Instant::now() + Duration::from_secs(240);

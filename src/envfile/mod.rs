@@ -11,13 +11,16 @@
 //! returned. Writes are serialised and atomic (see `atomic_file`).
 
 pub mod dotenv;
+mod reserved;
+mod rewrite;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
 use crate::agent_file::{self, ReadError};
-use dotenv::{Binding, Encoding};
+pub use reserved::Reserved;
 
 /// Names reserved by the platform whatever the configuration says.
 pub const BUILTIN_RESERVED: &[&str] = &[
@@ -82,7 +85,7 @@ pub fn is_valid_name(name: &str) -> bool {
 #[derive(Debug)]
 pub struct EnvFile {
     path: PathBuf,
-    reserved: Vec<String>,
+    reserved: Arc<Reserved>,
     value_max_bytes: usize,
     lock: Mutex<()>,
 }
@@ -91,7 +94,7 @@ impl EnvFile {
     pub fn new(hermes_home: &Path, reserved: Vec<String>, value_max_bytes: usize) -> EnvFile {
         EnvFile {
             path: hermes_home.join(".env"),
-            reserved,
+            reserved: Arc::new(Reserved::new(reserved)),
             value_max_bytes,
             lock: Mutex::new(()),
         }
@@ -103,14 +106,7 @@ impl EnvFile {
 
     /// Reserved: built in, or listed by the operator (`NAME` or `PREFIX_*`).
     pub fn is_reserved(&self, name: &str) -> bool {
-        BUILTIN_RESERVED.contains(&name)
-            || BUILTIN_RESERVED_PREFIXES
-                .iter()
-                .any(|p| name.starts_with(p))
-            || self.reserved.iter().any(|r| match r.strip_suffix('*') {
-                Some(prefix) => name.starts_with(prefix),
-                None => r == name,
-            })
+        self.reserved.is_reserved(name)
     }
 
     /// Check a name for a write: valid, then not reserved.
@@ -186,191 +182,38 @@ impl EnvFile {
     /// the removed spans change.
     pub async fn sanitize(&self) -> Result<Vec<String>, EnvError> {
         let _guard = self.lock.lock().await;
-        let path = self.path.clone();
-        let bytes = blocking({
-            let path = path.clone();
-            move || read_file(&path)
+        let (path, reserved) = (self.path.clone(), self.reserved.clone());
+        let stripped = blocking(move || {
+            let bytes = read_file(&path)?;
+            let (out, stripped) = rewrite::strip_reserved(&bytes, &reserved);
+            if !stripped.is_empty() {
+                write_text(&path, &out)?;
+            }
+            Ok(stripped)
         })
         .await?;
-        let parsed = dotenv::parse(&bytes);
-        let mut stripped = Vec::new();
-        let edits: Vec<Edit> = parsed
-            .bindings
-            .iter()
-            .filter_map(|b| {
-                let n = self.reserved_in(b, &bytes)?;
-                stripped.push(n);
-                Some(Edit::remove(b))
-            })
-            .collect();
-        if !edits.is_empty() {
-            for n in &stripped {
-                tracing::warn!(name = %n, "removed a reserved key from the Hermes .env");
-            }
-            let out = apply_edits(&bytes, &edits, None);
-            blocking(move || write_text(&path, &out)).await?;
-        }
+        log_stripped(&stripped);
         Ok(stripped)
     }
 
     /// Returns whether a binding for `name` was present before. `new`:
-    /// the statement to write and the value it must read back as.
+    /// the statement to write and the value it must read back as. Read,
+    /// plan and write happen in one blocking call, under the lock.
     async fn rewrite(&self, name: String, new: Option<(String, String)>) -> Result<bool, EnvError> {
         let _guard = self.lock.lock().await;
-        let path = self.path.clone();
-        let bytes = blocking({
-            let path = path.clone();
-            move || read_file(&path)
+        let (path, reserved) = (self.path.clone(), self.reserved.clone());
+        let plan = blocking(move || {
+            let bytes = read_file(&path)?;
+            let plan = rewrite::set_or_remove(&bytes, &reserved, &name, new.as_ref())?;
+            if plan.bytes != bytes {
+                write_text(&path, &plan.bytes)?;
+            }
+            Ok(plan)
         })
         .await?;
-        let parsed = dotenv::parse(&bytes);
-        if parsed.encoding != Encoding::Utf8 {
-            return Err(EnvError::NotUtf8);
-        }
-        let last = parsed
-            .bindings
-            .iter()
-            .rposition(|b| b.key.as_deref() == Some(name.as_str()));
-        let mut edits = Vec::new();
-        for (i, b) in parsed.bindings.iter().enumerate() {
-            if let Some(n) = self.reserved_in(b, &bytes) {
-                tracing::warn!(name = %n, "removed a reserved key from the Hermes .env");
-                edits.push(Edit::remove(b));
-            } else if b.key.as_deref() == Some(name.as_str()) {
-                match (&new, Some(i) == last) {
-                    (Some((line, _)), true) => edits.push(Edit::replace(b, line, &bytes)),
-                    _ => edits.push(Edit::remove(b)),
-                }
-            }
-        }
-        let append = match (&new, last) {
-            (Some((line, _)), None) => Some(line.as_str()),
-            _ => None,
-        };
-        let out = apply_edits(&bytes, &edits, append);
-        // What the gateway will read: the change and nothing reserved.
-        let check = dotenv::parse(&out);
-        let reads_back = match &new {
-            Some((_, value)) => check.get(&name) == Some(value.as_str()),
-            None => !check
-                .bindings
-                .iter()
-                .any(|b| b.key.as_deref() == Some(&name)),
-        };
-        if !reads_back
-            || check
-                .bindings
-                .iter()
-                .any(|b| self.reserved_in(b, out.as_slice()).is_some())
-        {
-            return Err(EnvError::WouldNotReadBack);
-        }
-        if out != bytes {
-            blocking(move || write_text(&path, &out)).await?;
-        }
-        Ok(last.is_some())
+        log_stripped(&plan.stripped);
+        Ok(plan.found)
     }
-
-    /// The reserved name a binding sets, or may set once the gateway's own
-    /// pre-load pass has rewritten the file: that pass removes NUL bytes
-    /// and the BOM and splits a line at any known `NAME=` in it (for
-    /// `A=xAPI_SERVER_KEY=y`), so any reserved `NAME=` in a statement's
-    /// text counts. Blank and comment statements never set anything.
-    fn reserved_in(&self, b: &Binding, file: &[u8]) -> Option<String> {
-        if let Some(k) = &b.key {
-            let k = dotenv::effective_key(k);
-            if self.is_reserved(&k) {
-                return Some(k);
-            }
-        } else if !b.error {
-            return None;
-        }
-        file.get(b.span.clone())
-            .and_then(|t| self.reserved_assignment(t))
-    }
-
-    /// A reserved `NAME=` anywhere in `text` (NULs ignored). Reserved
-    /// names are ASCII, so this works on the bytes whatever the encoding.
-    fn reserved_assignment(&self, text: &[u8]) -> Option<String> {
-        let text: Vec<u8> = text.iter().copied().filter(|c| *c != 0).collect();
-        let is_name_byte = |c: &u8| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_';
-        for (eq, _) in text.iter().enumerate().filter(|(_, c)| **c == b'=') {
-            let run_start = text[..eq]
-                .iter()
-                .rposition(|c| !is_name_byte(c))
-                .map_or(0, |i| i + 1);
-            // Names are at most 128 bytes: only the run's tail matters.
-            let from = run_start.max(eq.saturating_sub(128));
-            for i in from..eq {
-                let Ok(candidate) = std::str::from_utf8(&text[i..eq]) else {
-                    continue;
-                };
-                if self.is_reserved(candidate) {
-                    return Some(candidate.to_owned());
-                }
-            }
-        }
-        None
-    }
-}
-
-/// One change to the file: the byte range of a binding's own text and
-/// what replaces it.
-struct Edit {
-    range: std::ops::Range<usize>,
-    with: Option<String>,
-}
-
-impl Edit {
-    fn remove(b: &Binding) -> Edit {
-        Edit {
-            range: b.own.clone(),
-            with: None,
-        }
-    }
-
-    /// `line` plus the line end the binding had (`\r\n`, `\n`, `\r` or
-    /// none at the end of the file).
-    fn replace(b: &Binding, line: &str, bytes: &[u8]) -> Edit {
-        let own = &bytes[b.own.clone()];
-        let eol = if own.ends_with(b"\r\n") {
-            "\r\n"
-        } else if own.ends_with(b"\n") {
-            "\n"
-        } else if own.ends_with(b"\r") {
-            "\r"
-        } else {
-            ""
-        };
-        Edit {
-            range: b.own.clone(),
-            with: Some(format!("{line}{eol}")),
-        }
-    }
-}
-
-/// `bytes` with `edits` (in file order, not overlapping) applied and
-/// `append` added as a last line. Only called on UTF-8 text, or with
-/// removals only (which keep the other bytes whatever they are).
-fn apply_edits(bytes: &[u8], edits: &[Edit], append: Option<&str>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + append.map_or(0, str::len) + 2);
-    let mut at = 0;
-    for e in edits {
-        out.extend_from_slice(&bytes[at..e.range.start]);
-        if let Some(w) = &e.with {
-            out.extend_from_slice(w.as_bytes());
-        }
-        at = e.range.end;
-    }
-    out.extend_from_slice(&bytes[at..]);
-    if let Some(line) = append {
-        if !out.is_empty() && !out.ends_with(b"\n") && !out.ends_with(b"\r") {
-            out.push(b'\n');
-        }
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out
 }
 
 async fn blocking<T: Send + 'static>(
@@ -392,6 +235,12 @@ fn read_file(path: &Path) -> Result<Vec<u8>, EnvError> {
             }
             Err(e.into())
         }
+    }
+}
+
+fn log_stripped(names: &[String]) {
+    for n in names {
+        tracing::warn!(name = %n, "removed a reserved key from the Hermes .env");
     }
 }
 

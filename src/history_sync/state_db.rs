@@ -145,6 +145,9 @@ pub fn read_batch(db: &Path, after: i64) -> rusqlite::Result<(Vec<SourceMessage>
     Ok((out, more))
 }
 
+/// A session's `(source, title)`.
+type SessionRow = (Option<String>, Option<String>);
+
 /// Fill in each message's session `source` and `title`. A session that
 /// cannot be read leaves `source` unset (the message is not imported).
 fn sessions(conn: &Connection, batch: &mut [SourceMessage]) -> rusqlite::Result<()> {
@@ -153,7 +156,7 @@ fn sessions(conn: &Connection, batch: &mut [SourceMessage]) -> rusqlite::Result<
                 CASE WHEN octet_length(title) <= ?2 THEN title END
          FROM sessions WHERE id = ?1",
     )?;
-    let mut cache: std::collections::HashMap<String, Option<(Option<String>, Option<String>)>> =
+    let mut cache: std::collections::HashMap<String, Option<SessionRow>> =
         std::collections::HashMap::new();
     for m in batch.iter_mut() {
         let Some(sid) = m.session_id.clone() else {

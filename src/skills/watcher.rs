@@ -374,33 +374,32 @@ async fn full(
         Ok(r) => {
             status.set_truncated(r.truncated);
             let elapsed_ms = started.elapsed().as_millis() as u64;
+            // One line per scan; a warning when a cap stopped it.
+            macro_rules! scan_line {
+                ($level:expr, $msg:literal) => {
+                    tracing::event!(
+                        $level,
+                        why,
+                        scanned = r.scanned,
+                        upserted = r.upserted,
+                        deleted = r.deleted,
+                        entries = r.entries,
+                        watched_dirs = r.dirs.len(),
+                        watches_capped = r.watches_capped,
+                        max_skills = MAX_SKILLS,
+                        max_entries = MAX_SCAN_ENTRIES,
+                        elapsed_ms,
+                        $msg
+                    )
+                };
+            }
             if r.truncated {
-                tracing::warn!(
-                    why,
-                    scanned = r.scanned,
-                    upserted = r.upserted,
-                    deleted = r.deleted,
-                    entries = r.entries,
-                    watched_dirs = r.dirs.len(),
-                    watches_capped = r.watches_capped,
-                    max_skills = MAX_SKILLS,
-                    max_entries = MAX_SCAN_ENTRIES,
-                    max_watched_dirs = MAX_WATCHED_DIRS,
-                    elapsed_ms,
+                scan_line!(
+                    tracing::Level::WARN,
                     "skills tree over its caps; indexed up to them"
                 );
             } else {
-                tracing::info!(
-                    why,
-                    scanned = r.scanned,
-                    upserted = r.upserted,
-                    deleted = r.deleted,
-                    entries = r.entries,
-                    watched_dirs = r.dirs.len(),
-                    watches_capped = r.watches_capped,
-                    elapsed_ms,
-                    "skills index reconciled"
-                );
+                scan_line!(tracing::Level::INFO, "skills index reconciled");
             }
             if let Some(w) = watches {
                 sync_watches(w, None, r.dirs).await;
