@@ -54,13 +54,17 @@ impl Parsed {
     /// The key → value map python-dotenv's `dotenv_values` returns
     /// (without interpolation): last binding wins.
     pub fn values(&self) -> Vec<(&str, Option<&str>)> {
+        let mut index: std::collections::HashMap<&str, usize> = Default::default();
         let mut out: Vec<(&str, Option<&str>)> = Vec::new();
         for b in &self.bindings {
             if let Some(k) = b.key.as_deref() {
                 let v = b.value.as_deref();
-                match out.iter_mut().find(|(x, _)| *x == k) {
-                    Some(slot) => slot.1 = v,
-                    None => out.push((k, v)),
+                match index.get(k) {
+                    Some(&i) => out[i].1 = v,
+                    None => {
+                        index.insert(k, out.len());
+                        out.push((k, v));
+                    }
                 }
             }
         }
@@ -114,8 +118,9 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     let (norm, map) = normalize(&text, encoding);
     let mut bindings = Vec::new();
     let mut pos = 0;
+    let mut memo = Memo::default();
     while pos < norm.len() {
-        let (b, next) = parse_binding(&norm, pos);
+        let (b, next) = parse_binding(&norm, pos, &mut memo);
         // Every call consumes at least one character (there is one).
         let next = if next > pos { next } else { norm.len() };
         bindings.push(Binding {
@@ -178,6 +183,18 @@ fn normalize(text: &str, encoding: Encoding) -> (String, OffsetMap) {
 
 struct Failed;
 
+/// What an unclosed quoted value's scan learned, so the next one does not
+/// scan to the end again (a file of `A="x` lines would be quadratic).
+/// Per quote character: the first body start known to reach the end of
+/// the text without a closing quote, and the last `\q` pair's quote.
+/// Any later body start of the same quote is aligned with that scan (an
+/// opening quote inside it was the second half of a pair), so it sees the
+/// same pairs from there on.
+#[derive(Default)]
+struct Memo {
+    unclosed: [Option<(usize, Option<usize>)>; 2],
+}
+
 fn peek(s: &str, pos: usize) -> Option<char> {
     s.get(pos..).and_then(|r| r.chars().next())
 }
@@ -195,7 +212,7 @@ fn skip_while(s: &str, mut pos: usize, f: impl Fn(char) -> bool) -> usize {
 /// `parse_binding` of python-dotenv, on normalised text. Offsets in the
 /// returned binding are normalised ones; the second value is where the
 /// next binding starts.
-fn parse_binding(s: &str, mark: usize) -> (Binding, usize) {
+fn parse_binding(s: &str, mark: usize, memo: &mut Memo) -> (Binding, usize) {
     let start = skip_while(s, mark, is_py_space);
     let line_start = s[mark..start].rfind('\n').map_or(mark, |i| mark + i + 1);
     let binding = |key, value, end, error| Binding {
@@ -209,7 +226,7 @@ fn parse_binding(s: &str, mark: usize) -> (Binding, usize) {
         return (binding(None, None, start, false), start);
     }
     let mut pos = start;
-    match statement(s, &mut pos) {
+    match statement(s, &mut pos, memo) {
         Ok((key, value)) => (binding(key, value, pos, false), pos),
         Err(Failed) => {
             // `_rest_of_line`, from wherever the failed read stopped.
@@ -234,7 +251,7 @@ type Statement = (Option<String>, Option<String>);
 /// `_export`, key, `=` value, `_comment`, `_end_of_line`. `pos` is left
 /// where the last successful read ended (python-dotenv's position on an
 /// error).
-fn statement(s: &str, pos: &mut usize) -> Result<Statement, Failed> {
+fn statement(s: &str, pos: &mut usize, memo: &mut Memo) -> Result<Statement, Failed> {
     if s[*pos..].starts_with("export") {
         let after = skip_while(s, *pos + 6, is_blank);
         if after > *pos + 6 {
@@ -267,7 +284,7 @@ fn statement(s: &str, pos: &mut usize) -> Result<Statement, Failed> {
     *pos = skip_while(s, *pos, is_blank);
     let value = if peek(s, *pos) == Some('=') {
         *pos = skip_while(s, *pos + 1, is_blank);
-        Some(value(s, pos)?)
+        Some(value(s, pos, memo)?)
     } else {
         None
     };
@@ -284,10 +301,10 @@ fn statement(s: &str, pos: &mut usize) -> Result<Statement, Failed> {
     Ok((key, value))
 }
 
-fn value(s: &str, pos: &mut usize) -> Result<String, Failed> {
+fn value(s: &str, pos: &mut usize, memo: &mut Memo) -> Result<String, Failed> {
     match peek(s, *pos) {
         Some(q @ ('\'' | '"')) => {
-            let (body, end) = quoted(s, *pos, q)?;
+            let (body, end) = quoted(s, *pos, q, memo)?;
             *pos = end;
             Ok(unescape(body, q == '"'))
         }
@@ -307,8 +324,23 @@ fn value(s: &str, pos: &mut usize) -> Result<String, Failed> {
 /// first quote not taken by a `\q` pair; if there is none before the end
 /// of the text, at the quote of the last `\q` pair; if there is no pair
 /// either, the read fails. Returns (body, end).
-fn quoted(s: &str, open: usize, q: char) -> Result<(&str, usize), Failed> {
+fn quoted<'a>(
+    s: &'a str,
+    open: usize,
+    q: char,
+    memo: &mut Memo,
+) -> Result<(&'a str, usize), Failed> {
     let body = open + 1;
+    let slot = usize::from(q == '\'');
+    let close_at_pair = |c: Option<usize>| match c {
+        Some(c) if c > body => Ok((&s[body..c], c + 1)),
+        _ => Err(Failed),
+    };
+    if let Some((from, last)) = memo.unclosed[slot] {
+        if body >= from {
+            return close_at_pair(last);
+        }
+    }
     let mut i = body;
     let mut last_pair_quote = None;
     while let Some(c) = peek(s, i) {
@@ -321,10 +353,8 @@ fn quoted(s: &str, open: usize, q: char) -> Result<(&str, usize), Failed> {
             i += c.len_utf8();
         }
     }
-    match last_pair_quote {
-        Some(c) => Ok((&s[body..c], c + 1)),
-        None => Err(Failed),
-    }
+    memo.unclosed[slot] = Some((body, last_pair_quote));
+    close_at_pair(last_pair_quote)
 }
 
 /// `\\[\\'"abfnrtv]` (double quotes) or `\\[\\']` (single quotes),
@@ -479,6 +509,17 @@ mod tests {
         assert_eq!(&text[b[1].own.clone()], b"  B=\xe9\r\n");
         assert_eq!(b[1].value.as_deref(), Some("\u{e9}"));
         assert_eq!(&text[b[2].span.clone()], b"C=3");
+    }
+
+    #[test]
+    fn unclosed_quotes_do_not_make_parsing_quadratic() {
+        // 1 MiB of unclosed quotes: each would scan to the end of the file
+        // (about 10^11 steps in all) without the memo.
+        for line in ["A=\"x\n", "A='x\n", "A=\"\\\"x\n", "A='\\'x\n"] {
+            let text = line.repeat(1024 * 1024 / line.len());
+            let p = parse(text.as_bytes());
+            assert!(!p.bindings.is_empty());
+        }
     }
 
     #[test]

@@ -143,17 +143,21 @@ impl EnvFile {
     /// duplicates.
     pub async fn names(&self) -> Result<Vec<String>, EnvError> {
         let path = self.path.clone();
-        let bytes = blocking(move || read_file(&path)).await?;
-        let parsed = dotenv::parse(&bytes);
-        let mut out: Vec<String> = Vec::new();
-        for b in &parsed.bindings {
-            if let (Some(k), Some(_)) = (&b.key, &b.value) {
-                if !out.contains(k) {
-                    out.push(k.clone());
+        blocking(move || {
+            let bytes = read_file(&path)?;
+            // A set, not `Vec::contains`: the file may hold 100,000 keys.
+            let mut seen = std::collections::HashSet::new();
+            let mut out: Vec<String> = Vec::new();
+            for b in dotenv::parse(&bytes).bindings {
+                if let (Some(k), Some(_)) = (b.key, b.value) {
+                    if seen.insert(k.clone()) {
+                        out.push(k);
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     /// Set `name` to `value`: its last binding is replaced in place, earlier
