@@ -149,3 +149,43 @@ async fn a_huge_tree_is_indexed_up_to_the_caps_in_bounded_memory() {
     drop(big_home);
     eprintln!("big tree removed in {:?}", t1.elapsed());
 }
+
+#[tokio::test]
+async fn a_flood_of_events_keeps_memory_bounded_and_the_index_current() {
+    let home = scratch();
+    build_tree(home.path(), 1, 10, 0);
+    let d = daemon(home.path()).await;
+    start_scan(&d).await;
+    let before = vm_hwm_kib(d.pid());
+    // 30,000 distinct top-level entries appear and vanish while it watches:
+    // the event queue is bounded and a burst remembers at most 256 of them.
+    let root = home.path().join("skills");
+    for i in 0..30_000 {
+        std::fs::create_dir(root.join(format!("flood{i:05}"))).expect("mkdir");
+    }
+    for i in 0..30_000 {
+        std::fs::remove_dir(root.join(format!("flood{i:05}"))).expect("rmdir");
+    }
+    let late = root.join("late");
+    std::fs::create_dir(&late).expect("mkdir");
+    std::fs::write(
+        late.join("SKILL.md"),
+        "---\nname: latecomer\ndescription: written after the flood\n---\n",
+    )
+    .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = d.get_json("/skills?q=latecomer").await;
+        if v["items"].as_array().is_some_and(|a| a.len() == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the skill written after the flood was never indexed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = vm_hwm_kib(d.pid());
+    eprintln!("VmHWM before the flood {before} KiB, after {after} KiB");
+    assert!(after <= before + 32 * 1024, "VmHWM {before} -> {after} KiB");
+}
