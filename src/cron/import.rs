@@ -252,6 +252,28 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn jobs_json_is_read_capped_and_never_through_a_symlink() {
+        use crate::agent_file::ReadError;
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("jobs.json");
+        assert!(read(&p).expect("absent").is_none());
+        std::fs::write(&p, r#"{"jobs": [], "secret": "PROMPT-TEXT"#).expect("write");
+        let e = read(&p).expect_err("invalid");
+        assert!(!e.to_string().contains("PROMPT-TEXT"), "{e}");
+        let big = format!(
+            "{{\"jobs\": [], \"pad\": \"{}\"}}",
+            "x".repeat(MAX_JOBS_JSON_BYTES as usize)
+        );
+        std::fs::write(&p, big).expect("write");
+        assert!(matches!(read(&p), Err(ReadError::TooLarge { .. })));
+        let outside = dir.path().join("outside.json");
+        std::fs::write(&outside, r#"{"jobs": []}"#).expect("write");
+        std::fs::remove_file(&p).expect("rm");
+        std::os::unix::fs::symlink(&outside, &p).expect("symlink");
+        assert!(matches!(read(&p), Err(ReadError::NotRegular)));
+    }
+
+    #[test]
     fn maps_a_hermes_job() {
         let j = json!({"id": "a1b2c3d4e5f6", "name": "news", "prompt": "summarise", "skills": ["web"],
             "schedule": {"kind": "cron", "expr": "0 8 * * *", "display": "0 8 * * *"},
