@@ -161,6 +161,7 @@ impl Daemon {
             hermes_config: Arc::new(crate::settings::HermesConfig::new(
                 &config.gateway.hermes_home,
             )),
+            skills_status: Arc::new(crate::skills::IndexStatus::default()),
         };
         // A reserved key in the tenant's .env would override what the
         // platform sets: drop it before the agent starts.
@@ -195,6 +196,7 @@ impl Daemon {
             store.clone(),
             config.gateway.hermes_home.join("skills"),
             config.skills.clone(),
+            state.skills_status.clone(),
             cancel.clone(),
         ));
 

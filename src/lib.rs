@@ -2,9 +2,11 @@
 //! See `ARCHITECTURE.md` for the map of modules.
 
 pub mod agent;
+pub mod agent_file;
 pub mod allocator;
 pub mod api;
 pub mod auth;
+pub mod bounded_yaml;
 pub mod config;
 pub mod cron;
 pub mod daemon;

@@ -12,8 +12,8 @@ use tokio::sync::Mutex;
 
 /// What a secret reads as.
 pub const REDACTED: &str = "********";
-/// Largest `config.yaml` the daemon will rewrite.
-pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest `config.yaml` the daemon reads (the gateway's own is ~10 KiB).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -21,6 +21,8 @@ pub enum SettingsError {
     Invalid(String),
     #[error("config.yaml cannot be used: {0}")]
     Unusable(String),
+    #[error("config.yaml is larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge,
     #[error("config.yaml: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -201,23 +203,20 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn load_blocking(path: &Path) -> Result<Mapping, SettingsError> {
-    use crate::dir_handle::ReadError;
-    let text = match crate::dir_handle::read_home_file(path, MAX_FILE_BYTES) {
-        Ok(Some(bytes)) => String::from_utf8(bytes)
-            .map_err(|_| SettingsError::Unusable("the file is not UTF-8 text".into()))?,
-        Ok(None) => return Ok(Mapping::new()),
-        Err(ReadError::TooLarge { .. }) => {
-            return Err(SettingsError::Unusable("the file is too large".into()));
-        }
-        Err(ReadError::NotRegular) => return Err(not_regular()),
-        Err(ReadError::Io(e)) => return Err(e.into()),
+    let Some(bytes) = read_file(path)? else {
+        return Ok(Mapping::new());
     };
-    match serde_yaml_ng::from_str::<Yaml>(&text) {
+    let text =
+        String::from_utf8(bytes).map_err(|_| SettingsError::Unusable("not UTF-8 text".into()))?;
+    match crate::bounded_yaml::from_str(&text) {
         Ok(Yaml::Mapping(m)) => Ok(m),
         Ok(Yaml::Null) => Ok(Mapping::new()),
         Ok(_) => Err(SettingsError::Unusable(
             "the top level is not a mapping".into(),
         )),
+        Err(e @ crate::bounded_yaml::YamlError::TooManyNodes) => {
+            Err(SettingsError::Unusable(e.to_string()))
+        }
         // The location only: the parser's message could quote a secret.
         Err(e) => Err(SettingsError::Unusable(match e.location() {
             Some(l) => format!("not valid YAML (line {}, column {})", l.line(), l.column()),
@@ -244,6 +243,22 @@ fn not_regular() -> SettingsError {
     SettingsError::Unusable(
         "it is a symlink or not a regular file; it is not written through".into(),
     )
+}
+
+/// The file's bytes, capped (`None`: absent). One log line, no content,
+/// when refused.
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, SettingsError> {
+    use crate::agent_file::{ReadError, read_capped};
+    read_capped(path, MAX_FILE_BYTES).map_err(|e| {
+        if !matches!(e, ReadError::Io(_)) {
+            tracing::warn!(error = %e, "refused to read the gateway's config.yaml");
+        }
+        match e {
+            ReadError::TooLarge { .. } => SettingsError::TooLarge,
+            ReadError::NotRegular => not_regular(),
+            ReadError::Io(e) => SettingsError::Io(e),
+        }
+    })
 }
 
 fn disabled_in(doc: &Mapping) -> Vec<String> {

@@ -252,3 +252,91 @@ async fn a_symlinked_env_file_is_never_written_through() {
     );
     assert!(!d.logs().iter().any(|l| l.contains("sk-never-written")));
 }
+
+#[tokio::test]
+async fn reserved_key_hidden_behind_a_carriage_return_is_removed_at_start() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let env_path = home.path().join(".env");
+    std::fs::write(
+        &env_path,
+        "FOO=1\rAPI_SERVER_KEY=evil-planted-0000\r\nBAR=2\n",
+    )
+    .expect("seed");
+    let d = TestDaemon::start_with(options(home.path())).await;
+    let line = d
+        .wait_for_log("removed a reserved key", std::time::Duration::from_secs(5))
+        .await;
+    assert!(line.contains("API_SERVER_KEY"), "{line}");
+    assert_eq!(
+        std::fs::read(&env_path).expect("read"),
+        b"FOO=1\rBAR=2\n".to_vec()
+    );
+    if let Some(parsed) = dotenv_values(&env_path) {
+        assert!(parsed.get("API_SERVER_KEY").is_none(), "{parsed:?}");
+        assert_eq!(parsed["FOO"], "1");
+    }
+    assert!(!d.logs().iter().any(|l| l.contains("evil-planted")));
+}
+
+#[tokio::test]
+async fn foreign_multiline_value_survives_a_put_byte_for_byte() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let env_path = home.path().join(".env");
+    let seed = "# hand-written\r\nCERT=\"-----BEGIN-----\nMIIB\\\"x\\\"\r\n  indented\n-----END-----\" # pem\nexport OTHER='a b'\rTARGET=old\n\nTAIL=1";
+    std::fs::write(&env_path, seed).expect("seed");
+    let d = TestDaemon::start_with(options(home.path())).await;
+    let r = d
+        .put("/env/TARGET")
+        .json(&json!({"value": "new value"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let r = d
+        .put("/env/ADDED")
+        .json(&json!({"value": "x"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let want = seed.replace("TARGET=old\n", "TARGET='new value'\n") + "\nADDED='x'\n";
+    assert_eq!(std::fs::read_to_string(&env_path).expect("read"), want);
+    if let Some(parsed) = dotenv_values(&env_path) {
+        assert_eq!(
+            parsed["CERT"],
+            "-----BEGIN-----\nMIIB\"x\"\n  indented\n-----END-----"
+        );
+        assert_eq!(parsed["TARGET"], "new value");
+        assert_eq!(parsed["TAIL"], "1");
+        assert_eq!(parsed["ADDED"], "x");
+    }
+    let r = d.delete("/env/TARGET").send().await.expect("send");
+    assert_eq!(r.status(), 204);
+    let want = want.replace("TARGET='new value'\n", "");
+    assert_eq!(std::fs::read_to_string(&env_path).expect("read"), want);
+}
+
+#[tokio::test]
+async fn an_oversized_env_file_is_refused_with_a_stable_code() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let env_path = home.path().join(".env");
+    let big = format!("BIG='{}'\n", "x".repeat(1024 * 1024 + 1));
+    std::fs::write(&env_path, &big).expect("seed");
+    let d = TestDaemon::start_with(options(home.path())).await;
+    let r = d
+        .put("/env/OTHER")
+        .json(&json!({"value": "v"}))
+        .send()
+        .await
+        .expect("send");
+    let v = expect_problem(r, 413, "file_too_large").await;
+    assert!(!v.to_string().contains("xxxx"), "{v}");
+    let r = d.get("/env").send().await.expect("send");
+    expect_problem(r, 413, "file_too_large").await;
+    assert_eq!(std::fs::read_to_string(&env_path).expect("read"), big);
+    d.wait_for_log(
+        "refused to read the Hermes .env",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+}

@@ -105,16 +105,7 @@ async fn gateway_history_is_imported_once_including_wal_rows() {
         .unwrap_or(0);
     assert!(wal > 0, "seeded rows should sit in the WAL");
 
-    let extra = format!(
-        "[gateway]\ncommand = \"/nonexistent/hermes gateway run\"\nhermes_home = \"{}\"\n\n[runs]\nhistory_sync_interval = \"200ms\"\n",
-        home.display()
-    );
-    let mut d = TestDaemon::start_with(Options {
-        config_extra: extra.clone(),
-        dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await;
+    let mut d = TestDaemon::start_with(daemon_options(dir.path(), &home)).await;
     // api_server sessions are the daemon's own runs: not imported again.
     wait_count(&d, "pelicans", 3).await;
     let m: Value = d
@@ -140,17 +131,117 @@ async fn gateway_history_is_imported_once_including_wal_rows() {
     // A restart imports nothing twice.
     d.kill();
     drop(d);
-    let d = TestDaemon::start_with(Options {
-        config_extra: extra,
-        dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await;
+    let d = TestDaemon::start_with(daemon_options(dir.path(), &home)).await;
     d.wait_for_log("listening", Duration::from_secs(5)).await;
     // Give the importer a full pass (it logs nothing when nothing is new):
     // add a marker row and wait for it, then check the total.
     add(&gw, "marker", "cli", "user", "marker row", 1_780_000_400.0);
     wait_count(&d, "marker", 1).await;
     assert_eq!(search_count(&d, "pelicans").await, 4);
+    drop(gw);
+}
+
+fn daemon_options(dir: &Path, home: &Path) -> Options {
+    Options {
+        config_extra: format!(
+            "[gateway]\ncommand = \"/nonexistent/hermes gateway run\"\nhermes_home = \"{}\"\n\n[runs]\nhistory_sync_interval = \"200ms\"\n",
+            home.display()
+        ),
+        dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_huge_message_is_stored_capped_and_the_import_goes_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let home = dir.path().join("home");
+    let gw = seed(&home);
+    add(
+        &gw,
+        "s1",
+        "cli",
+        "user",
+        "before the giant",
+        1_780_000_000.0,
+    );
+    add(
+        &gw,
+        "s1",
+        "cli",
+        "assistant",
+        &format!("giant {}", "x".repeat(50 * 1024 * 1024)),
+        1_780_000_001.0,
+    );
+    add(&gw, "s1", "cli", "user", "after the giant", 1_780_000_002.0);
+    drop(gw);
+    let d = TestDaemon::start_with(daemon_options(dir.path(), &home)).await;
+    wait_count(&d, "giant", 3).await;
+    let m: Value = d.get_json("/conversations/s1/messages").await;
+    let items = m["items"].as_array().expect("items");
+    assert_eq!(items.len(), 3, "{m}");
+    let giant = items[1]["content"].as_str().expect("content");
+    assert!(giant.len() <= 256 * 1024, "{}", giant.len());
+    assert!(giant.ends_with("[cut: the gateway's message is 52428806 bytes]"));
+    assert_eq!(items[2]["content"], "after the giant");
+}
+
+#[tokio::test]
+async fn a_crafted_state_db_is_refused_without_running_its_schema() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let c = rusqlite::Connection::open(home.join("state.db")).expect("state.db");
+    // `messages` is a view whose rows would cost a gigabyte each and never
+    // end, and `sessions` has a trigger: neither may run in the daemon.
+    c.execute_batch(
+        "CREATE TABLE sessions (id TEXT PRIMARY KEY, source TEXT NOT NULL, title TEXT);
+         CREATE TABLE log (x);
+         INSERT INTO sessions VALUES ('s', 'cli', 't');
+         CREATE TRIGGER t AFTER INSERT ON sessions BEGIN INSERT INTO log VALUES (zeroblob(1000000000)); END;
+         CREATE VIEW messages AS
+           WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n)
+           SELECT i AS id, 's' AS session_id, 'user' AS role, zeroblob(1000000000) AS content,
+                  NULL AS tool_calls, 1.0 AS timestamp, NULL AS token_count FROM n;",
+    )
+    .expect("crafted schema");
+    drop(c);
+    let d = TestDaemon::start_with(daemon_options(dir.path(), &home)).await;
+    let line = d
+        .wait_for_log(
+            "cannot import the gateway's history",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(line.contains("gateway state.db"), "{line}");
+    let v: Value = d.get_json("/conversations").await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "{v}");
+    let hwm_kib = vm_hwm_kib(d.pid());
+    assert!(hwm_kib < 512 * 1024, "VmHWM {hwm_kib} KiB");
+}
+
+#[tokio::test]
+async fn a_state_db_symlinked_outside_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let outside = dir.path().join("outside");
+    let gw = seed(&outside);
+    add(
+        &gw,
+        "s1",
+        "cli",
+        "user",
+        "secret from outside",
+        1_780_000_000.0,
+    );
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    std::os::unix::fs::symlink(outside.join("state.db"), home.join("state.db")).expect("symlink");
+    let d = TestDaemon::start_with(daemon_options(dir.path(), &home)).await;
+    d.wait_for_log(
+        "cannot import the gateway's history",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(search_count(&d, "secret").await, 0);
     drop(gw);
 }

@@ -136,3 +136,61 @@ async fn broken_config_yaml_is_a_conflict_not_overwritten() {
             .contains("[unclosed")
     );
 }
+
+#[tokio::test]
+async fn hostile_config_yaml_is_refused_quickly_and_never_rewritten() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let path = home.path().join("config.yaml");
+    let d = TestDaemon::start_with(Options {
+        config_extra: format!("[gateway]\nhermes_home = \"{}\"\n", home.path().display()),
+        ..Options::default()
+    })
+    .await;
+
+    // Billion laughs, and a quadratic fan-out that passes serde_yaml_ng's
+    // own alias-jump limit (4 million nodes from 20 KB).
+    let mut laughs = String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..=9 {
+        let refs = vec![format!("*l{}", i - 1); 9].join(", ");
+        laughs.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+    }
+    let fan_out = format!(
+        "a: &a [{}]\nb: [{}]\n",
+        vec!["x"; 2000].join(","),
+        vec!["*a"; 2000].join(",")
+    );
+    for doc in [laughs, fan_out] {
+        std::fs::write(&path, &doc).expect("seed");
+        let r = d.get("/settings").send().await.expect("send");
+        expect_problem(r, 409, "conflict").await;
+        let r = d
+            .patch("/settings")
+            .json(&json!({"model": {"default": "x/y"}}))
+            .send()
+            .await
+            .expect("send");
+        expect_problem(r, 409, "conflict").await;
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), doc);
+    }
+
+    std::fs::write(
+        &path,
+        format!("model:\n  default: '{}'\n", "x".repeat(1024 * 1024)),
+    )
+    .expect("seed");
+    let r = d.get("/settings").send().await.expect("send");
+    let v = expect_problem(r, 413, "file_too_large").await;
+    assert!(!v.to_string().contains("xxxx"), "{v}");
+    d.wait_for_log(
+        "refused to read the gateway's config.yaml",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+
+    std::fs::remove_file(&path).expect("rm");
+    let outside = home.path().join("outside.yaml");
+    std::fs::write(&outside, SEED).expect("outside");
+    std::os::unix::fs::symlink(&outside, &path).expect("symlink");
+    let r = d.get("/settings").send().await.expect("send");
+    expect_problem(r, 409, "conflict").await;
+}

@@ -21,7 +21,10 @@ impl From<EnvError> for ApiError {
             }
             EnvError::Reserved(n) => ApiError::Reserved(n),
             EnvError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            EnvError::TooLarge | EnvError::NotUtf8 | EnvError::NotRegular => {
+            EnvError::TooLarge => ApiError::FileTooLarge {
+                message: e.to_string(),
+            },
+            EnvError::NotRegular | EnvError::NotUtf8 | EnvError::WouldNotReadBack => {
                 ApiError::Conflict(e.to_string())
             }
             EnvError::Io(e) => ApiError::from_io(e),

@@ -53,6 +53,8 @@ pub struct AppState {
     pub files: Arc<crate::files::FileRoots>,
     pub env_file: Arc<crate::envfile::EnvFile>,
     pub hermes_config: Arc<crate::settings::HermesConfig>,
+    /// Whether the skills index stopped at its caps (`GET /skills`).
+    pub skills_status: Arc<crate::skills::IndexStatus>,
 }
 
 /// One route: method, path (relative to its prefix) and handler.

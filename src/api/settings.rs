@@ -14,6 +14,9 @@ impl From<SettingsError> for ApiError {
         match e {
             SettingsError::Invalid(m) => ApiError::InvalidArgument(m),
             e @ SettingsError::Unusable(_) => ApiError::Conflict(e.to_string()),
+            e @ SettingsError::TooLarge => ApiError::FileTooLarge {
+                message: e.to_string(),
+            },
             SettingsError::Io(e) => ApiError::from_io(e),
         }
     }

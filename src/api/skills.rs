@@ -34,10 +34,19 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
+/// A page of skills, and whether the index stopped at its caps (the
+/// skills tree holds more than it indexes).
+#[derive(serde::Serialize)]
+pub struct SkillsPage {
+    #[serde(flatten)]
+    page: Page<Skill>,
+    truncated: bool,
+}
+
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Page<Skill>>, ApiError> {
+) -> Result<Json<SkillsPage>, ApiError> {
     let limit = page_size(&state, q.limit)?;
     if q.q.as_ref().is_some_and(|s| s.len() > 1024) {
         return Err(ApiError::InvalidArgument(
@@ -56,7 +65,10 @@ pub async fn list(
         .store
         .read(move |c| skills::list(c, &filter, &disabled, limit, q.cursor.as_deref()))
         .await?;
-    Ok(Json(page))
+    Ok(Json(SkillsPage {
+        page,
+        truncated: state.skills_status.truncated(),
+    }))
 }
 
 #[derive(Deserialize)]

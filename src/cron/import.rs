@@ -12,6 +12,11 @@ use super::{CronError, CronService, active, next_for, parse_schedule, spec};
 use crate::store::cron::{self as db, JobRow};
 
 const DONE_KEY: &str = "cron.jobs_json_imported";
+/// Largest `jobs.json` read (the gateway caps a prompt at 5,000 characters;
+/// 4 MiB is hundreds of jobs).
+pub const MAX_JOBS_JSON_BYTES: u64 = 4 * 1024 * 1024;
+/// Most jobs imported; the rest stay in `jobs.json` (named in one line).
+pub const MAX_IMPORTED_JOBS: usize = 500;
 
 fn iso_ms(v: Option<&Value>) -> Option<i64> {
     let s = v?.as_str()?;
@@ -114,20 +119,18 @@ pub fn map_job(j: &Map<String, Value>, now: i64) -> Result<JobRow, String> {
 
 /// The gateway's jobs file, beneath the Hermes home.
 const JOBS_FILE: &str = "cron/jobs.json";
-/// Largest `jobs.json` read.
-const MAX_JOBS_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// The jobs file, read beneath the home handle (no symlink followed).
-fn read(home: &Path) -> std::io::Result<Option<Value>> {
-    let home = crate::dir_handle::DirHandle::open_home(home)?;
-    match home.read_capped(Path::new(JOBS_FILE), MAX_JOBS_FILE_BYTES) {
-        Ok(Some(b)) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        Ok(None) => Ok(None),
-        Err(crate::dir_handle::ReadError::Io(e)) => Err(e),
-        Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-    }
+/// The parsed file (`None`: absent), read with a cap and without
+/// following a symlink; serde_json limits nesting to 128 levels.
+fn read(path: &Path) -> Result<Option<Value>, crate::agent_file::ReadError> {
+    let Some(b) = crate::agent_file::read_capped(path, MAX_JOBS_JSON_BYTES)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&b).map(Some).map_err(|e| {
+        // Category and position only: the message could quote a prompt.
+        let why = format!("not valid JSON ({:?} at line {})", e.classify(), e.line());
+        std::io::Error::new(std::io::ErrorKind::InvalidData, why).into()
+    })
 }
 
 /// Rewrite the file atomically with only `remaining` jobs.
@@ -151,7 +154,7 @@ pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<
     }
     let path: PathBuf = home.join(JOBS_FILE);
     let h = home.to_path_buf();
-    let doc = match crate::identity::spawn_as_agent(move || read(&h)).await {
+    let doc = match crate::identity::spawn_as_agent(move || read(&h.join(JOBS_FILE))).await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
             // Left for a later start: the file may be mid-write.
@@ -172,7 +175,13 @@ pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<
     let now = cron.clock.now_ms();
     let mut remaining = Vec::new();
     let mut imported = 0usize;
+    let mut over_cap = 0usize;
     for j in jobs {
+        if imported >= MAX_IMPORTED_JOBS {
+            over_cap += 1;
+            remaining.push(j);
+            continue;
+        }
         let row = match j.as_object().map(|o| map_job(o, now)) {
             Some(Ok(r)) => r,
             Some(Err(why)) => {
@@ -210,6 +219,13 @@ pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<
             Err(e) => return Err(e.into()),
         }
     }
+    if over_cap > 0 {
+        tracing::warn!(
+            left = over_cap,
+            max = MAX_IMPORTED_JOBS,
+            "gateway cron jobs over the import cap; left in jobs.json"
+        );
+    }
     let total = imported + remaining.len();
     if imported > 0 {
         let h = home.to_path_buf();
@@ -233,6 +249,28 @@ pub(super) async fn import_once(cron: &Arc<CronService>, home: &Path) -> Result<
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn jobs_json_is_read_capped_and_never_through_a_symlink() {
+        use crate::agent_file::ReadError;
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("jobs.json");
+        assert!(read(&p).expect("absent").is_none());
+        std::fs::write(&p, r#"{"jobs": [], "secret": "PROMPT-TEXT"#).expect("write");
+        let e = read(&p).expect_err("invalid");
+        assert!(!e.to_string().contains("PROMPT-TEXT"), "{e}");
+        let big = format!(
+            "{{\"jobs\": [], \"pad\": \"{}\"}}",
+            "x".repeat(MAX_JOBS_JSON_BYTES as usize)
+        );
+        std::fs::write(&p, big).expect("write");
+        assert!(matches!(read(&p), Err(ReadError::TooLarge { .. })));
+        let outside = dir.path().join("outside.json");
+        std::fs::write(&outside, r#"{"jobs": []}"#).expect("write");
+        std::fs::remove_file(&p).expect("rm");
+        std::os::unix::fs::symlink(&outside, &p).expect("symlink");
+        assert!(matches!(read(&p), Err(ReadError::NotRegular)));
+    }
 
     #[test]
     fn maps_a_hermes_job() {

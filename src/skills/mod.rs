@@ -5,21 +5,20 @@
 //! or `skills/<category>/<skill>/SKILL.md`; names starting with `.` are
 //! not scanned (Hermes keeps hub metadata there).
 
+pub mod scan;
 pub mod watcher;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::dir_handle::{DirHandle, ReadError};
 use crate::store::conversations::Page;
 use crate::store::{StoreError, StoreResult, cursor, ms_to_rfc3339, now_ms};
 
-/// Largest `SKILL.md` read; a bigger one is listed with an error.
-pub const MAX_SKILL_MD_BYTES: u64 = 1024 * 1024;
+pub use scan::{DiskSkill, Indexed, MAX_SKILL_MD_BYTES, read_skill, read_skill_md, scan_disk};
 /// Front matter limits from Hermes Agent's documentation.
 pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_DESCRIPTION_CHARS: usize = 1024;
@@ -63,7 +62,7 @@ pub fn parse_skill_md(text: &str, dir_name: &str) -> Parsed {
         p.error = Some("the YAML front matter is not closed by a `---` line".into());
         return p;
     }
-    let value: serde_yaml_ng::Value = match serde_yaml_ng::from_str(&yaml) {
+    let value = match crate::bounded_yaml::from_str(&yaml) {
         Ok(v) => v,
         Err(e) => {
             p.error = Some(match e.location() {
@@ -73,7 +72,10 @@ pub fn parse_skill_md(text: &str, dir_name: &str) -> Parsed {
                     l.column(),
                     first_line(&e.to_string())
                 ),
-                None => format!("front matter is not valid YAML: {e}"),
+                None => format!(
+                    "front matter is not valid YAML: {}",
+                    first_line(&e.to_string())
+                ),
             });
             return p;
         }
@@ -124,147 +126,20 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-/// A skill directory found on disk.
-#[derive(Debug, Clone)]
-pub struct DiskSkill {
-    /// Relative to the skills directory: `skill` or `category/skill`.
-    pub path: String,
-    pub category: Option<String>,
-    pub size: u64,
-    pub mtime_ns: i64,
+/// What the last scans left out, shared by the watcher (writer) and the
+/// API (`GET /skills` says `truncated`).
+#[derive(Debug, Default)]
+pub struct IndexStatus {
+    truncated: AtomicBool,
 }
 
-/// A skill ready to be written to the index.
-#[derive(Debug, Clone)]
-pub struct Indexed {
-    pub disk: DiskSkill,
-    pub parsed: Parsed,
-    pub content_hash: String,
-}
-
-/// Most entries read from one directory of the skills tree.
-const MAX_DIR_ENTRIES: usize = 10_000;
-
-/// The skills tree as a handle: beneath the Hermes home's handle, no
-/// symlink followed (the tree is the agent's to change).
-fn open_tree(skills_dir: &Path) -> Option<DirHandle> {
-    let home = DirHandle::open_home(skills_dir.parent()?).ok()?;
-    home.open_dir(Path::new(skills_dir.file_name()?)).ok()
-}
-
-/// Sub-directories of `dir`, not hidden, not symlinks, sorted.
-fn visible_dirs(dir: &DirHandle) -> Vec<String> {
-    let Ok(entries) = dir.entries(MAX_DIR_ENTRIES) else {
-        return Vec::new();
-    };
-    let mut v: Vec<String> = entries
-        .into_iter()
-        .filter_map(|n| n.into_string().ok())
-        .filter(|n| !n.starts_with('.'))
-        .filter(|n| {
-            dir.stat_entry(std::ffi::OsStr::new(n))
-                .is_ok_and(|st| st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR))
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-/// A `SKILL.md` that is a symlink is listed (`read_skill` then reports
-/// it is not read), so the tenant sees why the skill has no description.
-fn skill_md(tree: &DirHandle, rel: &str, category: Option<&str>) -> Option<DiskSkill> {
-    let st = tree.stat(&Path::new(rel).join("SKILL.md")).ok()??;
-    let kind = st.st_mode & libc::S_IFMT;
-    (kind == libc::S_IFREG || kind == libc::S_IFLNK).then(|| DiskSkill {
-        path: rel.to_owned(),
-        category: category.map(str::to_owned),
-        size: st.st_size as u64,
-        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-    })
-}
-
-/// Skills on disk under `scope` (one top-level entry) or everywhere.
-pub fn scan_disk(skills_dir: &Path, scope: Option<&str>) -> Vec<DiskSkill> {
-    let Some(tree) = open_tree(skills_dir) else {
-        return Vec::new();
-    };
-    let tops = match scope {
-        Some(t) => vec![t.to_owned()],
-        None => visible_dirs(&tree),
-    };
-    let mut out = Vec::new();
-    for top in tops {
-        if top.starts_with('.') {
-            continue;
-        }
-        let Ok(dir) = tree.open_dir(Path::new(&top)) else {
-            continue;
-        };
-        if let Some(s) = skill_md(&tree, &top, None) {
-            out.push(s);
-        }
-        for sub in visible_dirs(&dir) {
-            if let Some(s) = skill_md(&tree, &format!("{top}/{sub}"), Some(&top)) {
-                out.push(s);
-            }
-        }
+impl IndexStatus {
+    pub fn truncated(&self) -> bool {
+        self.truncated.load(Ordering::Relaxed)
     }
-    out
-}
 
-/// The bytes of `rel/SKILL.md` in the skills tree: no symlink followed,
-/// at most `max` bytes. Blocking.
-pub fn read_skill_md(skills_dir: &Path, rel: &str, max: u64) -> Result<Vec<u8>, String> {
-    let tree =
-        open_tree(skills_dir).ok_or_else(|| "the skills tree cannot be opened".to_owned())?;
-    match tree.read_capped(&Path::new(rel).join("SKILL.md"), max) {
-        Ok(Some(b)) => Ok(b),
-        Ok(None) => Err("SKILL.md is missing".into()),
-        Err(ReadError::TooLarge { .. }) => Err(format!("SKILL.md is larger than {max} bytes")),
-        Err(ReadError::NotRegular) => {
-            Err("SKILL.md is a symlink or not a regular file; not read".into())
-        }
-        Err(ReadError::Io(e)) => Err(format!("SKILL.md cannot be read: {e}")),
-    }
-}
-
-/// Read and parse one skill.
-pub fn read_skill(skills_dir: &Path, disk: DiskSkill) -> Indexed {
-    let dir_name = disk
-        .path
-        .rsplit('/')
-        .next()
-        .unwrap_or(&disk.path)
-        .to_owned();
-    let bytes = read_skill_md(skills_dir, &disk.path, MAX_SKILL_MD_BYTES);
-    let (parsed, hash) = match bytes {
-        Ok(b) => {
-            let hash = crate::hex::sha256(&b);
-            let parsed = match std::str::from_utf8(&b) {
-                Ok(t) => parse_skill_md(t, &dir_name),
-                Err(_) => Parsed {
-                    name: dir_name.clone(),
-                    description: String::new(),
-                    front_matter: Json::Object(Default::default()),
-                    error: Some("SKILL.md is not UTF-8 text".into()),
-                },
-            };
-            (parsed, hash)
-        }
-        Err(error) => (
-            Parsed {
-                name: dir_name.clone(),
-                description: String::new(),
-                front_matter: Json::Object(Default::default()),
-                error: Some(error),
-            },
-            String::new(),
-        ),
-    };
-    Indexed {
-        disk,
-        parsed,
-        content_hash: hash,
+    pub fn set_truncated(&self, v: bool) {
+        self.truncated.store(v, Ordering::Relaxed);
     }
 }
 
@@ -298,6 +173,12 @@ pub fn known(
         map.insert(k, v);
     }
     Ok(map)
+}
+
+/// How many skills the index holds.
+pub fn count(conn: &Connection) -> StoreResult<usize> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM skills", [], |r| r.get(0))?;
+    Ok(n.max(0) as usize)
 }
 
 /// Write upserts and deletes in one transaction.
@@ -533,52 +414,6 @@ pub fn for_card(conn: &Connection, disabled: &[String], limit: u32) -> StoreResu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn symlinks_in_the_tree_are_never_followed_or_read() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let skills = tmp.path().join("home/skills");
-        let outside = tmp.path().join("outside");
-        std::fs::create_dir_all(skills.join("good")).expect("mkdir");
-        std::fs::create_dir_all(skills.join("evil")).expect("mkdir");
-        std::fs::create_dir_all(outside.join("other")).expect("mkdir");
-        std::fs::write(
-            skills.join("good/SKILL.md"),
-            "---\nname: good\ndescription: fine\n---\n",
-        )
-        .expect("write");
-        std::fs::write(outside.join("secret"), "description: TOPSECRET\n").expect("write");
-        std::fs::write(
-            outside.join("other/SKILL.md"),
-            "---\nname: other\ndescription: TOPSECRET\n---\n",
-        )
-        .expect("write");
-        std::os::unix::fs::symlink(outside.join("secret"), skills.join("evil/SKILL.md"))
-            .expect("symlink");
-        std::os::unix::fs::symlink(&outside, skills.join("linked")).expect("symlink");
-        let disk = scan_disk(&skills, None);
-        let paths: Vec<&str> = disk.iter().map(|d| d.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            vec!["evil", "good"],
-            "a symlinked directory is not scanned"
-        );
-        let evil = read_skill(&skills, disk[0].clone());
-        assert!(
-            evil.parsed
-                .error
-                .as_deref()
-                .is_some_and(|e| e.contains("symlink")),
-            "{:?}",
-            evil.parsed.error
-        );
-        assert!(!format!("{:?}", evil.parsed).contains("TOPSECRET"));
-        assert_eq!(
-            read_skill(&skills, disk[1].clone()).parsed.description,
-            "fine"
-        );
-        assert!(read_skill_md(&skills, "linked/other", 1 << 20).is_err());
-    }
 
     #[test]
     fn front_matter_fields_are_kept() {

@@ -72,24 +72,25 @@ pub fn write_managed_env(
     };
     let path = dir.join(".env");
     let mut out = String::new();
-    match std::fs::read_to_string(&path) {
-        Ok(old) => {
-            for line in old.lines() {
-                let name = line
-                    .trim_start()
-                    .trim_start_matches("export ")
-                    .split('=')
-                    .next()
-                    .unwrap_or_default()
-                    .trim();
-                if !MANAGED_KEYS.contains(&name) && !line.trim().is_empty() {
-                    out.push_str(line);
-                    out.push('\n');
-                }
+    // Parsed as the gateway parses it (python-dotenv): a multi-line value
+    // or a `\r`-separated key is one binding, kept or dropped whole.
+    let old = crate::agent_file::read_capped(&path, crate::envfile::MAX_FILE_BYTES)
+        .map_err(|e| match e {
+            crate::agent_file::ReadError::Io(e) => e,
+            other => io::Error::other(other),
+        })?
+        .unwrap_or_default();
+    for b in crate::envfile::dotenv::parse(&old).bindings {
+        let managed = b.key.as_deref().is_some_and(|k| {
+            MANAGED_KEYS.contains(&crate::envfile::dotenv::effective_key(k).as_str())
+        });
+        let blank = b.key.is_none() && !b.error && old[b.own.clone()].trim_ascii().is_empty();
+        if !managed && !blank {
+            out.push_str(&String::from_utf8_lossy(&old[b.own.clone()]));
+            if !out.ends_with(['\n', '\r']) {
+                out.push('\n');
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
     }
     out.push_str("# Managed by hermes-tenantd; rewritten before every gateway start.\n");
     out.push_str("API_SERVER_ENABLED=true\n");
@@ -166,12 +167,13 @@ mod tests {
         create_private_dir(&m).expect("dir");
         std::fs::write(
             m.join(".env"),
-            "POLICY_X=1\nAPI_SERVER_PORT=1\nexport API_SERVER_KEY=short\n",
+            "POLICY_X=1\rAPI_SERVER_PORT=1\nexport API_SERVER_KEY=short\nML=\"a\nAPI_SERVER_HOST=b\"\n",
         )
         .expect("seed");
         write_managed_env(&m, 9001, "k".repeat(40).as_str(), None).expect("write");
         let text = std::fs::read_to_string(m.join(".env")).expect("read");
-        assert!(text.contains("POLICY_X=1\n"), "{text}");
+        assert!(text.contains("POLICY_X=1\r"), "{text}");
+        assert!(text.contains("ML=\"a\nAPI_SERVER_HOST=b\"\n"), "{text}");
         assert!(text.contains("API_SERVER_PORT=9001\n"), "{text}");
         assert!(!text.contains("API_SERVER_PORT=1\n"), "{text}");
         assert!(!text.contains("short"), "{text}");

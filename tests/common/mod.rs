@@ -300,6 +300,16 @@ pub async fn expect_problem(resp: reqwest::Response, status: u16, code: &str) ->
     v
 }
 
+/// Peak resident memory (`VmHWM`) of a running process, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
 /// The path of a Python interpreter for the fake peers.
 pub fn python() -> String {
     let out = Command::new("python3")

@@ -7,10 +7,12 @@
 //! API key, so those are runs it already recorded itself.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+mod state_db;
+
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::conversations::{self, AppendMessages, NewMessage, Role, TimeInput};
@@ -18,8 +20,7 @@ use crate::store::{Store, StoreError, now_ms};
 
 /// `daemon_state` key: the highest gateway message id imported.
 const CURSOR_KEY: &str = "history_sync.last_message_id";
-/// Messages read per pass.
-const BATCH: i64 = 2000;
+use state_db::{SourceMessage, read_batch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -27,57 +28,6 @@ pub enum SyncError {
     Source(#[from] rusqlite::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// One message read from the gateway's store.
-#[derive(Debug, Clone)]
-struct SourceMessage {
-    id: i64,
-    session_id: String,
-    source: String,
-    title: Option<String>,
-    role: String,
-    content: Option<String>,
-    tool_calls: Option<String>,
-    timestamp: f64,
-    tokens: Option<i64>,
-}
-
-/// Read messages after `after` from the gateway's database. Opened
-/// read-only but not immutable, so rows still in its WAL are seen; never
-/// through a symlink (`NOFOLLOW`: the agent could point it at the daemon's
-/// own database).
-fn read_batch(db: &Path, after: i64) -> Result<Vec<SourceMessage>, rusqlite::Error> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )?;
-    conn.busy_timeout(Duration::from_secs(2))?;
-    let mut stmt = conn.prepare(
-        "SELECT m.id, m.session_id, s.source, s.title, m.role, m.content, m.tool_calls,
-                m.timestamp, m.token_count
-         FROM messages m JOIN sessions s ON s.id = m.session_id
-         WHERE m.id > ?1 ORDER BY m.id LIMIT ?2",
-    )?;
-    let rows = stmt
-        .query_map(params![after, BATCH], |r| {
-            Ok(SourceMessage {
-                id: r.get(0)?,
-                session_id: r.get(1)?,
-                source: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                title: r.get(3)?,
-                role: r.get(4)?,
-                content: r.get(5)?,
-                tool_calls: r.get(6)?,
-                // Stored as REAL seconds; never assume an integer.
-                timestamp: r.get::<_, f64>(7)?,
-                tokens: r.get(8)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
 }
 
 /// A session id the daemon's store accepts, derived from the gateway's.
@@ -118,7 +68,12 @@ fn import(conn: &mut Connection, batch: &[SourceMessage]) -> Result<(usize, usiz
     let mut by_session: BTreeMap<String, (String, Option<String>, Vec<NewMessage>)> =
         BTreeMap::new();
     for m in batch {
-        if m.source == "api_server" {
+        // A session that could not be read is not imported: it might be
+        // one of the daemon's own (`api_server`).
+        let Some(source) = m.source.as_deref() else {
+            continue;
+        };
+        if source == "api_server" {
             continue;
         }
         let Some(role) = Role::parse(&m.role) else {
@@ -128,14 +83,17 @@ fn import(conn: &mut Connection, batch: &[SourceMessage]) -> Result<(usize, usiz
         if content.len() > conversations::MAX_CONTENT_BYTES || content.contains('\0') {
             continue;
         }
+        let Some(session_id) = m.session_id.as_deref() else {
+            continue;
+        };
         let tool_calls = m
             .tool_calls
             .as_deref()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
             .filter(|v| v.is_array() || v.is_object());
         let entry = by_session
-            .entry(local_session_id(&m.session_id))
-            .or_insert_with(|| (platform_of(&m.source), m.title.clone(), Vec::new()));
+            .entry(local_session_id(session_id))
+            .or_insert_with(|| (platform_of(source), m.title.clone(), Vec::new()));
         entry.2.push(NewMessage {
             role,
             content,
@@ -193,13 +151,12 @@ pub async fn sync_once(store: &Store, db: PathBuf) -> Result<usize, SyncError> {
             })
             .await?;
         let path = db.clone();
-        let batch = crate::identity::spawn_as_agent(move || read_batch(&path, after))
+        let (batch, more) = crate::identity::spawn_as_agent(move || read_batch(&path, after))
             .await
             .map_err(StoreError::from)??;
-        let n = batch.len();
         let (_, inserted) = store.write(move |c| import(c, &batch)).await?;
         total += inserted;
-        if (n as i64) < BATCH {
+        if !more {
             return Ok(total);
         }
     }
