@@ -215,8 +215,12 @@ pub fn update(conn: &Connection, id: &str, u: &RunUpdate) -> StoreResult<()> {
     let now = now_ms();
     let finished = u.status.is_some_and(is_terminal).then_some(now);
     conn.execute(
+        // A finished run stays finished: a late intermediate update (the
+        // stop handler's `stopping` landing after the relay recorded
+        // `cancelled`) never moves it back.
         "UPDATE runs SET
-            status = coalesce(?2, status),
+            status = CASE WHEN status IN ('completed', 'failed', 'cancelled') THEN status
+                          ELSE coalesce(?2, status) END,
             gateway_run_id = coalesce(?3, gateway_run_id),
             started_at = CASE WHEN ?4 AND started_at IS NULL THEN ?10 ELSE started_at END,
             output = coalesce(?5, output),
@@ -267,4 +271,57 @@ pub fn prune(conn: &Connection, before_ms: i64) -> StoreResult<usize> {
         "DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1",
         [before_ms],
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreOptions};
+
+    #[tokio::test]
+    async fn a_finished_run_is_never_moved_back_by_a_late_update() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open_blocking(&dir.path().join("t.db"), &StoreOptions::default()).expect("open");
+        let run = store
+            .write(|c| {
+                c.execute(
+                    "INSERT INTO sessions (id, platform, title, created_at, updated_at, message_count)
+                     VALUES ('s1', 'api', NULL, 0, 0, 0)",
+                    [],
+                )?;
+                insert(
+                    c,
+                    &NewRun {
+                        id: "run_1".into(),
+                        session_id: "s1".into(),
+                        platform: "api".into(),
+                        input: serde_json::json!("hi"),
+                        instructions: None,
+                    },
+                )?;
+                update(
+                    c,
+                    "run_1",
+                    &RunUpdate {
+                        status: Some("cancelled"),
+                        ..RunUpdate::default()
+                    },
+                )?;
+                // The stop handler's update, landing after the relay's.
+                update(
+                    c,
+                    "run_1",
+                    &RunUpdate {
+                        status: Some("stopping"),
+                        ..RunUpdate::default()
+                    },
+                )?;
+                get(c, "run_1")
+            })
+            .await
+            .expect("write");
+        assert_eq!(run.status, "cancelled");
+        assert!(run.finished_at.is_some());
+    }
 }
