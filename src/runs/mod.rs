@@ -4,7 +4,9 @@
 //! broadcast. A subscriber that falls behind is caught up from SQLite, so
 //! it never slows the reader or another subscriber.
 
+mod event_ids;
 pub mod gateway;
+mod record;
 mod relay;
 pub mod sse;
 mod subscribe;
@@ -180,7 +182,7 @@ impl Runs {
         let leftovers = self.store.read(run_store::unfinished).await?;
         let n = leftovers.len();
         for (id, last_seq) in leftovers {
-            relay::write_terminal_failure(
+            record::write_terminal_failure(
                 &self.store,
                 &id,
                 last_seq,
