@@ -368,6 +368,11 @@ async fn expire_approval(
         "timestamp": now_secs(),
     });
     seq.emit("approval.expired".into(), data.to_string()).await;
+    approval_settled(store, run_id, o).await;
+}
+
+/// The pending approval was answered or expired: the run goes on.
+async fn approval_settled(store: &Store, run_id: &str, o: &Outcome) {
     update(
         store,
         run_id,
@@ -427,17 +432,7 @@ async fn observe(store: &Store, run_id: &str, name: &str, v: &Value, o: &mut Out
             } else {
                 o.pending_approval = None;
             }
-            update(
-                store,
-                run_id,
-                RunUpdate {
-                    status: Some("running"),
-                    pending_approval: Some(None),
-                    refused_approvals: o.refused_value(),
-                    ..Default::default()
-                },
-            )
-            .await;
+            approval_settled(store, run_id, o).await;
         }
         "run.completed" => {
             o.status = Some("completed");
