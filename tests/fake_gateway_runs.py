@@ -113,6 +113,9 @@ def script(run):
             run.approval_pending = False
             run.status = "running"
         if run.stop.is_set():
+            # As hermes-agent does: the stop denies the approval and the
+            # agent unwinds (it may still say something) before the end.
+            run.emit("message.delta", delta=" Stopped.")
             run.emit("run.cancelled")
             return
         if choice is None:

@@ -409,6 +409,33 @@ async fn partial_output_is_kept_one_way_when_the_agent_fails_the_run_or_says_not
 }
 
 #[tokio::test]
+async fn a_run_stopped_while_waiting_for_approval_is_cancelled_not_expired() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let run = start_run(&d, json!({"input": "needs approval"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let first = read_frames(events(&d, &id, None).await, 2).await;
+    assert_eq!(first[1].event, "approval.request");
+    wait_run(&d, &id, "waiting_for_approval").await;
+    let r = d
+        .post(&format!("/runs/{id}/stop"))
+        .send()
+        .await
+        .expect("stop");
+    assert_eq!(r.status(), 202);
+    let rest = read_frames(events(&d, &id, Some(2)).await, usize::MAX).await;
+    let names: Vec<&str> = rest.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(names, ["message.delta", "run.cancelled"]);
+    let v = wait_run(&d, &id, "cancelled").await;
+    assert!(
+        v["refused_approvals"].as_array().is_some_and(Vec::is_empty),
+        "{v}"
+    );
+    assert_partial(&d, &v, Some("I need to run a command. Stopped.")).await;
+}
+
+#[tokio::test]
 async fn an_unanswered_approval_that_the_gateway_denies_is_an_event_and_on_the_record() {
     let w = GatewayWorld::new().fake("approval_timeout", "1");
     let d = w.daemon().await;

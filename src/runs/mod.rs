@@ -120,6 +120,10 @@ pub(crate) struct ActiveRun {
     pub(crate) cancel_queued: CancellationToken,
     pub(crate) gateway_run_id: watch::Sender<Option<String>>,
     pub(crate) chat_fallback: std::sync::atomic::AtomicBool,
+    /// A stop was asked for at the gateway: events after it are the run
+    /// unwinding (the gateway denies a pending approval on a stop), not an
+    /// approval that expired.
+    pub(crate) stop_requested: std::sync::atomic::AtomicBool,
 }
 
 /// The runs service.
@@ -305,6 +309,7 @@ impl Runs {
             cancel_queued: self.shutdown.child_token(),
             gateway_run_id: watch::channel(None).0,
             chat_fallback: std::sync::atomic::AtomicBool::new(false),
+            stop_requested: std::sync::atomic::AtomicBool::new(false),
         });
         if let Ok(mut map) = self.active.lock() {
             map.insert(run_id.clone(), active.clone());
@@ -360,6 +365,9 @@ impl Runs {
                 active.cancel_queued.cancel()
             }
             Some(gid) => {
+                active
+                    .stop_requested
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 self.gateway.stop(&gid).await.map_err(map_gateway)?;
                 let rid = id.to_owned();
                 self.store

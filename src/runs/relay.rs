@@ -220,7 +220,8 @@ async fn relay(
     let ids = RunIds::new(run_id, &gid);
     // A stop that came while the run was being submitted found no gateway
     // id and cancelled the token; the id is published now, so pass it on.
-    if active.cancel_queued.is_cancelled() {
+    if active.cancel_queued.is_cancelled() && !runs.shutdown.is_cancelled() {
+        active.stop_requested.store(true, Ordering::Relaxed);
         if let Err(e) = runs.gateway.stop(&gid).await {
             tracing::warn!(run_id, error = %e, "cannot stop a run the agent just accepted");
         }
@@ -276,9 +277,14 @@ async fn relay(
                 }
             }
             if outcome.pending_approval.is_some() && ends_the_wait(&name) {
-                // The gateway went on without an answer: it denied the
-                // action itself when its approval timeout passed.
-                expire_approval(&runs.store, run_id, &gid, seq, outcome).await;
+                if active.stop_requested.load(Ordering::Relaxed) {
+                    // Denied because the run is being stopped.
+                    outcome.pending_approval = None;
+                } else {
+                    // The gateway went on without an answer: it denied the
+                    // action itself when its approval timeout passed.
+                    expire_approval(&runs.store, run_id, &gid, seq, outcome).await;
+                }
             }
             let data = ids.translate(frame.data);
             if !is_delta {
