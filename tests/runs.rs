@@ -89,6 +89,20 @@ async fn wait_run(d: &TestDaemon, run_id: &str, status: &str) -> Value {
     }
 }
 
+/// A daemon over a running fake gateway (with `w`'s switches) and a run
+/// started on it: (daemon, run, run id).
+async fn run_on(w: &GatewayWorld, input: &str) -> (TestDaemon, Value, String) {
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let run = start_run(&d, json!({ "input": input })).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    (d, run, id)
+}
+
+fn names(frames: &[Frame]) -> Vec<&str> {
+    frames.iter().map(|f| f.event.as_str()).collect()
+}
+
 /// Every event names the run by the daemon's id; the gateway's id is kept
 /// in `gateway_run_id`.
 fn assert_ids(frames: &[Frame], run_id: &str) {
@@ -410,11 +424,7 @@ async fn partial_output_is_kept_one_way_when_the_agent_fails_the_run_or_says_not
 
 #[tokio::test]
 async fn a_run_stopped_while_waiting_for_approval_is_cancelled_not_expired() {
-    let w = GatewayWorld::new();
-    let d = w.daemon().await;
-    w.wait_agent(&d, "running").await;
-    let run = start_run(&d, json!({"input": "needs approval"})).await;
-    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let (d, _, id) = run_on(&GatewayWorld::new(), "needs approval").await;
     let first = read_frames(events(&d, &id, None).await, 2).await;
     assert_eq!(first[1].event, "approval.request");
     wait_run(&d, &id, "waiting_for_approval").await;
@@ -425,8 +435,7 @@ async fn a_run_stopped_while_waiting_for_approval_is_cancelled_not_expired() {
         .expect("stop");
     assert_eq!(r.status(), 202);
     let rest = read_frames(events(&d, &id, Some(2)).await, usize::MAX).await;
-    let names: Vec<&str> = rest.iter().map(|f| f.event.as_str()).collect();
-    assert_eq!(names, ["message.delta", "run.cancelled"]);
+    assert_eq!(names(&rest), ["message.delta", "run.cancelled"]);
     let v = wait_run(&d, &id, "cancelled").await;
     assert!(
         v["refused_approvals"].as_array().is_some_and(Vec::is_empty),
@@ -437,15 +446,14 @@ async fn a_run_stopped_while_waiting_for_approval_is_cancelled_not_expired() {
 
 #[tokio::test]
 async fn an_unanswered_approval_that_the_gateway_denies_is_an_event_and_on_the_record() {
-    let w = GatewayWorld::new().fake("approval_timeout", "1");
-    let d = w.daemon().await;
-    w.wait_agent(&d, "running").await;
-    let run = start_run(&d, json!({"input": "needs approval"})).await;
-    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let (d, _, id) = run_on(
+        &GatewayWorld::new().fake("approval_timeout", "1"),
+        "needs approval",
+    )
+    .await;
     let frames = read_frames(events(&d, &id, None).await, usize::MAX).await;
-    let names: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
     assert_eq!(
-        names,
+        names(&frames),
         [
             "message.delta",
             "approval.request",
