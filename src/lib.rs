@@ -31,17 +31,3 @@ pub mod tls;
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// What this build can do, reported by `/version`.
-pub const CAPABILITIES: &[&str] = &[
-    "conversations",
-    "conversations.search",
-    "memory",
-    "metrics",
-    "usage",
-    "skills",
-    "files",
-    "env",
-    "settings",
-    "agent-card",
-];

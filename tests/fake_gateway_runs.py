@@ -18,7 +18,10 @@ What a run does is chosen by words in its input text:
 
 Settings (env FAKE_GW_<NAME> or the control file): `no_runs` hides the runs
 API from /v1/capabilities and 404s it (the daemon must fall back to chat
-completions); `runs_429` answers 429 to that many POST /v1/runs first.
+completions); `runs_429` answers 429 to that many POST /v1/runs first;
+`approval_timeout` (seconds) denies an unanswered approval after that long
+without an `approval.responded` event and the run still ends `run.completed`,
+as hermes-agent 0.19.0 does after its 60 s `approvals.timeout`.
 """
 
 import json
@@ -33,8 +36,9 @@ REJECTED = [0]
 
 
 class Run:
-    def __init__(self, run_id, body):
+    def __init__(self, run_id, body, approval_timeout=0):
         self.id = run_id
+        self.approval_timeout = approval_timeout
         self.body = body
         self.events = []
         self.cond = threading.Condition()
@@ -99,14 +103,26 @@ def script(run):
             allow_permanent=True,
             choices=["once", "session", "always", "deny"],
         )
+        deadline = time.monotonic() + run.approval_timeout if run.approval_timeout else None
         with run.cond:
             while run.approval is None and not run.stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
                 run.cond.wait(0.1)
             choice = run.approval
             run.approval_pending = False
             run.status = "running"
         if run.stop.is_set():
+            # As hermes-agent does: the stop denies the approval and the
+            # agent unwinds (it may still say something) before the end.
+            run.emit("message.delta", delta=" Stopped.")
             run.emit("run.cancelled")
+            return
+        if choice is None:
+            # Expired: the tool is told it was blocked; no event says so.
+            run.emit("message.delta", delta="The command was not approved in time.")
+            run.emit("run.completed", output="I need to run a command.The command was not approved in time.",
+                     usage={"input_tokens": 20, "output_tokens": 9, "total_tokens": 29})
             return
         run.emit("approval.responded", choice=choice, resolved=True)
         if choice == "deny":
@@ -164,7 +180,7 @@ def create_run(handler, state):
     body = handler.json_body() or {}
     if not body.get("input"):
         return 400, {"error": {"message": "input is required", "code": "invalid_request"}}
-    run = Run("run_" + secrets.token_hex(16), body)
+    run = Run("run_" + secrets.token_hex(16), body, float(state.setting("approval_timeout", 0) or 0))
     with LOCK:
         RUNS[run.id] = run
     threading.Thread(target=script, args=(run,), daemon=True).start()

@@ -96,7 +96,7 @@ async fn gateway_history_is_imported_once_including_wal_rows() {
         "api1",
         "api_server",
         "user",
-        "pelicans via the daemon's own api",
+        "pelicans sent to the gateway's api directly",
         1_780_000_200.0,
     );
     // Rows are in the WAL, not the main file.
@@ -105,9 +105,20 @@ async fn gateway_history_is_imported_once_including_wal_rows() {
         .unwrap_or(0);
     assert!(wal > 0, "seeded rows should sit in the WAL");
 
-    let mut d = TestDaemon::start_with(daemon_options(dir.path(), &home)).await;
-    // api_server sessions are the daemon's own runs: not imported again.
-    wait_count(&d, "pelicans", 3).await;
+    let extra = format!(
+        "[gateway]\ncommand = \"/nonexistent/hermes gateway run\"\nhermes_home = \"{}\"\n\n[runs]\nhistory_sync_interval = \"200ms\"\n",
+        home.display()
+    );
+    let mut d = TestDaemon::start_with(Options {
+        config_extra: extra.clone(),
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    // An api_server session the daemon never ran is imported too.
+    wait_count(&d, "pelicans", 4).await;
+    let m: Value = d.get_json("/conversations/api1/messages").await;
+    assert_eq!(m["items"][0]["platform"], "api_server", "{m}");
     let m: Value = d
         .get_json("/conversations/20261125_080000_tg1/messages")
         .await;
@@ -126,7 +137,7 @@ async fn gateway_history_is_imported_once_including_wal_rows() {
         "more pelicans please",
         1_780_000_300.0,
     );
-    wait_count(&d, "pelicans", 4).await;
+    wait_count(&d, "pelicans", 5).await;
 
     // A restart imports nothing twice.
     d.kill();
@@ -137,7 +148,122 @@ async fn gateway_history_is_imported_once_including_wal_rows() {
     // add a marker row and wait for it, then check the total.
     add(&gw, "marker", "cli", "user", "marker row", 1_780_000_400.0);
     wait_count(&d, "marker", 1).await;
-    assert_eq!(search_count(&d, "pelicans").await, 4);
+    assert_eq!(search_count(&d, "pelicans").await, 5);
+    drop(gw);
+}
+
+fn extra_for(home: &Path) -> String {
+    format!(
+        "[gateway]\ncommand = \"/nonexistent/hermes gateway run\"\nhermes_home = \"{}\"\n\n[runs]\nhistory_sync_interval = \"200ms\"\n",
+        home.display()
+    )
+}
+
+#[tokio::test]
+async fn the_daemons_own_runs_are_not_imported_twice_but_direct_api_turns_are() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let home = dir.path().join("home");
+    let gw = seed(&home);
+    let d = TestDaemon::start_with(Options {
+        config_extra: extra_for(&home),
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    // A run the daemon records (it waits for an agent that never comes).
+    let r = d
+        .post("/runs")
+        .json(&serde_json::json!({"input": "herons asked through the daemon", "session_id": "sess_daemon_run"}))
+        .send()
+        .await
+        .expect("post run");
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    wait_count(&d, "herons", 1).await;
+    // The gateway stores that run's turns under the daemon's session id.
+    add(
+        &gw,
+        "sess_daemon_run",
+        "api_server",
+        "user",
+        "herons asked through the daemon",
+        1_780_000_000.0,
+    );
+    add(
+        &gw,
+        "sess_daemon_run",
+        "api_server",
+        "assistant",
+        "herons answer kept by the daemon",
+        1_780_000_001.0,
+    );
+    // A client of the gateway's own API, under a session the daemon never ran.
+    add(
+        &gw,
+        "direct_client",
+        "api_server",
+        "user",
+        "herons asked directly",
+        1_780_000_002.0,
+    );
+    add(&gw, "marker", "cli", "user", "marker row", 1_780_000_003.0);
+    wait_count(&d, "marker", 1).await;
+    assert_eq!(search_count(&d, "herons").await, 2);
+    let m: Value = d.get_json("/conversations/sess_daemon_run/messages").await;
+    assert_eq!(m["items"].as_array().map(Vec::len), Some(1), "{m}");
+    drop(gw);
+}
+
+#[tokio::test]
+async fn an_installation_that_skipped_api_server_turns_rescans_them_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let home = dir.path().join("home");
+    let gw = seed(&home);
+    add(
+        &gw,
+        "tg",
+        "telegram",
+        "user",
+        "storks on telegram",
+        1_780_000_000.0,
+    );
+    add(
+        &gw,
+        "direct",
+        "api_server",
+        "user",
+        "storks asked directly",
+        1_780_000_001.0,
+    );
+    let opts = || Options {
+        config_extra: extra_for(&home),
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let mut d = TestDaemon::start_with(opts()).await;
+    wait_count(&d, "storks", 2).await;
+    d.kill();
+    drop(d);
+
+    // Make the store what a build before migration 0007 left: the
+    // api_server turn skipped, the position past it.
+    let db = rusqlite::Connection::open(dir.path().join("data/tenantd.db")).expect("db");
+    db.execute_batch(
+        "DELETE FROM messages WHERE content = 'storks asked directly';
+         UPDATE daemon_state SET value = '2' WHERE key = 'history_sync.last_message_id';
+         ALTER TABLE messages DROP COLUMN partial;
+         ALTER TABLE runs DROP COLUMN refused_approvals;
+         PRAGMA user_version = 6;",
+    )
+    .expect("downgrade");
+    drop(db);
+
+    let d = TestDaemon::start_with(opts()).await;
+    wait_count(&d, "storks", 2).await;
+    add(&gw, "marker", "cli", "user", "marker row", 1_780_000_400.0);
+    wait_count(&d, "marker", 1).await;
+    assert_eq!(search_count(&d, "storks").await, 2);
+    let m: Value = d.get_json("/conversations/direct/messages").await;
+    assert_eq!(m["items"].as_array().map(Vec::len), Some(1), "{m}");
     drop(gw);
 }
 

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -64,6 +64,53 @@ async fn events(d: &TestDaemon, run_id: &str, last: Option<i64>) -> reqwest::Res
     req.send().await.expect("events")
 }
 
+/// A daemon over a running fake gateway (with `w`'s switches) and a run
+/// started on it: (daemon, run, run id).
+async fn run_on(w: &GatewayWorld, input: &str) -> (TestDaemon, Value, String) {
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let run = start_run(&d, json!({ "input": input })).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    (d, run, id)
+}
+
+fn names(frames: &[Frame]) -> Vec<&str> {
+    frames.iter().map(|f| f.event.as_str()).collect()
+}
+
+/// Every event names the run by the daemon's id; the gateway's id is kept
+/// in `gateway_run_id`.
+fn assert_ids(frames: &[Frame], run_id: &str) {
+    for f in frames {
+        assert_eq!(f.data["run_id"], run_id, "{f:?}");
+        let gid = f.data["gateway_run_id"].as_str().unwrap_or_default();
+        assert!(gid.starts_with("run_") && gid != run_id, "{f:?}");
+    }
+}
+
+/// The session's last message is the run's output marked partial (or,
+/// with `None`, the run left no assistant message at all).
+async fn assert_partial(d: &TestDaemon, run: &Value, text: Option<&str>) {
+    let session = run["session_id"].as_str().expect("session");
+    let m: Value = d
+        .get_json(&format!("/conversations/{session}/messages"))
+        .await;
+    let items = m["items"].as_array().expect("items");
+    let assistant: Vec<&Value> = items.iter().filter(|m| m["role"] == "assistant").collect();
+    match text {
+        Some(text) => {
+            assert_eq!(run["output"], text, "{run}");
+            assert_eq!(assistant.len(), 1, "{m}");
+            assert_eq!(assistant[0]["content"], text, "{m}");
+            assert_eq!(assistant[0]["partial"], true, "{m}");
+        }
+        None => {
+            assert!(run["output"].is_null(), "{run}");
+            assert!(assistant.is_empty(), "{m}");
+        }
+    }
+}
+
 fn assert_sequence(frames: &[Frame], from: i64) {
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f.id, from + i as i64, "ids must be consecutive: {frames:?}");
@@ -103,14 +150,10 @@ async fn a_run_is_relayed_with_names_and_ids_and_recorded() {
         ]
     );
     assert_sequence(&frames, 1);
-    // Payloads pass through unchanged (the gateway's own run id, timestamp).
-    assert!(
-        frames[0].data["run_id"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("run_")
-    );
+    // The daemon's run id; the gateway's other fields pass through.
+    assert_ids(&frames, &id);
     assert_eq!(frames[0].data["delta"], "Hello");
+    assert!(frames[0].data["timestamp"].is_f64());
 
     let v = wait_run(&d, &id, "completed").await;
     assert_eq!(v["output"], "Hello from the fake gateway.");
@@ -128,6 +171,8 @@ async fn a_run_is_relayed_with_names_and_ids_and_recorded() {
     assert_eq!(items[1]["role"], "assistant");
     assert_eq!(items[1]["tokens_used"], 18);
     assert_eq!(items[1]["tool_calls"][0]["tool"], "web_search");
+    assert_eq!(items[1]["partial"], false);
+    assert!(v["refused_approvals"].as_array().is_some_and(Vec::is_empty));
     let s: Value = d.get_json("/conversations/search?q=lisbon").await;
     assert_eq!(s["items"][0]["session_id"], session.as_str());
 
@@ -169,6 +214,7 @@ async fn concurrent_subscribers_resume_and_replay_see_the_same_sequence() {
     let mut joined = first.clone();
     joined.extend(rest);
     assert_eq!(joined, a);
+    assert_ids(&a, &id);
     // A finished run replays in full, again and again.
     for _ in 0..2 {
         let replay = read_frames(events(&d, &id, None).await, usize::MAX).await;
@@ -256,7 +302,8 @@ async fn stop_and_approval_pass_through() {
     assert_eq!(r.status(), 202);
     let rest = read_frames(events(&d, &id, Some(1)).await, usize::MAX).await;
     assert_eq!(rest.last().map(|f| f.event.as_str()), Some("run.cancelled"));
-    wait_run(&d, &id, "cancelled").await;
+    let v = wait_run(&d, &id, "cancelled").await;
+    assert_partial(&d, &v, Some("working")).await;
     let r = d
         .post(&format!("/runs/{id}/stop"))
         .send()
@@ -294,6 +341,8 @@ async fn stop_and_approval_pass_through() {
     assert!(!names.contains(&"tool.started"), "a denied tool ran");
     let v = wait_run(&d, &id, "completed").await;
     assert!(v["pending_approval"].is_null());
+    assert_eq!(v["refused_approvals"][0]["reason"], "denied", "{v}");
+    assert_eq!(v["refused_approvals"][0]["command"], "rm -rf /tmp/x", "{v}");
     let r = d
         .post(&format!("/runs/{id}/approval"))
         .json(&json!({"choice": "once"}))
@@ -318,8 +367,95 @@ async fn a_gateway_killed_mid_run_fails_the_run_with_agent_restarted() {
     let last = rest.last().expect("a terminal event");
     assert_eq!(last.event, "run.failed");
     assert_eq!(last.data["code"], "agent_restarted");
+    assert_eq!(last.data["run_id"], id.as_str());
     let v = wait_run(&d, &id, "failed").await;
     assert_eq!(v["error"]["code"], "agent_restarted");
+    assert_partial(&d, &v, Some("working")).await;
+}
+
+#[tokio::test]
+async fn partial_output_is_kept_one_way_when_the_agent_fails_the_run_or_says_nothing() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    let run = start_run(&d, json!({"input": "please fail"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let v = wait_run(&d, &id, "failed").await;
+    assert_eq!(v["error"]["code"], "agent_error");
+    assert_partial(&d, &v, Some("about to fail")).await;
+
+    // Stopped before the agent said anything: nothing to keep.
+    let run = start_run(&d, json!({"input": "delay:30 then talk"})).await;
+    let id = run["run_id"].as_str().expect("run_id").to_owned();
+    let r = d
+        .post(&format!("/runs/{id}/stop"))
+        .send()
+        .await
+        .expect("stop");
+    assert_eq!(r.status(), 202);
+    let v = wait_run(&d, &id, "cancelled").await;
+    assert_partial(&d, &v, None).await;
+}
+
+#[tokio::test]
+async fn a_run_stopped_while_waiting_for_approval_is_cancelled_not_expired() {
+    let (d, _, id) = run_on(&GatewayWorld::new(), "needs approval").await;
+    let first = read_frames(events(&d, &id, None).await, 2).await;
+    assert_eq!(first[1].event, "approval.request");
+    wait_run(&d, &id, "waiting_for_approval").await;
+    let r = d
+        .post(&format!("/runs/{id}/stop"))
+        .send()
+        .await
+        .expect("stop");
+    assert_eq!(r.status(), 202);
+    let rest = read_frames(events(&d, &id, Some(2)).await, usize::MAX).await;
+    assert_eq!(names(&rest), ["message.delta", "run.cancelled"]);
+    let v = wait_run(&d, &id, "cancelled").await;
+    assert!(
+        v["refused_approvals"].as_array().is_some_and(Vec::is_empty),
+        "{v}"
+    );
+    assert_partial(&d, &v, Some("I need to run a command. Stopped.")).await;
+}
+
+#[tokio::test]
+async fn an_unanswered_approval_that_the_gateway_denies_is_an_event_and_on_the_record() {
+    let (d, _, id) = run_on(
+        &GatewayWorld::new().fake("approval_timeout", "1"),
+        "needs approval",
+    )
+    .await;
+    let frames = read_frames(events(&d, &id, None).await, usize::MAX).await;
+    assert_eq!(
+        names(&frames),
+        [
+            "message.delta",
+            "approval.request",
+            "approval.expired",
+            "message.delta",
+            "run.completed"
+        ]
+    );
+    assert_sequence(&frames, 1);
+    assert_ids(&frames, &id);
+    assert_eq!(frames[2].data["command"], "rm -rf /tmp/x");
+    let v = wait_run(&d, &id, "completed").await;
+    assert!(v["pending_approval"].is_null(), "{v}");
+    let refused = v["refused_approvals"]
+        .as_array()
+        .expect("refused_approvals");
+    assert_eq!(refused.len(), 1, "{v}");
+    assert_eq!(refused[0]["reason"], "expired");
+    assert_eq!(refused[0]["command"], "rm -rf /tmp/x");
+    assert_eq!(refused[0]["pattern_key"], "rm");
+    let r = d
+        .post(&format!("/runs/{id}/approval"))
+        .json(&json!({"choice": "once"}))
+        .send()
+        .await
+        .expect("send");
+    expect_problem(r, 409, "conflict").await;
 }
 
 #[tokio::test]
@@ -337,15 +473,27 @@ async fn a_run_wakes_a_stopped_agent_and_in_flight_runs_are_closed_after_a_daemo
 
     let run = start_run(&d, json!({"input": "hang"})).await;
     let hung = run["run_id"].as_str().expect("run_id").to_owned();
-    wait_run(&d, &hung, "running").await;
+    // Its first delta is logged before the daemon dies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = d.get_json(&format!("/runs/{hung}")).await;
+        if v["last_event_id"].as_i64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no event logged: {v}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     d.kill();
     let dir = d.dir.clone();
     drop(d);
     let d = w.daemon_in(dir).await;
     let v = wait_run(&d, &hung, "failed").await;
     assert_eq!(v["error"]["code"], "agent_restarted");
+    // Rebuilt from the logged deltas, kept as after any other failure.
+    assert_partial(&d, &v, Some("working")).await;
     let frames = read_frames(events(&d, &hung, None).await, usize::MAX).await;
     assert_eq!(frames.last().map(|f| f.event.as_str()), Some("run.failed"));
+    assert_ids(&frames, &hung);
 }
 
 #[tokio::test]

@@ -237,6 +237,44 @@ async fn enabled_state_lands_in_config_yaml_and_survives_restart() {
 }
 
 #[tokio::test]
+async fn agent_card_tags_are_unique_and_version_lists_every_route_family() {
+    let home = tempfile::tempdir().expect("tempdir");
+    // Category `research` plus the front matter's own `research` tag.
+    let dir = home.path().join("skills/research/arxiv");
+    std::fs::create_dir_all(&dir).expect("mkdir skill");
+    std::fs::write(
+        dir.join("SKILL.md"),
+        "---\nname: arxiv\ndescription: Search arXiv\nmetadata:\n  hermes:\n    tags: [research, arxiv, research]\n---\n# arxiv\n",
+    )
+    .expect("write SKILL.md");
+    let d = TestDaemon::start_with(options(home.path())).await;
+    wait_for(&d, "scan", |s| s.len() == 1).await;
+    let card: Value = d.get_json("/agent-card").await;
+    assert_eq!(
+        card["skills"][0]["tags"],
+        serde_json::json!(["research", "arxiv"]),
+        "{card}"
+    );
+
+    let v: Value = d.get_json("/version").await;
+    let caps: Vec<&str> = v["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "runs",
+        "agent",
+        "agent-cron",
+        "conversations.search",
+        "agent-card",
+    ] {
+        assert!(caps.contains(&want), "{want} missing from {caps:?}");
+    }
+}
+
+#[tokio::test]
 async fn skill_files_are_listed_and_readable_but_nothing_outside() {
     let home = tempfile::tempdir().expect("tempdir");
     let dir = write_skill(

@@ -184,9 +184,13 @@ pub async fn agent_card(State(state): State<AppState>) -> Result<Json<Value>, Ap
     let skills: Vec<Value> = rows
         .into_iter()
         .map(|s| {
-            let mut tags = s.tags;
-            if let Some(c) = s.category {
-                tags.insert(0, c);
+            // The category first, then the front matter's tags, each once
+            // (a skill in `research/` is often tagged `research` too).
+            let mut tags: Vec<String> = Vec::with_capacity(s.tags.len() + 1);
+            for t in s.category.into_iter().chain(s.tags) {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
             }
             json!({ "id": s.name, "name": s.name, "description": s.description, "tags": tags })
         })

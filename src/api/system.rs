@@ -1,12 +1,15 @@
 //! Liveness, readiness, metrics and version.
 
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{AppState, TENANT_PREFIX};
 use crate::error::ApiError;
 
 pub async fn healthz() -> Json<Value> {
@@ -54,6 +57,84 @@ pub async fn version(State(state): State<AppState>) -> Json<Value> {
         "tenant_id": state.config.tenant_id,
         "schema_version": state.store.schema_version(),
         "agent_release": agent.release,
-        "capabilities": crate::CAPABILITIES,
+        "capabilities": capabilities(),
     }))
+}
+
+/// What this build can do, for `/version`, derived from the route table so
+/// it cannot drift from what is served: one name per family of tenant
+/// routes (its first path segment), `FAMILY.search` for a search route, and
+/// `metrics` (served on the main or its own listener).
+pub(super) fn capabilities() -> &'static [String] {
+    static CAPABILITIES: OnceLock<Vec<String>> = OnceLock::new();
+    CAPABILITIES.get_or_init(|| capabilities_of(super::route_list()))
+}
+
+fn capabilities_of(routes: Vec<(String, String)>) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for (_, path) in routes {
+        let Some(rest) = path.strip_prefix(TENANT_PREFIX) else {
+            if path == "/metrics" {
+                names.insert("metrics".to_owned());
+            }
+            continue;
+        };
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        match segments.as_slice() {
+            [] | ["version"] => {}
+            [family, "search"] => {
+                names.insert((*family).to_owned());
+                names.insert(format!("{family}.search"));
+            }
+            [family, ..] => {
+                names.insert((*family).to_owned());
+            }
+        }
+    }
+    names.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_name_every_route_family_once() {
+        let caps = capabilities();
+        for want in [
+            "agent",
+            "agent-card",
+            "agent-cron",
+            "conversations",
+            "conversations.search",
+            "env",
+            "files",
+            "memory",
+            "metrics",
+            "runs",
+            "settings",
+            "skills",
+            "usage",
+        ] {
+            assert!(
+                caps.iter().any(|c| c == want),
+                "{want} missing from {caps:?}"
+            );
+        }
+        assert!(
+            !caps.iter().any(|c| c == "version" || c.contains('{')),
+            "{caps:?}"
+        );
+        let unique: BTreeSet<&String> = caps.iter().collect();
+        assert_eq!(unique.len(), caps.len());
+    }
+
+    #[test]
+    fn a_new_route_family_becomes_a_capability() {
+        let caps = capabilities_of(vec![
+            ("GET".into(), format!("{TENANT_PREFIX}/widgets/{{id}}")),
+            ("GET".into(), "/v1/healthz".into()),
+        ]);
+        assert_eq!(caps, vec!["widgets".to_owned()]);
+    }
 }

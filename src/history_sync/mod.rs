@@ -3,10 +3,14 @@
 //! store, incrementally, so the whole tenant history is searchable in one
 //! place.
 //!
-//! Sessions with source `api_server` are skipped: the daemon holds the only
-//! API key, so those are runs it already recorded itself.
+//! Every turn is imported whatever its `source`, exactly once (keyed by the
+//! gateway's message id). The daemon's own runs are left out by their
+//! identity: the gateway stores a run under the session id the daemon gave
+//! it, and the daemon recorded that run's turns itself. Turns sent to the
+//! gateway's API by anyone else (`api_server` sessions the daemon never
+//! ran) are imported like the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -59,6 +63,19 @@ fn platform_of(source: &str) -> String {
     }
 }
 
+/// Whether `session_id` is one the daemon's own runs wrote (a run row, or
+/// a run's input message once the run row was pruned): the gateway's copy
+/// of those turns is not imported again.
+fn is_daemon_run_session(conn: &Connection, session_id: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE session_id = ?1)
+             OR EXISTS (SELECT 1 FROM messages
+                        WHERE session_id = ?1 AND external_id LIKE 'run\\_%:input' ESCAPE '\\')",
+        [session_id],
+        |r| r.get(0),
+    )
+}
+
 /// Import one batch into the daemon's store, advancing the cursor in the
 /// same transaction. Returns (messages read, messages inserted).
 fn import(conn: &mut Connection, batch: &[SourceMessage]) -> Result<(usize, usize), StoreError> {
@@ -67,13 +84,26 @@ fn import(conn: &mut Connection, batch: &[SourceMessage]) -> Result<(usize, usiz
     };
     let mut by_session: BTreeMap<String, (String, Option<String>, Vec<NewMessage>)> =
         BTreeMap::new();
+    let mut daemon_runs: HashMap<String, bool> = HashMap::new();
     for m in batch {
         // A session that could not be read is not imported: it might be
-        // one of the daemon's own (`api_server`).
+        // one of the daemon's own.
         let Some(source) = m.source.as_deref() else {
             continue;
         };
-        if source == "api_server" {
+        let Some(session_id) = m.session_id.as_deref() else {
+            continue;
+        };
+        let session = local_session_id(session_id);
+        let own = match daemon_runs.get(&session) {
+            Some(own) => *own,
+            None => {
+                let own = is_daemon_run_session(conn, &session)?;
+                daemon_runs.insert(session.clone(), own);
+                own
+            }
+        };
+        if own {
             continue;
         }
         let Some(role) = Role::parse(&m.role) else {
@@ -83,16 +113,13 @@ fn import(conn: &mut Connection, batch: &[SourceMessage]) -> Result<(usize, usiz
         if content.len() > conversations::MAX_CONTENT_BYTES || content.contains('\0') {
             continue;
         }
-        let Some(session_id) = m.session_id.as_deref() else {
-            continue;
-        };
         let tool_calls = m
             .tool_calls
             .as_deref()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
             .filter(|v| v.is_array() || v.is_object());
         let entry = by_session
-            .entry(local_session_id(session_id))
+            .entry(session)
             .or_insert_with(|| (platform_of(source), m.title.clone(), Vec::new()));
         entry.2.push(NewMessage {
             role,

@@ -4,7 +4,9 @@
 //! broadcast. A subscriber that falls behind is caught up from SQLite, so
 //! it never slows the reader or another subscriber.
 
+mod event_ids;
 pub mod gateway;
+mod record;
 mod relay;
 pub mod sse;
 mod subscribe;
@@ -118,6 +120,10 @@ pub(crate) struct ActiveRun {
     pub(crate) cancel_queued: CancellationToken,
     pub(crate) gateway_run_id: watch::Sender<Option<String>>,
     pub(crate) chat_fallback: std::sync::atomic::AtomicBool,
+    /// A stop was asked for at the gateway: events after it are the run
+    /// unwinding (the gateway denies a pending approval on a stop), not an
+    /// approval that expired.
+    pub(crate) stop_requested: std::sync::atomic::AtomicBool,
 }
 
 /// The runs service.
@@ -184,7 +190,7 @@ impl Runs {
         let leftovers = self.store.read(run_store::unfinished).await?;
         let n = leftovers.len();
         for (id, last_seq) in leftovers {
-            relay::write_terminal_failure(
+            record::write_terminal_failure(
                 &self.store,
                 &id,
                 last_seq,
@@ -307,6 +313,7 @@ impl Runs {
             cancel_queued: self.shutdown.child_token(),
             gateway_run_id: watch::channel(None).0,
             chat_fallback: std::sync::atomic::AtomicBool::new(false),
+            stop_requested: std::sync::atomic::AtomicBool::new(false),
         });
         if let Ok(mut map) = self.active.lock() {
             map.insert(run_id.clone(), active.clone());
@@ -362,6 +369,9 @@ impl Runs {
                 active.cancel_queued.cancel()
             }
             Some(gid) => {
+                active
+                    .stop_requested
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 self.gateway.stop(&gid).await.map_err(map_gateway)?;
                 let rid = id.to_owned();
                 self.store

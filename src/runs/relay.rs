@@ -9,24 +9,18 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use super::event_ids::RunIds;
 use super::gateway::{GatewayError, SseParser, capabilities_have_runs};
+use super::record::{self, MAX_OUTPUT_BYTES, Outcome, now_secs};
 use super::{ActiveRun, LiveEvent, Runs, StartRun, is_terminal_event};
 use crate::agent::{AgentCommand, AgentState, Desired, DesiredBy};
-use crate::store::conversations::{self, AppendMessages, NewMessage, Role};
-use crate::store::runs::{self as run_store, RunUpdate, StoredEvent};
-use crate::store::usage::{self, NewUsage};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
+use crate::store::runs::{self as run_store, RunUpdate, StoredEvent, push_capped};
 
 /// Events waiting for the writer; the reader waits when it is full.
 const WRITE_QUEUE: usize = 4096;
 /// Most events per transaction.
 const WRITE_BATCH: usize = 512;
-/// Output kept for the conversation record when the gateway sends no final text.
-const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
-
-fn now_secs() -> f64 {
-    crate::store::now_ms() as f64 / 1000.0
-}
 
 /// The two fields the relay reads from every gateway frame.
 #[derive(Default, serde::Deserialize)]
@@ -35,17 +29,6 @@ struct FrameHead<'a> {
     event: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     delta: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// What the relay learned from the events so far.
-#[derive(Default)]
-struct Outcome {
-    status: Option<&'static str>,
-    output: String,
-    final_output: Option<String>,
-    usage: Option<Value>,
-    error: Option<(String, String)>,
-    tools: Vec<Value>,
 }
 
 /// The per-run sequencer: numbers events, broadcasts them, queues them for
@@ -143,21 +126,22 @@ pub(super) async fn drive(
             code = "suspended".into();
             message = "the tenant was suspended; the agent was stopped".into();
         }
+        // The chat fallback names the run by the daemon's own id.
         let gid = active
             .gateway_run_id
             .borrow()
             .clone()
-            .unwrap_or_else(|| run_id.clone());
+            .filter(|g| *g != run_id);
         let name = if code == "cancelled" {
             "run.cancelled"
         } else {
             "run.failed"
         };
-        let data = if code == "cancelled" {
-            json!({"event": name, "run_id": gid, "timestamp": now_secs()})
-        } else {
-            json!({"event": name, "run_id": gid, "error": message, "code": code, "timestamp": now_secs()})
-        };
+        let mut data = json!({"event": name, "run_id": run_id, "gateway_run_id": gid, "timestamp": now_secs()});
+        if code != "cancelled" {
+            data["error"] = json!(message);
+            data["code"] = json!(code);
+        }
         seq.emit(name.into(), data.to_string()).await;
         outcome.status = Some(if code == "cancelled" {
             "cancelled"
@@ -171,7 +155,8 @@ pub(super) async fn drive(
     // Every event is committed before the run is marked finished.
     drop(seq);
     let _ = writer_task.await;
-    if let Err(e) = finish(&runs.store, &run_id, &session_id, &req, outcome).await {
+    let platform = req.platform.clone().unwrap_or_else(|| "api".into());
+    if let Err(e) = record::finish(&runs.store, &run_id, &session_id, platform, outcome).await {
         tracing::error!(run_id, error = %e, "cannot record the end of a run");
     }
     active.finished.send_replace(true);
@@ -237,6 +222,15 @@ async fn relay(
     };
     drop(queue_permit);
     active.gateway_run_id.send_replace(Some(gid.clone()));
+    let ids = RunIds::new(run_id, &gid);
+    // A stop that came while the run was being submitted found no gateway
+    // id and cancelled the token; the id is published now, so pass it on.
+    if active.cancel_queued.is_cancelled() && !runs.shutdown.is_cancelled() {
+        active.stop_requested.store(true, Ordering::Relaxed);
+        if let Err(e) = runs.gateway.stop(&gid).await {
+            tracing::warn!(run_id, error = %e, "cannot stop a run the agent just accepted");
+        }
+    }
     update(
         &runs.store,
         run_id,
@@ -281,18 +275,29 @@ async fn relay(
                 .map(str::to_owned)
                 .or(frame.event.clone())
                 .unwrap_or_else(|| "message".into());
-            if name == "message.delta" {
+            let is_delta = name == "message.delta";
+            if is_delta {
                 if let Some(d) = head.delta.as_deref() {
-                    if outcome.output.len() + d.len() <= MAX_OUTPUT_BYTES {
-                        outcome.output.push_str(d);
-                    }
+                    push_capped(&mut outcome.output, d, MAX_OUTPUT_BYTES);
                 }
-            } else {
-                let v: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
+            }
+            if outcome.pending_approval.is_some() && ends_the_wait(&name) {
+                if active.stop_requested.load(Ordering::Relaxed) {
+                    // Denied because the run is being stopped.
+                    outcome.pending_approval = None;
+                } else {
+                    // The gateway went on without an answer: it denied the
+                    // action itself when its approval timeout passed.
+                    expire_approval(&runs.store, run_id, &gid, seq, outcome).await;
+                }
+            }
+            let data = ids.translate(frame.data);
+            if !is_delta {
+                let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
                 observe(&runs.store, run_id, &name, &v, outcome).await;
             }
             let terminal = is_terminal_event(&name);
-            seq.emit(name, frame.data).await;
+            seq.emit(name, data).await;
             if terminal {
                 return Ok(());
             }
@@ -362,16 +367,55 @@ async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy
     }
 }
 
+/// Whether an event while an approval is pending means the gateway stopped
+/// waiting for the answer (not an answer, not the run's end by stop or
+/// failure).
+fn ends_the_wait(name: &str) -> bool {
+    !matches!(name, "approval.responded" | "run.cancelled" | "run.failed")
+}
+
+/// Record that the pending approval expired and tell subscribers.
+async fn expire_approval(
+    store: &Store,
+    run_id: &str,
+    gateway_run_id: &str,
+    seq: &mut Sequencer,
+    o: &mut Outcome,
+) {
+    let Some(entry) = o.refuse_pending("expired") else {
+        return;
+    };
+    let data = json!({
+        "event": "approval.expired",
+        "run_id": run_id,
+        "gateway_run_id": gateway_run_id,
+        "command": entry["command"],
+        "description": entry["description"],
+        "pattern_key": entry["pattern_key"],
+        "timestamp": now_secs(),
+    });
+    seq.emit("approval.expired".into(), data.to_string()).await;
+    approval_settled(store, run_id, o).await;
+}
+
+/// The pending approval was answered or expired: the run goes on.
+async fn approval_settled(store: &Store, run_id: &str, o: &Outcome) {
+    update(
+        store,
+        run_id,
+        RunUpdate {
+            status: Some("running"),
+            pending_approval: Some(None),
+            refused_approvals: o.refused_value(),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
 /// Update the run row from what an event says.
 async fn observe(store: &Store, run_id: &str, name: &str, v: &Value, o: &mut Outcome) {
     match name {
-        "message.delta" => {
-            if let Some(d) = v["delta"].as_str() {
-                if o.output.len() + d.len() <= MAX_OUTPUT_BYTES {
-                    o.output.push_str(d);
-                }
-            }
-        }
         "tool.started" => {
             o.tools
                 .push(json!({"tool": v["tool"], "preview": v["preview"]}));
@@ -397,6 +441,7 @@ async fn observe(store: &Store, run_id: &str, name: &str, v: &Value, o: &mut Out
             }
         }
         "approval.request" => {
+            o.pending_approval = Some(v.clone());
             update(
                 store,
                 run_id,
@@ -409,16 +454,12 @@ async fn observe(store: &Store, run_id: &str, name: &str, v: &Value, o: &mut Out
             .await;
         }
         "approval.responded" => {
-            update(
-                store,
-                run_id,
-                RunUpdate {
-                    status: Some("running"),
-                    pending_approval: Some(None),
-                    ..Default::default()
-                },
-            )
-            .await;
+            if v["choice"] == "deny" {
+                o.refuse_pending("denied");
+            } else {
+                o.pending_approval = None;
+            }
+            approval_settled(store, run_id, o).await;
         }
         "run.completed" => {
             o.status = Some("completed");
@@ -447,114 +488,6 @@ async fn update(store: &Store, run_id: &str, u: RunUpdate) {
     if let Err(e) = store.write(move |c| run_store::update(c, &id, &u)).await {
         tracing::error!(run_id, error = %e, "cannot update run");
     }
-}
-
-fn tokens(usage: &Option<Value>, key: &str) -> i64 {
-    usage.as_ref().and_then(|u| u[key].as_i64()).unwrap_or(0)
-}
-
-/// Record the end: run row, assistant message, usage ledger, one transaction.
-async fn finish(
-    store: &Store,
-    run_id: &str,
-    session_id: &str,
-    req: &StartRun,
-    o: Outcome,
-) -> Result<(), StoreError> {
-    let status = o.status.unwrap_or("failed");
-    let output = o.final_output.clone().unwrap_or_else(|| o.output.clone());
-    let tokens_in = tokens(&o.usage, "input_tokens").max(tokens(&o.usage, "prompt_tokens"));
-    let tokens_out = tokens(&o.usage, "output_tokens").max(tokens(&o.usage, "completion_tokens"));
-    let total = tokens(&o.usage, "total_tokens").max(tokens_in + tokens_out);
-    let platform = req.platform.clone().unwrap_or_else(|| "api".into());
-    let run_id = run_id.to_owned();
-    let session_id = session_id.to_owned();
-    let tool_count = o.tools.len() as i64;
-    let error = o
-        .error
-        .clone()
-        .or_else(|| (status == "failed").then(|| ("agent_error".into(), "the run failed".into())));
-    store
-        .write(move |c| {
-            let tx = c.transaction()?;
-            run_store::update(
-                &tx,
-                &run_id,
-                &RunUpdate {
-                    status: Some(status),
-                    output: (!output.is_empty()).then(|| output.clone()),
-                    usage: o.usage.clone(),
-                    error,
-                    pending_approval: Some(None),
-                    tool_calls: Some(tool_count),
-                    ..Default::default()
-                },
-            )?;
-            if !output.is_empty() || !o.tools.is_empty() {
-                conversations::append_in(
-                    &tx,
-                    &session_id,
-                    &AppendMessages {
-                        platform: Some(platform),
-                        title: None,
-                        messages: vec![NewMessage {
-                            role: Role::Assistant,
-                            content: output,
-                            tool_calls: (!o.tools.is_empty())
-                                .then(|| Value::Array(o.tools.clone())),
-                            tokens_used: Some(total),
-                            created_at: None,
-                            external_id: Some(format!("{run_id}:output")),
-                        }],
-                    },
-                )?;
-            }
-            usage::record(
-                &tx,
-                &NewUsage {
-                    run_id: Some(run_id.clone()),
-                    session_id: Some(session_id.clone()),
-                    tokens_in,
-                    tokens_out,
-                    tool_calls: tool_count,
-                },
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-}
-
-/// Close a run left unfinished by a previous process.
-pub(super) async fn write_terminal_failure(
-    store: &Store,
-    run_id: &str,
-    last_seq: i64,
-    code: &str,
-    message: &str,
-) -> Result<(), StoreError> {
-    let data = json!({"event": "run.failed", "run_id": run_id, "error": message, "code": code, "timestamp": now_secs()});
-    let event = StoredEvent {
-        seq: last_seq + 1,
-        name: "run.failed".into(),
-        data: data.to_string(),
-    };
-    let (id, code, message) = (run_id.to_owned(), code.to_owned(), message.to_owned());
-    store
-        .write(move |c| {
-            run_store::append_events(c, &id, &[event])?;
-            run_store::update(
-                c,
-                &id,
-                &RunUpdate {
-                    status: Some("failed"),
-                    error: Some((code, message)),
-                    pending_approval: Some(None),
-                    ..Default::default()
-                },
-            )
-        })
-        .await
 }
 
 /// Gateways without the runs API: stream `/v1/chat/completions` and emit
@@ -600,7 +533,6 @@ async fn chat_fallback(
     let mut stream = Box::pin(stream);
     let mut parser = SseParser::default();
     let mut frames = Vec::new();
-    let mut output = String::new();
     let mut usage_v = None;
     loop {
         let chunk = tokio::select! {
@@ -628,14 +560,14 @@ async fn chat_fallback(
                         "total_tokens": u["total_tokens"],
                     })
                 });
-                let data = json!({"event": "run.completed", "run_id": run_id, "output": output, "usage": usage_out, "timestamp": now_secs()});
+                let data = json!({"event": "run.completed", "run_id": run_id, "gateway_run_id": null, "output": outcome.output, "usage": usage_out, "timestamp": now_secs()});
                 observe(&runs.store, run_id, "run.completed", &data, outcome).await;
                 seq.emit("run.completed".into(), data.to_string()).await;
                 return Ok(());
             }
             let v: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
             if frame.event.as_deref() == Some("hermes.tool.progress") {
-                let data = json!({"event": "tool.progress", "run_id": run_id, "progress": v, "timestamp": now_secs()});
+                let data = json!({"event": "tool.progress", "run_id": run_id, "gateway_run_id": null, "progress": v, "timestamp": now_secs()});
                 seq.emit("tool.progress".into(), data.to_string()).await;
                 continue;
             }
@@ -644,8 +576,8 @@ async fn chat_fallback(
             }
             if let Some(delta) = v["choices"][0]["delta"]["content"].as_str() {
                 if !delta.is_empty() {
-                    output.push_str(delta);
-                    let data = json!({"event": "message.delta", "run_id": run_id, "delta": delta, "timestamp": now_secs()});
+                    push_capped(&mut outcome.output, delta, MAX_OUTPUT_BYTES);
+                    let data = json!({"event": "message.delta", "run_id": run_id, "gateway_run_id": null, "delta": delta, "timestamp": now_secs()});
                     seq.emit("message.delta".into(), data.to_string()).await;
                 }
             }

@@ -134,6 +134,8 @@ pub struct Message {
     pub created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+    /// Written from a run's output when the run ended without completing.
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -405,7 +407,17 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         tokens_used: r.get(6)?,
         created_at: ms_to_rfc3339(r.get(7)?),
         external_id: r.get(8)?,
+        partial: r.get(9)?,
     })
+}
+
+/// Mark the message with `external_id` as written from partial output.
+pub fn mark_partial(conn: &Connection, external_id: &str) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE messages SET partial = 1 WHERE external_id = ?1",
+        [external_id],
+    )?;
+    Ok(())
 }
 
 /// Messages of one session in the order they were stored.
@@ -419,7 +431,7 @@ pub fn list_messages(
     get_session(conn, session_id)?;
     let after_id = cursor::int(after, 0)?;
     let mut stmt = conn.prepare_cached(
-        "SELECT id, session_id, platform, role, content, tool_calls, tokens_used, created_at, external_id
+        "SELECT id, session_id, platform, role, content, tool_calls, tokens_used, created_at, external_id, partial
          FROM messages WHERE session_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
     let items = stmt

@@ -14,6 +14,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_runs", include_str!("../../schema/0004_runs.sql")),
     ("0005_skills", include_str!("../../schema/0005_skills.sql")),
     ("0006_cron", include_str!("../../schema/0006_cron.sql")),
+    (
+        "0007_fidelity",
+        include_str!("../../schema/0007_fidelity.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

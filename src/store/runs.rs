@@ -54,11 +54,14 @@ pub struct Run {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// Approvals the agent asked for and did not get: `{reason: "expired"
+    /// | "denied", command, description, pattern_key}`, in order.
+    pub refused_approvals: Vec<serde_json::Value>,
     #[serde(skip)]
     pub gateway_run_id: Option<String>,
 }
 
-const COLUMNS: &str = "id, status, session_id, platform, input, instructions, output, usage, error_code, error_message, pending_approval, tool_calls, last_seq, created_at, started_at, finished_at, gateway_run_id";
+const COLUMNS: &str = "id, status, session_id, platform, input, instructions, output, usage, error_code, error_message, pending_approval, tool_calls, last_seq, created_at, started_at, finished_at, gateway_run_id, refused_approvals";
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
     let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
@@ -91,6 +94,10 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
         finished_at: finished.map(ms_to_rfc3339),
         duration_ms: finished.map(|f| f - started.unwrap_or(created)),
         gateway_run_id: r.get(16)?,
+        refused_approvals: match json(17)? {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
     })
 }
 
@@ -154,24 +161,28 @@ pub fn append_events(
     run_id: &str,
     events: &[StoredEvent],
 ) -> StoreResult<()> {
+    let tx = conn.transaction()?;
+    append_events_in(&tx, run_id, events)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// [`append_events`] inside the caller's transaction.
+pub fn append_events_in(tx: &Connection, run_id: &str, events: &[StoredEvent]) -> StoreResult<()> {
     let Some(last) = events.last() else {
         return Ok(());
     };
     let now = now_ms();
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO run_events (run_id, seq, name, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for e in events {
-            stmt.execute(params![run_id, e.seq, e.name, e.data, now])?;
-        }
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO run_events (run_id, seq, name, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for e in events {
+        stmt.execute(params![run_id, e.seq, e.name, e.data, now])?;
     }
     tx.execute(
         "UPDATE runs SET last_seq = ?2, updated_at = ?3 WHERE id = ?1",
         params![run_id, last.seq, now],
     )?;
-    tx.commit()?;
     Ok(())
 }
 
@@ -209,6 +220,8 @@ pub struct RunUpdate {
     /// `Some(None)` clears it.
     pub pending_approval: Option<Option<serde_json::Value>>,
     pub tool_calls: Option<i64>,
+    /// The whole list of refused approvals (replaces the stored one).
+    pub refused_approvals: Option<serde_json::Value>,
 }
 
 pub fn update(conn: &Connection, id: &str, u: &RunUpdate) -> StoreResult<()> {
@@ -230,6 +243,7 @@ pub fn update(conn: &Connection, id: &str, u: &RunUpdate) -> StoreResult<()> {
             pending_approval = CASE WHEN ?11 THEN ?9 ELSE pending_approval END,
             tool_calls = coalesce(?12, tool_calls),
             finished_at = coalesce(finished_at, ?13),
+            refused_approvals = coalesce(?14, refused_approvals),
             updated_at = ?10
          WHERE id = ?1",
         params![
@@ -248,6 +262,7 @@ pub fn update(conn: &Connection, id: &str, u: &RunUpdate) -> StoreResult<()> {
             u.pending_approval.is_some(),
             u.tool_calls,
             finished,
+            u.refused_approvals.as_ref().map(|v| v.to_string()),
         ],
     )?;
     Ok(())
@@ -263,6 +278,36 @@ pub fn unfinished(conn: &Connection) -> StoreResult<Vec<(String, i64)>> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// The text a run's logged `message.delta` events add up to, at most
+/// `cap` bytes (a delta that would pass the cap is left out, as the relay
+/// does). Rebuilds the partial output of a run a dead process left behind.
+pub fn logged_output(conn: &Connection, run_id: &str, cap: usize) -> StoreResult<String> {
+    #[derive(serde::Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        delta: Option<std::borrow::Cow<'a, str>>,
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT data FROM run_events WHERE run_id = ?1 AND name = 'message.delta' ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([run_id])?;
+    let mut out = String::new();
+    while let Some(row) = rows.next()? {
+        let data = row.get_ref(0)?.as_str().unwrap_or_default();
+        if let Ok(Delta { delta: Some(d) }) = serde_json::from_str::<Delta<'_>>(data) {
+            push_capped(&mut out, &d, cap);
+        }
+    }
+    Ok(out)
+}
+
+/// Append `piece` to a run's output unless that would pass `cap` bytes.
+pub fn push_capped(out: &mut String, piece: &str, cap: usize) {
+    if out.len() + piece.len() <= cap {
+        out.push_str(piece);
+    }
 }
 
 /// Delete finished runs (and their events) older than `before_ms`.

@@ -3,7 +3,9 @@
 # (hermes-agent 0.19.0 from PyPI) with its model pointed at a tiny local
 # OpenAI-compatible stand-in. Checks: reaches running (capabilities probed),
 # a run relayed end to end (numbered SSE events, output, conversation
-# record), restarts after kill -9, stops cleanly (planned stop, nothing left).
+# record; events carry the daemon's run id), a turn posted to the gateway's
+# own API directly becomes searchable through the daemon (history sync),
+# restarts after kill -9, stops cleanly (planned stop, nothing left).
 # Prints the gateway's start time and RSS.
 #
 #   tests/acceptance/real_hermes.sh            # builds the daemon (debug)
@@ -128,6 +130,8 @@ stop_grace = "20s"
 health_interval = "2s"
 backoff_base = "1s"
 $AGENT_TOML
+[runs]
+history_sync_interval = "1s"
 TOML
 
 BASE="http://127.0.0.1:$API_PORT/v1/tenant-runtime/$TENANT"
@@ -183,6 +187,36 @@ echo "$v" | "$PY" -c "import json,sys; v=json.load(sys.stdin); sys.exit(0 if v['
 hits=$(api "$BASE/conversations/search?q=pong" | "$PY" -c "import json,sys; print(len(json.load(sys.stdin)['items']))")
 [ "$hits" -ge 1 ] || fail "the answer is not in the conversation store"
 echo "   run $RUN_ID completed in $(( T_RUN1 - T_RUN0 )) ms, $(grep -c '^id: ' "$WORK/events.sse") events, answer recorded"
+sed -n 's/^data: //p' "$WORK/events.sse" | RUN_ID="$RUN_ID" "$PY" -c '
+import json, os, sys
+ours = os.environ["RUN_ID"]
+for line in sys.stdin:
+    v = json.loads(line)
+    g = v.get("gateway_run_id") or ""
+    if v.get("run_id") != ours or not g.startswith("run_") or g == ours:
+        sys.exit("event ids: " + line[:300])
+' || fail "an event does not carry the daemon's run id"
+echo "   every event: run_id = $RUN_ID, gateway_run_id = the gateway's"
+
+echo "== a turn sent to the gateway's own API directly is imported by history sync"
+GW_KEY=$(sed -n 's/^API_SERVER_KEY=//p' "$MANAGED/.env" | tr -d '"'"'"'')
+[ -n "$GW_KEY" ] || fail "no API_SERVER_KEY in the managed .env"
+code=$(curl -sS -o "$WORK/direct.json" -w '%{http_code}' -H "Authorization: Bearer $GW_KEY" \
+  -H 'Content-Type: application/json' \
+  -d '{"model":"hermes-agent","messages":[{"role":"user","content":"flamingo direct question"}]}' \
+  "http://127.0.0.1:$GW_PORT/v1/chat/completions")
+[ "$code" = 200 ] || fail "direct chat completion answered $code: $(head -c 300 "$WORK/direct.json")"
+deadline=$(( $(date +%s) + 60 ))
+while :; do
+  hits=$(api "$BASE/conversations/search?q=flamingo" | "$PY" -c "import json,sys; print(len(json.load(sys.stdin)['items']))")
+  [ "$hits" -ge 1 ] && break
+  [ "$(date +%s)" -ge "$deadline" ] && fail "the direct turn was not imported within 60 s"
+  sleep 0.5
+done
+[ "$hits" = 1 ] || fail "the direct turn was imported $hits times"
+hits=$(api "$BASE/conversations/search?q=ping" | "$PY" -c "import json,sys; print(len(json.load(sys.stdin)['items']))")
+[ "$hits" = 1 ] || fail "the daemon's own run was imported again ($hits hits for its input)"
+echo "   direct turn searchable once; the daemon's own run not imported twice"
 
 echo "== kill -9 the gateway"
 T_KILL=$(now_ms)
