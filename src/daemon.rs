@@ -142,6 +142,13 @@ impl Daemon {
             cancel.clone(),
         );
         cron.prepare(config.gateway.hermes_home.clone()).await?;
+        let (env_apply, env_apply_task) = crate::env_apply::EnvApply::start(
+            agent.clone(),
+            runs.clone(),
+            hub_link.clone(),
+            config.hub.stop_wait_for_runs,
+            cancel.clone(),
+        );
         let state = AppState {
             runs: runs.clone(),
             cron: cron.clone(),
@@ -162,6 +169,7 @@ impl Daemon {
                 &config.gateway.hermes_home,
             )),
             skills_status: Arc::new(crate::skills::IndexStatus::default()),
+            env_apply,
         };
         // A reserved key in the tenant's .env would override what the
         // platform sets: drop it before the agent starts.
@@ -244,6 +252,7 @@ impl Daemon {
             None => None,
         };
 
+        components.push(env_apply_task);
         components.push(watchdog(store.clone(), cancel.clone()));
         components.push(crate::allocator::spawn_trim(cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));

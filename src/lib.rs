@@ -11,6 +11,7 @@ pub mod config;
 pub mod cron;
 pub mod daemon;
 pub mod dir_handle;
+pub mod env_apply;
 pub mod envfile;
 pub mod error;
 pub mod files;

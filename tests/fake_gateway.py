@@ -274,6 +274,8 @@ def spawn_grandchild(state):
 def main():
     state = State()
     Handler.state = state
+    # What the process (and every tool it starts) keeps until a restart.
+    fake_gateway_runs.START_ENV = effective_env()
     pid = os.getpid()
     state.record("spawns.log", f"{pid} {proc_start_time(pid)}")
     done = threading.Event()

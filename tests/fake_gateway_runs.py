@@ -15,6 +15,10 @@ What a run does is chosen by words in its input text:
   "events:N"       N message.delta events ...
   "rate:R"         ... at R events per second (default: as fast as possible)
   "delay:S"        wait S seconds before the first event
+  "env:NAME"       one delta `NAME=value` (or `NAME unset`) from the environment
+                   the gateway had at its start (its env, then HERMES_HOME/.env,
+                   then the managed .env): what a tool subprocess of the real
+                   hermes-agent 0.19.0 sees, which only a restart refreshes
 
 Settings (env FAKE_GW_<NAME> or the control file): `no_runs` hides the runs
 API from /v1/capabilities and 404s it (the daemon must fall back to chat
@@ -32,6 +36,8 @@ import time
 
 RUNS = {}
 LOCK = threading.Lock()
+# The effective environment at process start (set by fake_gateway.py).
+START_ENV = {}
 REJECTED = [0]
 
 
@@ -79,6 +85,13 @@ def script(run):
     delay = number(text, "delay", 0)
     if delay and run.stop.wait(delay):
         run.emit("run.cancelled")
+        return
+    m = re.search(r"env:([A-Z][A-Z0-9_]*)", text)
+    if m:
+        name = m.group(1)
+        said = f"{name}={START_ENV[name]}" if name in START_ENV else f"{name} unset"
+        run.emit("message.delta", delta=said)
+        run.emit("run.completed", output=said, usage={"input_tokens": 1, "output_tokens": 1, "total_tokens": 2})
         return
     if "fail" in text:
         run.emit("message.delta", delta="about to fail")

@@ -76,7 +76,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
             }
         })
         .collect();
-    Ok(Json(serde_json::json!({ "keys": keys })))
+    Ok(Json(
+        serde_json::json!({ "keys": keys, "agent": state.env_apply.state() }),
+    ))
 }
 
 /// `{"value": "…", "set_by"?: "hub"|"tenant"}`. The body is read as a
@@ -129,8 +131,8 @@ pub async fn put(
         })
         .await?;
     tracing::info!(name = %name, set_by, "env key set");
-    // No restart: the gateway re-reads .env on every agent turn (HERMES.md),
-    // and the keys it reads only at start are reserved and refused above.
+    // The gateway only sees exactly the file after a restart (env_apply).
+    state.env_apply.changed();
     Ok(Json(EnvKey {
         name,
         reserved: false,
@@ -153,5 +155,6 @@ pub async fn remove(
         })
         .await?;
     tracing::info!(name = %name, "env key removed");
+    state.env_apply.changed();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -52,6 +52,8 @@ pub struct AppState {
     pub hub: crate::hub::HubLink,
     pub files: Arc<crate::files::FileRoots>,
     pub env_file: Arc<crate::envfile::EnvFile>,
+    /// Restarts the gateway (when idle) after an `.env` change.
+    pub env_apply: crate::env_apply::EnvApply,
     pub hermes_config: Arc<crate::settings::HermesConfig>,
     /// Whether the skills index stopped at its caps (`GET /skills`).
     pub skills_status: Arc<crate::skills::IndexStatus>,

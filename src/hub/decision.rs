@@ -244,7 +244,14 @@ impl Decisions {
 }
 
 /// Clears `HubLink::hub_stopping` when dropped.
-struct Committing(HubLink);
+pub(crate) struct Committing(HubLink);
+
+/// Raise the new-run gate (runs wait for the agent) until the returned
+/// value is dropped.
+pub(crate) fn hold_gate(link: &HubLink) -> Committing {
+    link.set_hub_stopping(true);
+    Committing(link.clone())
+}
 
 impl Drop for Committing {
     fn drop(&mut self) {
@@ -259,6 +266,13 @@ impl Drop for Committing {
 /// run is either counted (and waited for) or sees the gate (and wakes the
 /// agent after the stop): none reaches a gateway that is being stopped.
 async fn wait_for_runs(link: &HubLink, bound: Duration) -> Committing {
+    quiesce(link, bound, "the hub decided to stop the agent").await
+}
+
+/// `wait_for_runs` for any reason the gateway must go down (`why` is for
+/// the log): hold the new-run gate, wait for the runs in flight (at most
+/// `bound`), and return the gate, dropped once the gateway may serve again.
+pub(crate) async fn quiesce(link: &HubLink, bound: Duration, why: &str) -> Committing {
     let deadline = Instant::now() + bound;
     let mut logged = false;
     loop {
@@ -267,15 +281,16 @@ async fn wait_for_runs(link: &HubLink, bound: Duration) -> Committing {
         let open = link.open_runs();
         if open == 0 {
             if logged {
-                tracing::info!("the runs in flight have ended; stopping the agent");
+                tracing::info!(why, "the runs in flight have ended; going ahead");
             }
             return gate;
         }
         if Instant::now() >= deadline {
             tracing::warn!(
+                why,
                 open_runs = open,
                 waited_s = bound.as_secs(),
-                "runs still in flight after hub.stop_wait_for_runs; stopping the agent anyway"
+                "runs still in flight after hub.stop_wait_for_runs; going ahead anyway"
             );
             return gate;
         }
@@ -283,9 +298,10 @@ async fn wait_for_runs(link: &HubLink, bound: Duration) -> Committing {
         if !logged {
             logged = true;
             tracing::info!(
+                why,
                 open_runs = open,
                 wait_s = bound.as_secs(),
-                "the hub decided to stop the agent; waiting for the runs in flight"
+                "waiting for the runs in flight before the gateway goes down"
             );
         }
         tokio::time::sleep(RUNS_POLL).await;

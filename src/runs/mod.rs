@@ -115,6 +115,9 @@ pub(crate) struct ActiveRun {
     /// event stream ends only then, so a client that reads the run after
     /// its stream never sees it still `running`.
     pub(crate) finished: watch::Sender<bool>,
+    /// Past the wait for the agent: talking to the gateway (what a gateway
+    /// restart must wait for; runs still waiting at the gate are not).
+    pub(crate) at_gateway: std::sync::atomic::AtomicBool,
     pub(crate) subscribers: Arc<Semaphore>,
     /// Cancels a run that has not reached the gateway yet.
     pub(crate) cancel_queued: CancellationToken,
@@ -309,6 +312,7 @@ impl Runs {
             events,
             committed: watch::channel(0).0,
             finished: watch::channel(false).0,
+            at_gateway: std::sync::atomic::AtomicBool::new(false),
             subscribers: Arc::new(Semaphore::new(self.limits.subscribers_per_run)),
             cancel_queued: self.shutdown.child_token(),
             gateway_run_id: watch::channel(None).0,
@@ -343,6 +347,18 @@ impl Runs {
     /// Number of runs in flight (for the heartbeat).
     pub fn open_runs(&self) -> usize {
         self.active.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Runs in flight at the gateway (not those waiting for the agent).
+    pub fn runs_at_gateway(&self) -> usize {
+        self.active
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|a| a.at_gateway.load(std::sync::atomic::Ordering::SeqCst))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Stop a run: a queued one is cancelled here; one at the gateway is

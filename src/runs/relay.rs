@@ -334,7 +334,18 @@ async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy
         // stop: wait for it, then wake it (a newer decision).
         let hub_stopping = *stopping_rx.borrow_and_update();
         if !hub_stopping && status.state == AgentState::Running {
-            return Ok(());
+            // Counted first, then the gate looked at again: a gateway
+            // restart raises the gate, then counts (`env_apply`), so either
+            // it waits for this run or this run waits for it.
+            active
+                .at_gateway
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            if !*runs.hub_stopping.borrow() {
+                return Ok(());
+            }
+            active
+                .at_gateway
+                .store(false, std::sync::atomic::Ordering::SeqCst);
         }
         if !hub_stopping && status.desired == Desired::Stopped && !woke {
             if *runs.suspended.borrow() {
