@@ -218,6 +218,25 @@ hits=$(api "$BASE/conversations/search?q=ping" | "$PY" -c "import json,sys; prin
 [ "$hits" = 1 ] || fail "the daemon's own run was imported again ($hits hits for its input)"
 echo "   direct turn searchable once; the daemon's own run not imported twice"
 
+echo "== an .env change: one restart of the real gateway when idle, then the next run goes through"
+OLD=$(api "$BASE/agent" | field pid)
+code=$(api -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/json' -d '{"value":"v1"}' "$BASE/env/ACCEPTANCE_KEY")
+[ "$code" = 200 ] || fail "PUT /env answered $code"
+deadline=$(( $(date +%s) + 150 ))
+until api "$BASE/env" | "$PY" -c "import json,sys; sys.exit(0 if not json.load(sys.stdin)['agent']['pending'] else 1)"; do
+  [ "$(date +%s)" -ge "$deadline" ] && fail "the .env change never took effect"
+  sleep 0.2
+done
+v=$(wait_for 60 "v['state'] == 'running'") || fail "not running after the .env restart"
+GW_PID=$(echo "$v" | field pid)
+[ "$GW_PID" != "$OLD" ] || fail "the gateway was not restarted for the .env change"
+grep -q "ACCEPTANCE_KEY=" "$WORK/home/.env" || fail "the key is not in the Hermes .env"
+RUN=$(api -X POST -H 'Content-Type: application/json' -d '{"input":"ping again"}' "$BASE/runs")
+RUN_ID=$(echo "$RUN" | field run_id)
+timeout 120 curl -sS -N -H "Authorization: Bearer $TOKEN" "$BASE/runs/$RUN_ID/events" > /dev/null || fail "stream after the .env restart"
+[ "$(api "$BASE/runs/$RUN_ID" | field status)" = completed ] || fail "the run after the .env restart did not complete"
+echo "   restarted once (pid $OLD -> $GW_PID), next run completed"
+
 echo "== kill -9 the gateway"
 T_KILL=$(now_ms)
 kill -9 "$GW_PID"
