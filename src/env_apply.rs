@@ -55,6 +55,8 @@ pub struct EnvApply {
     state: watch::Sender<EnvApplyState>,
     wake: Arc<Notify>,
     link: HubLink,
+    /// The gate raised by `changed()`, handed to the applier.
+    pending_gate: Arc<std::sync::Mutex<Option<crate::hub::GateHold>>>,
 }
 
 impl EnvApply {
@@ -70,6 +72,7 @@ impl EnvApply {
             state: watch::Sender::new(EnvApplyState::default()),
             wake: Arc::new(Notify::new()),
             link: link.clone(),
+            pending_gate: Arc::new(std::sync::Mutex::new(None)),
         };
         let task = tokio::spawn(run(this.clone(), agent, runs, link, wait_for_runs, cancel));
         (this, task)
@@ -79,7 +82,11 @@ impl EnvApply {
     pub fn changed(&self) {
         // Before the change is acknowledged: a run posted right after it
         // waits for the gateway that reads it.
-        self.link.set_hub_stopping(true);
+        let mut pending = self.pending_gate.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.is_none() {
+            *pending = Some(self.link.hold_gate());
+        }
+        drop(pending);
         self.state.send_modify(|s| {
             s.pending = true;
             s.changed_at = Some(ms_to_rfc3339(now_ms()));
@@ -110,8 +117,16 @@ async fn run(
             _ = cancel.cancelled() => return,
             _ = this.wake.notified() => {}
         }
-        // Held (new runs wait) until the gateway runs with the new file.
+        // Held (new runs wait) until the gateway runs with the new file;
+        // the hold `changed()` took is released for it (a change from now
+        // on takes a new one and makes another round).
         let gate = crate::hub::decision::hold_gate(&link);
+        let taken = this
+            .pending_gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(taken);
         // Let a burst of changes settle into one restart.
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -243,20 +243,13 @@ impl Decisions {
     }
 }
 
-/// Clears `HubLink::hub_stopping` when dropped.
-pub(crate) struct Committing(HubLink);
+/// A hold on the new-run gate (`HubLink::hold_gate`), released on drop.
+pub(crate) type Committing = super::GateHold;
 
 /// Raise the new-run gate (runs wait for the agent) until the returned
 /// value is dropped.
 pub(crate) fn hold_gate(link: &HubLink) -> Committing {
-    link.set_hub_stopping(true);
-    Committing(link.clone())
-}
-
-impl Drop for Committing {
-    fn drop(&mut self) {
-        self.0.set_hub_stopping(false);
-    }
+    link.hold_gate()
 }
 
 /// Wait until no run is in flight, at most `bound` (the stop goes ahead
@@ -276,8 +269,7 @@ pub(crate) async fn quiesce(link: &HubLink, bound: Duration, why: &str) -> Commi
     let deadline = Instant::now() + bound;
     let mut logged = false;
     loop {
-        link.set_hub_stopping(true);
-        let gate = Committing(link.clone());
+        let gate = link.hold_gate();
         let open = link.open_runs();
         if open == 0 {
             if logged {

@@ -81,6 +81,15 @@ impl std::fmt::Debug for HubLink {
 /// Reads a live count owned by another module.
 type CountSource = Box<dyn Fn() -> u64 + Send + Sync>;
 
+/// One hold on the new-run gate (see [`HubLink::hold_gate`]).
+pub(crate) struct GateHold(HubLink);
+
+impl Drop for GateHold {
+    fn drop(&mut self) {
+        self.0.release_gate();
+    }
+}
+
 struct Inner {
     /// `true` while suspended; a watch so the runs service can hold a
     /// receiver (`Runs::new(.., link.suspended(), ..)`).
@@ -88,6 +97,8 @@ struct Inner {
     /// `true` while a hub stop is being committed (no run open, Stop on
     /// its way): a run arriving then waits and wakes the agent after it.
     hub_stopping: watch::Sender<bool>,
+    /// Holders of the gate (`hold_gate`); it is up while any is held.
+    gate_holders: std::sync::Mutex<usize>,
     open_runs: AtomicU64,
     open_runs_source: std::sync::OnceLock<CountSource>,
     cron_jobs_due: AtomicU64,
@@ -140,6 +151,7 @@ impl HubLink {
             inner: Arc::new(Inner {
                 suspended: watch::Sender::new(access == Access::Suspended),
                 hub_stopping: watch::Sender::new(false),
+                gate_holders: std::sync::Mutex::new(0),
                 open_runs: AtomicU64::new(0),
                 open_runs_source: std::sync::OnceLock::new(),
                 cron_jobs_due: AtomicU64::new(0),
@@ -192,8 +204,30 @@ impl HubLink {
         self.inner.hub_stopping.subscribe()
     }
 
-    pub(crate) fn set_hub_stopping(&self, on: bool) {
-        self.inner.hub_stopping.send_replace(on);
+    /// Raise the new-run gate until the returned hold is dropped. Holds
+    /// nest: a hub stop and an `.env` restart at once keep the gate up
+    /// until both are done.
+    pub(crate) fn hold_gate(&self) -> GateHold {
+        let mut n = self
+            .inner
+            .gate_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        self.inner.hub_stopping.send_replace(true);
+        GateHold(self.clone())
+    }
+
+    fn release_gate(&self) {
+        let mut n = self
+            .inner
+            .gate_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.inner.hub_stopping.send_replace(false);
+        }
     }
 
     /// Count a run as open until the returned guard is dropped.
@@ -244,6 +278,19 @@ impl HubLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gate_holds_nest() {
+        let link = HubLink::new(Access::Active);
+        let gate = link.hub_stopping();
+        let hub_stop = link.hold_gate();
+        let env_restart = link.hold_gate();
+        assert!(*gate.borrow());
+        drop(hub_stop);
+        assert!(*gate.borrow(), "the other hold keeps the gate up");
+        drop(env_restart);
+        assert!(!*gate.borrow());
+    }
 
     #[test]
     fn open_run_guard_counts_and_never_underflows() {
