@@ -93,6 +93,8 @@ pub fn parse_time_text(t: &str, field: &str) -> StoreResult<i64> {
     )))
 }
 
+const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+
 /// An optional integer as JSON Schema has it: `3` or `3.0`, never `3.5`.
 fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     use serde::de::Error;
@@ -103,15 +105,9 @@ fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Er
         return Ok(Some(i));
     }
     match n.as_f64() {
-        // 2^63 is exactly representable; anything below it with no
-        // fraction converts without loss.
-        Some(f)
-            if f.fract() == 0.0
-                && f >= -9.223_372_036_854_776e18
-                && f < 9.223_372_036_854_776e18 =>
-        {
-            Ok(Some(f as i64))
-        }
+        // ±2^63 are exactly representable; anything in [-2^63, 2^63) with
+        // no fraction converts without loss.
+        Some(f) if f.fract() == 0.0 && (-TWO_63..TWO_63).contains(&f) => Ok(Some(f as i64)),
         _ => Err(D::Error::custom(format!("expected an integer, got {n}"))),
     }
 }
