@@ -300,3 +300,51 @@ async fn a_bad_message_rejects_the_whole_batch_and_writes_nothing() {
     let v: Value = d.get_json("/conversations").await;
     assert_eq!(v["items"].as_array().map(Vec::len), Some(0));
 }
+
+/// Values `schema/openapi.yaml` calls valid and the daemon once refused
+/// (schemathesis found them): integral floats, lengths in characters, an
+/// empty cursor everywhere, ignored `path` without `root`; and values it
+/// calls invalid stay refused.
+#[tokio::test]
+async fn inputs_the_document_calls_valid_are_taken() {
+    let d = TestDaemon::start().await;
+    let long = "€".repeat(100_000); // 100,000 characters, 300,000 bytes
+    let r = d
+        .post("/conversations/doc-valid/messages")
+        .json(&json!({"title": "é".repeat(512), "messages": [
+            {"role": "user", "content": long, "tokens_used": 3362.0}
+        ]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let page = d.get_json("/conversations/doc-valid/messages").await;
+    assert_eq!(page["items"][0]["tokens_used"], 3362);
+    assert_eq!(
+        page["items"][0]["content"]
+            .as_str()
+            .map(|c| c.chars().count()),
+        Some(100_000)
+    );
+
+    let r = d
+        .post("/conversations/doc-valid/messages")
+        .json(&json!({"messages": [{"role": "user", "content": "x", "tokens_used": 1.5}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400, "a fraction is not an integer");
+
+    for path in ["/skills?cursor=", "/files?path=a/b", "/files?cursor=61"] {
+        let r = d.get(path).send().await.expect("send");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    for path in [
+        "/conversations/doc-valid/messages?cursor=3A",
+        "/conversations/doc-valid/messages?cursor=2b35",
+        "/files?cursor=zz",
+    ] {
+        let r = d.get(path).send().await.expect("send");
+        assert_eq!(r.status(), 400, "{path}");
+    }
+}

@@ -21,6 +21,22 @@ fn config() -> ProptestConfig {
     }
 }
 
+/// Strings matching the pattern `schema/openapi.yaml` gives a cursor
+/// parameter (anchors dropped: the generator matches whole strings).
+fn doc_cursor(param: &str) -> impl Strategy<Value = String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/openapi.yaml");
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).expect("read the document"))
+            .expect("parse the document");
+    let pattern = doc["components"]["parameters"][param]["schema"]["pattern"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{param} has a pattern"))
+        .trim_start_matches('^')
+        .trim_end_matches('$')
+        .to_owned();
+    proptest::string::string_regex(&pattern).expect("a pattern proptest can generate from")
+}
+
 /// Any JSON value, a few levels deep.
 fn json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -68,6 +84,21 @@ proptest! {
         let _ = cursor::decode(&s);
         let _ = cursor::int(Some(&s), 0);
         let _ = cursor::time_id(Some(&s));
+    }
+
+    /// Every cursor the document calls valid decodes (the hub may check
+    /// what it sends against the document; schemathesis sends such values).
+    #[test]
+    fn documented_cursors_decode(
+        number in doc_cursor("cursorNumber"),
+        keyset in doc_cursor("cursorKeyset"),
+        pair in doc_cursor("cursorPair"),
+        name in doc_cursor("cursorName"),
+    ) {
+        prop_assert!(cursor::int(Some(&number), 0).is_ok(), "{}", number);
+        prop_assert!(cursor::time_id(Some(&keyset)).is_ok(), "{}", keyset);
+        prop_assert!(pair.is_empty() || cursor::fields(&pair, 2).is_ok(), "{}", pair);
+        prop_assert!(cursor::decode(&name).is_ok(), "{}", name);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub struct SearchQuery {
 }
 
 /// Longest accepted search string.
-const MAX_QUERY_BYTES: usize = 1024;
+const MAX_QUERY_CHARS: usize = 1024;
 
 pub async fn search(
     State(state): State<AppState>,
@@ -103,9 +103,10 @@ pub async fn search(
     let query =
         q.q.filter(|s| !s.trim().is_empty())
             .ok_or_else(|| ApiError::InvalidArgument("`q` is required".into()))?;
-    if query.len() > MAX_QUERY_BYTES {
+    // Characters, as the document's `maxLength` counts.
+    if query.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::InvalidArgument(format!(
-            "`q` is longer than {MAX_QUERY_BYTES} bytes"
+            "`q` is longer than {MAX_QUERY_CHARS} characters"
         )));
     }
     let plain = parse_mode(q.mode.as_deref())?;

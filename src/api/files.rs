@@ -65,16 +65,28 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let files = state.files.clone();
+    let limit = page_size(&state, q.limit)? as usize;
+    // Without `root`, `path` and `cursor` name nothing and are ignored (as
+    // the document says): the roots listing does not depend on them, and
+    // OpenAPI cannot make one query parameter require another.
     let Some(root) = q.root else {
-        if q.path.is_some() || q.cursor.is_some() {
-            return Err(ApiError::InvalidArgument(
-                "`path` and `cursor` need `root`".into(),
-            ));
+        // Still checked, so an ignored value is refused the same way a used
+        // one would be.
+        if q.path
+            .as_ref()
+            .is_some_and(|p| p.len() > crate::files::MAX_PATH_BYTES)
+        {
+            return Err(ApiError::InvalidArgument(format!(
+                "`path` is longer than {} bytes",
+                crate::files::MAX_PATH_BYTES
+            )));
+        }
+        if let Some(c) = q.cursor.as_deref() {
+            cursor::decode(c)?;
         }
         let roots = blocking(move || Ok(files.list_roots())).await?;
         return Ok(Json(json!({ "roots": roots })));
     };
-    let limit = page_size(&state, q.limit)? as usize;
     let after = match q.cursor.as_deref() {
         Some(c) => Some(cursor::decode(c)?),
         None => None,

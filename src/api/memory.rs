@@ -57,9 +57,10 @@ pub async fn search(
     let query =
         q.q.filter(|s| !s.trim().is_empty())
             .ok_or_else(|| ApiError::InvalidArgument("`q` is required".into()))?;
-    if query.len() > 1024 {
+    // Characters, as the document's `maxLength` counts.
+    if query.chars().count() > 1024 {
         return Err(ApiError::InvalidArgument(
-            "`q` is longer than 1024 bytes".into(),
+            "`q` is longer than 1024 characters".into(),
         ));
     }
     let plain = parse_mode(q.mode.as_deref())?;

@@ -104,6 +104,12 @@ pub async fn events(
     ApiQuery(q): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Checked even when the header wins: a bad value is refused either way.
+    if q.after.is_some_and(|n| n < 0) {
+        return Err(ApiError::InvalidArgument(
+            "`after` must be an event id (0 or more)".into(),
+        ));
+    }
     let after = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -113,7 +119,7 @@ pub async fn events(
             .ok_or_else(|| {
                 ApiError::InvalidArgument("`Last-Event-ID` must be an event id".into())
             })?,
-        None => q.after.unwrap_or(0).max(0),
+        None => q.after.unwrap_or(0),
     };
     let rx = state.runs.subscribe(&p.run_id, after).await?;
     let body = crate::runs::sse::body(rx, state.config.runs.keepalive);

@@ -92,8 +92,11 @@ pub fn parse(body: &Value) -> Result<JobPatch, CronError> {
     };
     let cron = string(obj, "cron")?;
     let schedule = match (schedule, cron) {
-        (Some(s), Some(c)) if s.trim() != c.trim() => {
-            return Err(bad("cron", "`cron` and `schedule` disagree; give one"));
+        // Even equal values are refused: the document says one or the
+        // other (`not: required [cron, schedule]`), and a caller sending
+        // both is confused about which one counts.
+        (Some(_), Some(_)) => {
+            return Err(bad("cron", "`cron` is an alias of `schedule`: give one"));
         }
         (s, c) => s.or(c),
     };

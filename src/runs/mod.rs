@@ -149,6 +149,30 @@ fn new_id(prefix: &str) -> String {
 }
 
 /// The text of a run's input, for the conversation record.
+/// Text the conversation record takes as a user message: not blank, no NUL.
+fn prompt_text(s: &str) -> bool {
+    !s.trim().is_empty() && !s.contains('\0')
+}
+
+/// A message list as the document has it: `{role, content}` objects (both
+/// strings), at least one from the user, and no user message blank (so the
+/// last one, the run's prompt, is not).
+fn valid_messages(items: &[Value]) -> bool {
+    let mut users = 0;
+    for item in items {
+        let (Some(role), Some(content)) = (item["role"].as_str(), item["content"].as_str()) else {
+            return false;
+        };
+        if role == "user" {
+            if !prompt_text(content) {
+                return false;
+            }
+            users += 1;
+        }
+    }
+    users > 0
+}
+
 fn input_text(input: &Value) -> String {
     match input {
         Value::String(s) => s.clone(),
@@ -231,15 +255,16 @@ impl Runs {
             )));
         }
         let text = input_text(&req.input);
-        match &req.input {
-            Value::String(s) if !s.trim().is_empty() => {}
-            Value::Array(a) if !a.is_empty() && !text.trim().is_empty() => {}
-            _ => {
-                return Err(RunError::Invalid(
-                    "`input` must be a non-empty string or a list of {role, content} with a user message"
-                        .into(),
-                ));
-            }
+        let valid = match &req.input {
+            Value::String(s) => prompt_text(s),
+            Value::Array(items) => valid_messages(items),
+            _ => false,
+        };
+        if !valid {
+            return Err(RunError::Invalid(
+                "`input` must be a non-blank string or a list of {role, content} with a user message, no user message blank or holding a NUL"
+                    .into(),
+            ));
         }
         let size = req.input.to_string().len()
             + req.instructions.as_ref().map_or(0, String::len)
@@ -254,7 +279,10 @@ impl Runs {
             )));
         }
         if let Some(h) = &req.conversation_history {
-            if !h.is_array() {
+            if !h
+                .as_array()
+                .is_some_and(|items| items.iter().all(Value::is_object))
+            {
                 return Err(RunError::Invalid(
                     "`conversation_history` must be a list of {role, content}".into(),
                 ));
@@ -470,5 +498,42 @@ fn map_gateway(e: gateway::GatewayError) -> RunError {
             RunError::Unavailable(format!("the agent did not answer: {m}"))
         }
         gateway::GatewayError::NotOurs(m) => RunError::Unavailable(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn message_lists_as_the_document_has_them() {
+        let ok = |v: serde_json::Value| super::valid_messages(v.as_array().expect("array"));
+        assert!(ok(json!([{"role": "user", "content": "hi"}])));
+        assert!(ok(
+            json!([{"role": "system", "content": ""}, {"role": "user", "content": "hi"}])
+        ));
+        assert!(!ok(json!([])));
+        assert!(
+            !ok(json!([{"role": "assistant", "content": "hi"}])),
+            "no user message"
+        );
+        assert!(
+            !ok(json!([{"role": "user", "content": " "}])),
+            "blank prompt"
+        );
+        assert!(
+            !ok(json!([{"role": "user", "content": ""}, {"role": "user", "content": "hi"}])),
+            "a blank user message anywhere"
+        );
+        assert!(
+            !ok(json!([1, {"role": "user", "content": "hi"}])),
+            "not an object"
+        );
+        assert!(
+            !ok(json!([{"role": "user", "content": 5}])),
+            "content not text"
+        );
+        assert!(!ok(json!([{"role": "user", "content": "a\u{0}"}])), "NUL");
+        assert!(!super::prompt_text("a\u{0}b"));
     }
 }

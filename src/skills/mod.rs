@@ -267,7 +267,8 @@ pub fn list(
     limit: u32,
     after: Option<&str>,
 ) -> StoreResult<Page<Skill>> {
-    let (after_name, after_path) = match after {
+    // `cursor=` (empty) is the first page, as on every paginated route.
+    let (after_name, after_path) = match after.filter(|c| !c.is_empty()) {
         Some(c) => {
             let f = cursor::fields(c, 2)?;
             (Some(f[0].clone()), Some(f[1].clone()))

@@ -8,6 +8,11 @@ use super::{StoreError, StoreResult, cursor, ms_to_rfc3339, now_ms};
 /// Most messages accepted in one append.
 pub const MAX_BATCH: usize = 1000;
 /// Largest message content accepted, in bytes.
+/// A message's content from the API, in characters (the document's
+/// `maxLength`).
+pub const MAX_CONTENT_CHARS: usize = 256 * 1024;
+/// A message's content read from the agent's state.db, in bytes (a cap on
+/// hostile input, before any decoding).
 pub const MAX_CONTENT_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,10 +68,21 @@ impl TimeInput {
     }
 }
 
+/// `digits[.digits]`, ASCII only.
+fn is_decimal(t: &str) -> bool {
+    let (int, frac) = t.split_once('.').unwrap_or((t, "1"));
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    digits(int) && digits(frac)
+}
+
 /// Parse RFC 3339 or unix seconds given as text (query strings).
 pub fn parse_time_text(t: &str, field: &str) -> StoreResult<i64> {
-    if let Ok(secs) = t.parse::<f64>() {
-        return TimeInput::Seconds(secs).to_ms(field);
+    // Seconds as the document's pattern has them (`123` or `123.5`):
+    // `f64::from_str` alone would also take `1e9`, `inf` or `+5`.
+    if is_decimal(t) {
+        if let Ok(secs) = t.parse::<f64>() {
+            return TimeInput::Seconds(secs).to_ms(field);
+        }
     }
     if chrono::DateTime::parse_from_rfc3339(t).is_ok() {
         return crate::timestamp::parse_rfc3339(t)
@@ -77,6 +93,25 @@ pub fn parse_time_text(t: &str, field: &str) -> StoreResult<i64> {
     )))
 }
 
+const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+
+/// An optional integer as JSON Schema has it: `3` or `3.0`, never `3.5`.
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        // ±2^63 are exactly representable; anything in [-2^63, 2^63) with
+        // no fraction converts without loss.
+        Some(f) if f.fract() == 0.0 && (-TWO_63..TWO_63).contains(&f) => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!("expected an integer, got {n}"))),
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
@@ -84,7 +119,9 @@ pub struct NewMessage {
     pub content: String,
     #[serde(default)]
     pub tool_calls: Option<serde_json::Value>,
-    #[serde(default)]
+    /// JSON Schema's `integer` includes `3362.0` (an integral number in any
+    /// notation); serde's `i64` would refuse it.
+    #[serde(default, deserialize_with = "integral")]
     pub tokens_used: Option<i64>,
     #[serde(default)]
     pub created_at: Option<TimeInput>,
@@ -218,17 +255,20 @@ fn validate_append(req: &AppendMessages) -> StoreResult<Vec<i64>> {
     if let Some(p) = &req.platform {
         validate_platform(p)?;
     }
-    if req.title.as_ref().is_some_and(|t| t.len() > 512) {
+    // Lengths in characters, as the document's `maxLength` counts.
+    if req.title.as_ref().is_some_and(|t| t.chars().count() > 512) {
         return Err(StoreError::Invalid(
-            "`title` is longer than 512 bytes".into(),
+            "`title` is longer than 512 characters".into(),
         ));
     }
     let now = now_ms();
     let mut times = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
-        if m.content.len() > MAX_CONTENT_BYTES {
+        // Characters, as the document's `maxLength` counts (JSON Schema
+        // cannot count bytes); the request body limit bounds the bytes.
+        if m.content.chars().count() > MAX_CONTENT_CHARS {
             return Err(StoreError::Invalid(format!(
-                "`messages[{i}].content` is longer than {MAX_CONTENT_BYTES} bytes"
+                "`messages[{i}].content` is longer than {MAX_CONTENT_CHARS} characters"
             )));
         }
         if m.content.contains('\0') {
@@ -249,9 +289,9 @@ fn validate_append(req: &AppendMessages) -> StoreResult<Vec<i64>> {
             }
         }
         if let Some(x) = &m.external_id {
-            if x.is_empty() || x.len() > 256 {
+            if x.is_empty() || x.chars().count() > 256 {
                 return Err(StoreError::Invalid(format!(
-                    "`messages[{i}].external_id` must be 1-256 bytes"
+                    "`messages[{i}].external_id` must be 1-256 characters"
                 )));
             }
         }
@@ -566,6 +606,34 @@ mod tests {
             render_snippet("a <b> \u{1}hit\u{2} & 'c'"),
             "a &lt;b&gt; <mark>hit</mark> &amp; &#39;c&#39;"
         );
+    }
+
+    #[test]
+    fn tokens_used_is_any_integral_number() {
+        let parse = |v: serde_json::Value| {
+            serde_json::from_value::<NewMessage>(
+                serde_json::json!({"role": "user", "content": "x", "tokens_used": v}),
+            )
+            .map(|m| m.tokens_used)
+        };
+        assert_eq!(parse(serde_json::json!(3362)).expect("int"), Some(3362));
+        assert_eq!(parse(serde_json::json!(3362.0)).expect("float"), Some(3362));
+        assert_eq!(parse(serde_json::Value::Null).expect("null"), None);
+        assert!(parse(serde_json::json!(3362.5)).is_err());
+        assert!(parse(serde_json::json!(1e19)).is_err());
+        assert!(parse(serde_json::json!("3")).is_err());
+    }
+
+    #[test]
+    fn time_text_takes_plain_seconds_only() {
+        assert_eq!(
+            parse_time_text("1769860800", "since").expect("s"),
+            1_769_860_800_000
+        );
+        assert_eq!(parse_time_text("1.5", "since").expect("frac"), 1500);
+        for bad in ["1e9", "inf", "NaN", "+5", "-5", ".5", "5.", "\u{0661}"] {
+            assert!(parse_time_text(bad, "since").is_err(), "{bad}");
+        }
     }
 
     #[test]

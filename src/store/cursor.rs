@@ -24,14 +24,32 @@ pub fn decode(cursor: &str) -> Result<String, StoreError> {
     String::from_utf8(bytes).map_err(|_| bad())
 }
 
+/// Lowercase only: the API issues lowercase, and the document's cursor
+/// patterns say so (an uppercase cursor is one this API did not return).
 fn hex_value(digit: u8) -> Option<u8> {
-    char::from(digit)
-        .to_digit(16)
-        .and_then(|v| u8::try_from(v).ok())
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    }
 }
 
 fn not_ours() -> StoreError {
     StoreError::Invalid("`cursor` is not a cursor this API returned".into())
+}
+
+/// Decimal digits only (a sign only where the API issues one: a time
+/// before 1970), as the document's cursor patterns say; `i64::from_str`
+/// alone would also take `+5`.
+fn number(text: &str, signed: bool) -> Result<i64, StoreError> {
+    let digits = match text.strip_prefix('-') {
+        Some(rest) if signed => rest,
+        _ => text,
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_ours());
+    }
+    text.parse().map_err(|_| not_ours())
 }
 
 /// `cursor=` (empty) means no cursor: the first page.
@@ -42,7 +60,7 @@ fn given(after: Option<&str>) -> Option<&str> {
 /// A cursor holding one integer (an id or an offset); `default` without one.
 pub fn int(after: Option<&str>, default: i64) -> Result<i64, StoreError> {
     match given(after) {
-        Some(c) => fields(c, 1)?[0].parse().map_err(|_| not_ours()),
+        Some(c) => number(&fields(c, 1)?[0], false),
         None => Ok(default),
     }
 }
@@ -52,7 +70,7 @@ pub fn time_id(after: Option<&str>) -> Result<(Option<i64>, Option<String>), Sto
     match given(after) {
         Some(c) => {
             let f = fields(c, 2)?;
-            let t = f[0].parse::<i64>().map_err(|_| not_ours())?;
+            let t = number(&f[0], true)?;
             Ok((Some(t), Some(f[1].clone())))
         }
         None => Ok((None, None)),
@@ -98,6 +116,14 @@ mod tests {
         let c = super::encode("123|abc|é");
         assert_eq!(super::fields(&c, 3).expect("ok"), vec!["123", "abc", "é"]);
         assert!(super::decode("zz").is_err());
+        assert!(super::decode("4A").is_err(), "uppercase is not issued");
+        assert_eq!(super::decode("4a").expect("ok"), "J");
         assert!(super::fields(&super::encode("1"), 2).is_err());
+        assert_eq!(super::int(Some(&super::encode("42")), 0).expect("ok"), 42);
+        assert!(super::int(Some(&super::encode("+42")), 0).is_err());
+        assert!(super::int(Some(&super::encode("-42")), 0).is_err());
+        let (t, id) = super::time_id(Some(&super::encode("-5|a|b"))).expect("ok");
+        assert_eq!((t, id.as_deref()), (Some(-5), Some("a|b")));
+        assert!(super::time_id(Some(&super::encode("+5|a"))).is_err());
     }
 }

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::conversations::{Page, classify_fts_error, plain_query, render_snippet};
 use super::{StoreError, StoreResult, cursor, ms_to_rfc3339, now_ms};
 
-pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+pub const MAX_CONTENT_CHARS: usize = 64 * 1024;
 pub const MAX_TAGS: usize = 32;
-pub const MAX_TAG_BYTES: usize = 64;
+pub const MAX_TAG_CHARS: usize = 64;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,9 +52,11 @@ fn validate(m: &NewMemory) -> StoreResult<()> {
     if m.content.trim().is_empty() {
         return Err(StoreError::Invalid("`content` must not be empty".into()));
     }
-    if m.content.len() > MAX_CONTENT_BYTES {
+    // Characters, as the document's `maxLength` counts (JSON Schema cannot
+    // count bytes); the request body limit bounds the bytes.
+    if m.content.chars().count() > MAX_CONTENT_CHARS {
         return Err(StoreError::Invalid(format!(
-            "`content` is longer than {MAX_CONTENT_BYTES} bytes"
+            "`content` is longer than {MAX_CONTENT_CHARS} characters"
         )));
     }
     if m.content.contains('\0') {
@@ -66,9 +68,9 @@ fn validate(m: &NewMemory) -> StoreResult<()> {
         )));
     }
     for (i, t) in m.tags.iter().enumerate() {
-        if t.trim().is_empty() || t.len() > MAX_TAG_BYTES || t.contains('\0') {
+        if t.trim().is_empty() || t.chars().count() > MAX_TAG_CHARS || t.contains('\0') {
             return Err(StoreError::Invalid(format!(
-                "`tags[{i}]` must be 1-{MAX_TAG_BYTES} bytes of text"
+                "`tags[{i}]` must be 1-{MAX_TAG_CHARS} characters of text"
             )));
         }
     }
