@@ -97,6 +97,13 @@ impl Daemon {
             tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts)).await??;
 
         let hub_link = HubLink::load(&store).await?;
+        // Before the supervisor starts anything: an agent release switch a
+        // killed daemon left is rolled back (see `releases::recover`).
+        crate::releases::recover::recover(
+            &store,
+            &crate::releases::Layout::new(config.releases.dir.clone()),
+        )
+        .await?;
         let (agent, supervisor) = crate::supervisor::Supervisor::prepare(
             config.clone(),
             store.clone(),
@@ -149,7 +156,16 @@ impl Daemon {
             config.hub.stop_wait_for_runs,
             cancel.clone(),
         );
+        let (releases, releases_task) = crate::releases::Releases::start(
+            config.releases.clone(),
+            store.clone(),
+            agent.clone(),
+            hub_link.clone(),
+            config.hub.stop_wait_for_runs,
+            cancel.clone(),
+        );
         let state = AppState {
+            releases: releases.clone(),
             runs: runs.clone(),
             cron: cron.clone(),
             agent: agent.clone(),
@@ -196,6 +212,7 @@ impl Daemon {
                 link: hub_link,
                 metrics: state.metrics.clone(),
                 credentials: credentials.clone(),
+                releases,
             };
             let hb = hub::heartbeat::Heartbeat::with_client(deps, client);
             components.push(hb.spawn(cancel.clone()));
@@ -253,6 +270,7 @@ impl Daemon {
         };
 
         components.push(env_apply_task);
+        components.push(releases_task);
         components.push(watchdog(store.clone(), cancel.clone()));
         components.push(crate::allocator::spawn_trim(cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));

@@ -9,6 +9,7 @@ mod env;
 pub mod extract;
 mod files;
 mod memory;
+mod releases;
 mod runs;
 mod settings;
 mod skills;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub hermes_config: Arc<crate::settings::HermesConfig>,
     /// Whether the skills index stopped at its caps (`GET /skills`).
     pub skills_status: Arc<crate::skills::IndexStatus>,
+    /// Agent releases: install, activate, remove (`/agent/releases`).
+    pub releases: crate::releases::Releases,
 }
 
 /// One route: method, path (relative to its prefix) and handler.
@@ -172,6 +175,18 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::DELETE, "/env/{name}", delete(env::remove)),
         r(Method::GET, "/settings", get(settings::get)),
         r(Method::PATCH, "/settings", patch(settings::patch)),
+        r(Method::GET, "/agent/releases", get(releases::list)),
+        r(Method::POST, "/agent/releases", post(releases::install)),
+        r(
+            Method::POST,
+            "/agent/releases/{version}/activate",
+            post(releases::activate),
+        ),
+        r(
+            Method::DELETE,
+            "/agent/releases/{version}",
+            delete(releases::remove),
+        ),
     ]
 }
 

@@ -60,6 +60,7 @@ pub struct Config {
     pub env: EnvConfig,
     pub skills: SkillsConfig,
     pub agent_card: AgentCardConfig,
+    pub releases: ReleasesConfig,
 }
 
 /// Tenant-visible file roots (`[files]`).
@@ -335,6 +336,8 @@ impl Config {
 
 mod agent;
 mod command;
+mod releases;
+pub use releases::ReleasesConfig;
 mod raw;
 mod validate;
 

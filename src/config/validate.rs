@@ -404,6 +404,8 @@ pub(super) fn validate(
         },
     };
 
+    let releases = super::releases::validate(raw.releases, &data_dir)?;
+
     Ok(Config {
         dev,
         tenant_id,
@@ -428,6 +430,7 @@ pub(super) fn validate(
         env,
         skills,
         agent_card,
+        releases,
     })
 }
 

@@ -36,6 +36,8 @@ pub struct Deps {
     pub link: HubLink,
     pub metrics: Arc<Metrics>,
     pub credentials: Arc<Credentials>,
+    /// Agent releases: reported in each beat, `desired.agent_release` applied.
+    pub releases: crate::releases::Releases,
 }
 
 /// One beat that did not get a usable answer.
@@ -267,6 +269,7 @@ impl Heartbeat {
         self.sampler = Some(sampler);
 
         let status = self.deps.agent.status();
+        let releases = self.deps.releases.report();
         let link = &self.deps.link;
         let usage = UsageReport::new(&rows, batch as usize);
         let max_seq = usage.max_seq();
@@ -294,6 +297,7 @@ impl Heartbeat {
                 interval_s: self.schedule.interval.as_secs_f64(),
             },
             usage,
+            releases: &releases,
         };
         let body = serde_json::to_vec(&beat).map_err(|e| BeatError::Build(e.to_string()))?;
         Ok((body, max_seq))
@@ -357,6 +361,13 @@ impl Heartbeat {
             version: desired.version,
         });
         applied.command = self.decisions.apply(resumed, decision).await;
+        // Installed and activated by the releases worker (same gate and
+        // rollback as the API); never waited for here.
+        if let Some(release) = &desired.agent_release {
+            self.deps
+                .releases
+                .desired(release, desired.agent_release_sha256.as_deref());
+        }
 
         if let Some(asked) = reply.heartbeat_interval_s {
             match Schedule::bounded_override(self.deps.config.hub.heartbeat_interval, asked) {

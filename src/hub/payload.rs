@@ -32,6 +32,9 @@ pub struct Beat<'a> {
     pub clock: ClockReport,
     pub link: LinkReport<'a>,
     pub usage: UsageReport<'a>,
+    /// Agent releases on the VM (version + state), the active one and the
+    /// hub's desired release last acted on.
+    pub releases: &'a crate::releases::ReleasesReport,
 }
 
 #[derive(Debug, Serialize)]

@@ -97,6 +97,8 @@ pub struct ProcessRecord {
 /// A supervisor ready to run, with its configuration loaded.
 pub struct Supervisor {
     cfg: GatewayConfig,
+    /// Agent releases: the `current` one, when set, is what is started.
+    releases: crate::releases::Layout,
     store: Store,
     channels: AgentChannels,
     endpoint: GatewayEndpoint,
@@ -172,6 +174,7 @@ impl Supervisor {
             handle,
             Supervisor {
                 cfg: config.gateway.clone(),
+                releases: crate::releases::Layout::new(config.releases.dir.clone()),
                 store,
                 channels,
                 endpoint,
@@ -200,6 +203,7 @@ impl Supervisor {
                 prober: self.prober,
                 endpoint: self.endpoint,
                 cfg: self.cfg,
+                releases: self.releases,
                 store: self.store,
                 log: self.log,
                 status_tx: status,
@@ -296,6 +300,7 @@ enum Record {
 
 struct Machine {
     cfg: GatewayConfig,
+    releases: crate::releases::Layout,
     store: Store,
     log: GatewayLog,
     endpoint: GatewayEndpoint,
@@ -558,8 +563,9 @@ impl Machine {
             let cfg = self.cfg.clone();
             let key = self.endpoint.api_key.clone();
             let containment = self.containment.clone();
+            let releases = self.releases.clone();
             tokio::task::spawn_blocking(move || {
-                let spec = prepare_spawn(&cfg, &key)?;
+                let spec = prepare_spawn(&cfg, &key, &releases)?;
                 let procs = match containment.cgroup() {
                     Some(cg) => Some(enter_empty_cgroup(cg)?),
                     None => None,
