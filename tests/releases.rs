@@ -288,7 +288,7 @@ async fn kill_at_every_step_of_a_switch_leaves_a_healthy_release() {
 }
 
 #[tokio::test]
-async fn the_hub_desired_release_is_installed_activated_and_a_quarantined_one_not_retried() {
+async fn the_hub_desired_release_is_activated_and_a_quarantined_one_not_retried() {
     let hub = FakeHub::start();
     let mut w = world("keep = 10");
     w.extra = w

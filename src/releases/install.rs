@@ -79,7 +79,7 @@ async fn build(
     let cache = cfg.dir.join(".cache");
     run(
         "python -m venv",
-        command(&cfg.python, &cache)
+        command(&cfg.python, &cache, false)
             .arg("-m")
             .arg("venv")
             .arg(stage),
@@ -96,7 +96,7 @@ async fn build(
             let dl = stage.join(".download");
             run(
                 "pip download",
-                command(&pip, &cache)
+                command(&pip, &cache, false)
                     .args(["download", "--no-deps", "--dest"])
                     .arg(&dl)
                     .args(&index)
@@ -115,7 +115,7 @@ async fn build(
         }
         None => spec.into(),
     };
-    let mut install = command(&pip, &cache);
+    let mut install = command(&pip, &cache, false);
     install.arg("install").args(&index).arg(&target);
     for extra in &cfg.extra_packages {
         install.arg(extra);
@@ -125,7 +125,7 @@ async fn build(
     // The entry point must run and say it is this version.
     let out = run(
         "hermes --version",
-        command(&stage.join("bin/hermes"), &cache).arg("--version"),
+        command(&stage.join("bin/hermes"), &cache, true).arg("--version"),
         tokio::time::Instant::now() + VERSION_TIMEOUT,
     )
     .await?;
@@ -156,7 +156,7 @@ fn index_args(cfg: &ReleasesConfig) -> Vec<String> {
 
 /// A child with a clean environment: nothing of the daemon's (its
 /// settings, systemd's sockets) reaches pip or the release's code.
-fn command(program: &Path, cache: &Path) -> Command {
+fn command(program: &Path, cache: &Path, as_agent: bool) -> Command {
     let mut c = Command::new(program);
     c.env_clear();
     for k in [
@@ -183,12 +183,46 @@ fn command(program: &Path, cache: &Path) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // A daemon killed mid-install takes pip with it (the next start
-    // removes the half-built directory; nothing may still write into it).
-    // SAFETY: only prctl (async-signal-safe) between fork and exec.
+    // What pip and the release's code run with: none of the daemon's
+    // ambient capabilities (CAP_SETUID, CAP_KILL...), no way to gain
+    // privileges, and `hermes --version` as the agent's user when there is
+    // one (it is the release's own code). A daemon killed mid-install takes
+    // pip with it (the next start removes the half-built directory; nothing
+    // may still write into it).
+    let run_as = as_agent
+        .then(crate::identity::agent)
+        .flatten()
+        .filter(|a| a.is_separate())
+        .map(|a| (a.uid, a.gid));
+    // SAFETY: only async-signal-safe calls (setgroups, setresgid,
+    // setresuid, prctl) between fork and exec; nothing allocates.
     unsafe {
-        c.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        c.pre_exec(move || {
+            if let Some((uid, gid)) = run_as {
+                let groups = [gid as libc::gid_t];
+                if libc::setgroups(1, groups.as_ptr()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
