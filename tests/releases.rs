@@ -108,7 +108,7 @@ async fn activate(d: &TestDaemon, version: &str) -> reqwest::Response {
 fn current(w: &GatewayWorld) -> Option<String> {
     std::fs::read_link(releases_dir(w).join("current"))
         .ok()
-        .map(|p| p.display().to_string())
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 /// The one active release agrees with the pointer and the gateway.
@@ -170,6 +170,16 @@ async fn gate_failure_rolls_back_and_quarantines_after_two() {
     assert!(!releases_dir(&w).join("2.0.0").exists());
     let resp = d.delete("/agent/releases/2.0.0").send().await.unwrap();
     expect_problem(resp, 404, "not_found").await;
+    // A release the role put in the directory after start: known at once, no pip.
+    fake_release(&w, "4.0.0", Mode::Good);
+    let resp = d
+        .post("/agent/releases")
+        .json(&json!({"version": "4.0.0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.json::<Value>().await.unwrap()["state"], "ready");
     // Bad input is refused whole.
     expect_problem(activate(&d, "..%2Fetc").await, 400, "invalid_argument").await;
     let resp = d

@@ -4,8 +4,8 @@
 //! DIR/<version>          a release: a virtualenv (bin/hermes, bin/python),
 //!                        a real directory (the role) or a symlink to
 //!                        .store/<version>-<nonce> (the daemon)
-//! DIR/current  -> <version>   what the supervisor starts
-//! DIR/previous -> <version>   what a rollback goes back to
+//! DIR/current  -> DIR/<version>   what the supervisor starts
+//! DIR/previous -> DIR/<version>   what a rollback goes back to
 //! DIR/.store/<version>-<nonce>   a daemon install; built in place (a
 //!                        virtualenv cannot move: its scripts name their
 //!                        interpreter by absolute path) and visible only
@@ -94,7 +94,9 @@ impl Layout {
         match version {
             Some(v) => {
                 let tmp = self.dir.join(format!(".{name}.{}", nonce()));
-                std::os::unix::fs::symlink(v, &tmp)?;
+                // Absolute, as the role writes it (`readlink current` is the
+                // release's path either way).
+                std::os::unix::fs::symlink(self.release(v), &tmp)?;
                 if let Err(e) = std::fs::rename(&tmp, &link) {
                     let _ = std::fs::remove_file(&tmp);
                     return Err(e);

@@ -194,6 +194,11 @@ impl Releases {
             }
         }
         let permit = self.jobs.try_reserve().map_err(|_| ReleaseError::Busy)?;
+        // Installed by the role (same directory): known from now on, no pip.
+        let (l, v) = (self.ctx.layout.clone(), version.to_owned());
+        let on_disk = tokio::task::spawn_blocking(move || l.installed(&v))
+            .await
+            .unwrap_or(false);
         let (v, h) = (version.to_owned(), sha256.map(str::to_owned));
         let (row, queued) = self
             .ctx
@@ -221,16 +226,20 @@ impl Releases {
                     }
                     let r = Release {
                         version: v.clone(),
-                        state: ReleaseState::Installing,
+                        state: if on_disk {
+                            ReleaseState::Ready
+                        } else {
+                            ReleaseState::Installing
+                        },
                         sha256: h.clone(),
-                        installed_at_ms: None,
+                        installed_at_ms: on_disk.then(now_ms),
                         size: None,
                         last_error: None,
                         gate_failures: existing.map_or(0, |e| e.gate_failures),
                     };
                     records::put(&tx, &r, now_ms())?;
                     tx.commit()?;
-                    Ok(Ok((r, true)))
+                    Ok(Ok((r, !on_disk)))
                 },
             )
             .await??;
@@ -239,8 +248,8 @@ impl Releases {
                 version: version.to_owned(),
                 sha256: sha256.map(str::to_owned),
             });
-            refresh(&self.ctx).await;
         }
+        refresh(&self.ctx).await;
         Ok((row.into(), queued))
     }
 

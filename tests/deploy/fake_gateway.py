@@ -114,7 +114,21 @@ def main() -> int:
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server API
-            if self.path in ("/health", "/v1/health"):
+            if self.path == "/v1/capabilities":
+                # The daemon's release gate probes it (with the API key).
+                key = os.environ.get("API_SERVER_KEY", "")
+                if key and self.headers.get("Authorization") != "Bearer " + key:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps({"object": "capabilities", "runs": False}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path in ("/health", "/v1/health"):
                 body = json.dumps({"status": "ok", "platform": "hermes-agent", "version": version}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
