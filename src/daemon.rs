@@ -212,7 +212,7 @@ impl Daemon {
                 link: hub_link,
                 metrics: state.metrics.clone(),
                 credentials: credentials.clone(),
-                releases,
+                releases: Some(releases),
             };
             let hb = hub::heartbeat::Heartbeat::with_client(deps, client);
             components.push(hb.spawn(cancel.clone()));

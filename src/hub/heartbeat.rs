@@ -36,8 +36,9 @@ pub struct Deps {
     pub link: HubLink,
     pub metrics: Arc<Metrics>,
     pub credentials: Arc<Credentials>,
-    /// Agent releases: reported in each beat, `desired.agent_release` applied.
-    pub releases: crate::releases::Releases,
+    /// Agent releases: reported in each beat, `desired.agent_release`
+    /// applied (`None`: an empty report, the desire ignored; benches).
+    pub releases: Option<crate::releases::Releases>,
 }
 
 /// One beat that did not get a usable answer.
@@ -269,7 +270,12 @@ impl Heartbeat {
         self.sampler = Some(sampler);
 
         let status = self.deps.agent.status();
-        let releases = self.deps.releases.report();
+        let releases = self
+            .deps
+            .releases
+            .as_ref()
+            .map(|r| r.report())
+            .unwrap_or_default();
         let link = &self.deps.link;
         let usage = UsageReport::new(&rows, batch as usize);
         let max_seq = usage.max_seq();
@@ -363,10 +369,8 @@ impl Heartbeat {
         applied.command = self.decisions.apply(resumed, decision).await;
         // Installed and activated by the releases worker (same gate and
         // rollback as the API); never waited for here.
-        if let Some(release) = &desired.agent_release {
-            self.deps
-                .releases
-                .desired(release, desired.agent_release_sha256.as_deref());
+        if let (Some(release), Some(releases)) = (&desired.agent_release, &self.deps.releases) {
+            releases.desired(release, desired.agent_release_sha256.as_deref());
         }
 
         if let Some(asked) = reply.heartbeat_interval_s {
