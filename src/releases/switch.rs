@@ -272,7 +272,11 @@ async fn wait_gate(
                     let why = s
                         .last_exit
                         .as_ref()
-                        .map(|e| format!("exited ({}, code {:?})", e.reason, e.code))
+                        .map(|e| match (e.code, e.signal) {
+                            (Some(c), _) => format!("exited ({}, code {c})", e.reason),
+                            (None, Some(sig)) => format!("exited ({}, signal {sig})", e.reason),
+                            _ => format!("exited ({})", e.reason),
+                        })
                         .or_else(|| s.last_error.clone())
                         .unwrap_or_else(|| s.state.as_str().to_owned());
                     return Err(format!("the new release did not get healthy: {why}"));
