@@ -8,6 +8,8 @@
 //! gap between the last answer of the old release and the first of the
 //! new one. Knobs: `BENCH_SWITCHES` (10), `BENCH_ROLLBACKS` (5).
 
+#[path = "common/mod.rs"]
+mod bench_common;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -17,13 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Options, TestDaemon};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn fake_release(dir: &Path, version: &str, extra_env: &str) {
     let bin = dir.join(version).join("bin");
@@ -105,8 +100,8 @@ fn main() {
 }
 
 async fn run() {
-    let switches = env_num("BENCH_SWITCHES", 10);
-    let rollbacks = env_num("BENCH_ROLLBACKS", 5);
+    let switches = bench_common::env_or("BENCH_SWITCHES", 10u64);
+    let rollbacks = bench_common::env_or("BENCH_ROLLBACKS", 5u64);
     let tmp = tempfile::tempdir().expect("tempdir");
     let releases = tmp.path().join("data/releases");
     fake_release(&releases, "1.0.0", "");

@@ -125,3 +125,45 @@ pub(super) fn validate(raw: RawReleases, data_dir: &Path) -> Result<ReleasesConf
         extra_packages,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(toml_text: &str) -> RawReleases {
+        toml::from_str(toml_text).expect("shape")
+    }
+
+    #[test]
+    fn defaults_and_refusals_name_their_key() {
+        let c = validate(raw(""), Path::new("/var/lib/d")).expect("defaults");
+        assert_eq!(c.dir, Path::new("/var/lib/d/releases"));
+        assert_eq!((c.keep, c.quarantine_after), (2, 2));
+        assert_eq!(c.gate_timeout, Duration::from_secs(120));
+        assert_eq!(c.watch_window, Duration::from_secs(600));
+        assert_eq!(c.extra_packages, vec!["aiohttp"]);
+        assert!(c.index_url.is_none() && c.find_links.is_none());
+        let c = validate(
+            raw("dir = \"/opt/hermes-agent\"\nextra_packages = []\nkeep = \"3\"\n"),
+            Path::new("/d"),
+        )
+        .expect("valid");
+        assert_eq!(c.dir, Path::new("/opt/hermes-agent"));
+        assert!(c.extra_packages.is_empty());
+        assert_eq!(c.keep, 3);
+        for (text, key) in [
+            ("keep = 1", "releases.keep"),
+            ("quarantine_after = 0", "releases.quarantine_after"),
+            ("index_url = \"ftp://x\"", "releases.index_url"),
+            ("find_links = \"--pre\"", "releases.find_links"),
+            (
+                "extra_packages = [\"x; rm -rf /\"]",
+                "releases.extra_packages",
+            ),
+            ("gate_timeout = \"0s\"", "releases.gate_timeout"),
+        ] {
+            let e = validate(raw(text), Path::new("/d")).expect_err(text);
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+    }
+}

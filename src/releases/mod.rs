@@ -128,6 +128,14 @@ struct Ctx {
     report: watch::Sender<ReleasesReport>,
 }
 
+impl Ctx {
+    /// The row of `version`.
+    async fn get(&self, version: &str) -> Result<Option<Release>, StoreError> {
+        let v = version.to_owned();
+        self.store.read(move |c| records::get(c, &v)).await
+    }
+}
+
 /// The releases service; cheap to clone.
 #[derive(Clone)]
 pub struct Releases {
@@ -256,11 +264,9 @@ impl Releases {
     /// Activate `version` in the background behind the health gate.
     pub async fn activate(&self, version: &str) -> Result<ReleaseView, ReleaseError> {
         check_version(version)?;
-        let v = version.to_owned();
         let row = self
             .ctx
-            .store
-            .read(move |c| records::get(c, &v))
+            .get(version)
             .await?
             .ok_or_else(|| ReleaseError::NotFound(version.to_owned()))?;
         match row.state {
@@ -295,11 +301,9 @@ impl Releases {
     pub async fn delete(&self, version: &str) -> Result<(), ReleaseError> {
         check_version(version)?;
         let _one = self.ctx.switching.lock().await;
-        let v = version.to_owned();
         let row = self
             .ctx
-            .store
-            .read(move |c| records::get(c, &v))
+            .get(version)
             .await?
             .ok_or_else(|| ReleaseError::NotFound(version.to_owned()))?;
         let l = self.ctx.layout.clone();
@@ -501,13 +505,7 @@ async fn run_job(
             if persisted.as_deref() == Some(version.as_str()) {
                 return None;
             }
-            let v = version.clone();
-            let row = ctx
-                .store
-                .read(move |c| records::get(c, &v))
-                .await
-                .ok()
-                .flatten();
+            let row = ctx.get(&version).await.ok().flatten();
             let installed = row.as_ref().is_some_and(|r| {
                 r.state != ReleaseState::Installing
                     && (r.state != ReleaseState::Failed || r.installed_at_ms.is_some())
@@ -565,8 +563,7 @@ async fn run_job(
 
 /// Install one release whose row says `installing`; prune afterwards.
 async fn do_install(ctx: &Ctx, version: &str, sha256: Option<&str>) -> bool {
-    let v = version.to_owned();
-    match ctx.store.read(move |c| records::get(c, &v)).await {
+    match ctx.get(version).await {
         Ok(Some(r)) if r.state == ReleaseState::Installing => {}
         _ => return false,
     }

@@ -50,8 +50,7 @@ pub(super) enum Outcome {
 /// Switch to `version` behind the health gate; roll back on failure.
 pub(super) async fn activate(ctx: &Ctx, version: &str) -> Outcome {
     let _one = ctx.switching.lock().await;
-    let v = version.to_owned();
-    let row = match ctx.store.read(move |c| records::get(c, &v)).await {
+    let row = match ctx.get(version).await {
         Ok(Some(r)) => r,
         Ok(None) => return Outcome::Refused("unknown release".into()),
         Err(e) => return Outcome::Refused(format!("store: {e}")),
