@@ -99,11 +99,7 @@ impl Daemon {
         let hub_link = HubLink::load(&store).await?;
         // Before the supervisor starts anything: an agent release switch a
         // killed daemon left is rolled back (see `releases::recover`).
-        crate::releases::recover::recover(
-            &store,
-            &crate::releases::Layout::new(config.releases.dir.clone()),
-        )
-        .await?;
+        crate::releases::recover::recover(&store, &config).await?;
         let (agent, supervisor) = crate::supervisor::Supervisor::prepare(
             config.clone(),
             store.clone(),

@@ -500,3 +500,32 @@ async fn a_kill_during_install_leaves_nothing_half_built() {
     assert_eq!(install(&d, json!({"version": "1.0.0"})).await.status(), 202);
     wait_release(&d, "1.0.0", "ready", Duration::from_secs(240)).await;
 }
+
+#[tokio::test]
+async fn a_desired_release_not_on_the_vm_is_installed_then_activated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheels = tmp.path().join("wheels");
+    build_wheel(&wheels, "1.2.0", &[]);
+    let hub = FakeHub::start();
+    let mut w = world(&format!("find_links = \"{}\"", wheels.display()));
+    w.extra.push_str(&format!(
+        "[hub]\nurl = \"http://127.0.0.1:{}\"\nheartbeat_interval = \"200ms\"\nrequest_timeout = \"1s\"\nbackoff_max = \"1600ms\"\n",
+        hub.port
+    ));
+    let d = w.daemon().await;
+    wait_running_release(&d, "0.19.0-fake").await;
+    hub.control(json!({"desired": {"agent_release": "1.2.0"}}))
+        .await;
+    // Reported while it installs, then active behind the gate.
+    wait_release(&d, "1.2.0", "active", Duration::from_secs(240)).await;
+    assert_consistent(&d, &w, "1.2.0").await;
+    hub.wait_until(
+        "the installed release reported active",
+        Duration::from_secs(20),
+        |b| {
+            b.last()
+                .is_some_and(|x| x["body"]["releases"]["active"] == "1.2.0")
+        },
+    )
+    .await;
+}

@@ -13,7 +13,14 @@ const INTERRUPTED_SWITCH: &str =
 const INTERRUPTED_INSTALL: &str = "the install was interrupted by a daemon restart";
 
 /// Run once at start. Errors are the store's; disk trouble is logged.
-pub async fn recover(store: &Store, layout: &Layout) -> Result<(), StoreError> {
+pub async fn recover(store: &Store, config: &crate::config::Config) -> Result<(), StoreError> {
+    let layout = &Layout::new(config.releases.dir.clone());
+    if config.gateway.identity.is_separate() && config.releases.dir.starts_with(&config.data_dir) {
+        // The data dir is 0700: the agent's user could not run a release.
+        tracing::warn!(
+            "releases.dir is inside the private data dir, where the agent's own user cannot run a release; set releases.dir (the role uses /opt/hermes-agent)"
+        );
+    }
     let l = layout.clone();
     let disk = tokio::task::spawn_blocking(move || {
         if let Err(e) = l.prepare() {
