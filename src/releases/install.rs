@@ -352,6 +352,10 @@ mod tests {
             scrub("see https://pypi.org/simple"),
             "see https://pypi.org/simple"
         );
+        assert_eq!(
+            scrub("from https://u:secret@idx.example/simple"),
+            "from <url>"
+        );
         let long = "é".repeat(1000);
         assert!(tail(&long).len() <= TAIL_BYTES);
     }

@@ -33,6 +33,9 @@ pub use records::{Release, ReleaseState};
 
 /// Queued jobs at most; a full queue is `503`.
 const QUEUE: usize = 16;
+/// Release rows kept at most (failed installs included): a new version
+/// beyond is refused until some are deleted.
+const MAX_RELEASES: usize = 100;
 /// `daemon_state` key: the last `desired.agent_release` acted on.
 const DESIRED_KEY: &str = "releases.desired";
 
@@ -215,6 +218,11 @@ impl Releases {
                 move |c| -> Result<Result<(Release, bool), ReleaseError>, StoreError> {
                     let tx = c.transaction()?;
                     let existing = records::get(&tx, &v)?;
+                    if existing.is_none() && records::count(&tx)? >= MAX_RELEASES {
+                        return Ok(Err(ReleaseError::Conflict(format!(
+                            "{MAX_RELEASES} releases are recorded; DELETE some first"
+                        ))));
+                    }
                     if let Some(r) = &existing {
                         let failed_install =
                             r.state == ReleaseState::Failed && r.installed_at_ms.is_none();
@@ -377,7 +385,10 @@ pub(crate) fn scrub(s: &str) -> String {
     let words: Vec<&str> = one
         .split_whitespace()
         .map(|w| {
-            if w.contains('/') && !w.contains("://") {
+            if w.contains("://") && w.contains('@') {
+                // A URL with credentials (an index's basic auth).
+                "<url>"
+            } else if w.contains('/') && !w.contains("://") {
                 "<path>"
             } else {
                 w

@@ -84,6 +84,11 @@ pub fn list(c: &Connection) -> StoreResult<Vec<Release>> {
     Ok(rows)
 }
 
+pub fn count(c: &Connection) -> StoreResult<usize> {
+    let n: i64 = c.query_row("SELECT count(*) FROM agent_releases", [], |r| r.get(0))?;
+    Ok(n.max(0) as usize)
+}
+
 pub fn get(c: &Connection, version: &str) -> StoreResult<Option<Release>> {
     Ok(c.query_row(
         &format!("SELECT {COLUMNS} FROM agent_releases WHERE version = ?1"),
