@@ -1,8 +1,10 @@
 -- 0009: agent releases installed side by side and switched by the daemon
 -- (issue 15). The `current` symlink in the release directory says what the
 -- supervisor starts; these rows say what the daemon knows of each release.
+-- IF NOT EXISTS: a store set back to an older user_version (a downgrade,
+-- tests/history_sync.rs) re-applies this file over its own tables.
 
-CREATE TABLE agent_releases (
+CREATE TABLE IF NOT EXISTS agent_releases (
     version        TEXT PRIMARY KEY,
     state          TEXT NOT NULL
                    CHECK (state IN ('installing', 'ready', 'active', 'failed', 'quarantined')),
@@ -20,7 +22,7 @@ CREATE TABLE agent_releases (
 -- At most one activation in flight, written before the gateway is touched
 -- and deleted in the transaction that records its outcome: a row found at
 -- start is a switch the daemon did not finish, rolled back to `previous`.
-CREATE TABLE agent_release_switch (
+CREATE TABLE IF NOT EXISTS agent_release_switch (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
     target        TEXT NOT NULL,
     -- What `current` pointed at before (NULL: no release, the configured
