@@ -47,6 +47,14 @@ fn fake_release(w: &GatewayWorld, version: &str, mode: Mode) {
     let _ = std::os::unix::fs::symlink(python(), bin.join("python"));
 }
 
+/// `[hub]` for a daemon beating every 200 ms to `hub`.
+fn hub_section(hub: &FakeHub) -> String {
+    format!(
+        "[hub]\nurl = \"http://127.0.0.1:{}\"\nheartbeat_interval = \"200ms\"\nrequest_timeout = \"1s\"\nbackoff_max = \"1600ms\"\n",
+        hub.port
+    )
+}
+
 fn world(extra: &str) -> GatewayWorld {
     let mut w = GatewayWorld::new();
     w.extra = format!(
@@ -304,10 +312,7 @@ async fn the_hub_desired_release_is_activated_and_a_quarantined_one_not_retried(
     w.extra = w
         .extra
         .replace("quarantine_after = 2", "quarantine_after = 1");
-    w.extra.push_str(&format!(
-        "[hub]\nurl = \"http://127.0.0.1:{}\"\nheartbeat_interval = \"200ms\"\nrequest_timeout = \"1s\"\nbackoff_max = \"1600ms\"\n",
-        hub.port
-    ));
+    w.extra.push_str(&hub_section(&hub));
     fake_release(&w, "1.0.0", Mode::Good);
     fake_release(&w, "9.0.0", Mode::Exits78);
     let d = w.daemon().await;
@@ -508,10 +513,7 @@ async fn a_desired_release_not_on_the_vm_is_installed_then_activated() {
     build_wheel(&wheels, "1.2.0", &[]);
     let hub = FakeHub::start();
     let mut w = world(&format!("find_links = \"{}\"", wheels.display()));
-    w.extra.push_str(&format!(
-        "[hub]\nurl = \"http://127.0.0.1:{}\"\nheartbeat_interval = \"200ms\"\nrequest_timeout = \"1s\"\nbackoff_max = \"1600ms\"\n",
-        hub.port
-    ));
+    w.extra.push_str(&hub_section(&hub));
     let d = w.daemon().await;
     wait_running_release(&d, "0.19.0-fake").await;
     hub.control(json!({"desired": {"agent_release": "1.2.0"}}))
