@@ -531,3 +531,30 @@ async fn a_desired_release_not_on_the_vm_is_installed_then_activated() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_kill_right_after_an_install_is_published_keeps_the_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheels = tmp.path().join("wheels");
+    build_wheel(&wheels, "1.0.0", &[]);
+    let mut w = world(&format!("find_links = \"{}\"", wheels.display()));
+    w.env
+        .push(("TENANTD_TEST_KILL_AT".into(), "install_published".into()));
+    let mut d = w.daemon().await;
+    assert_eq!(install(&d, json!({"version": "1.0.0"})).await.status(), 202);
+    wait_dead(&d).await;
+    d.kill();
+    drop(d);
+    w.env.clear();
+    let d = w.daemon().await;
+    // Visible on disk before the kill, its row still said `installing`.
+    let r = wait_release(&d, "1.0.0", "ready", Duration::from_secs(30)).await;
+    assert!(
+        r["installed_at"].is_string() && r["size"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert!(releases_dir(&w).join("1.0.0/bin/hermes").exists());
+    assert_eq!(activate(&d, "1.0.0").await.status(), 202);
+    wait_release(&d, "1.0.0", "active", Duration::from_secs(60)).await;
+    assert_consistent(&d, &w, "1.0.0").await;
+}

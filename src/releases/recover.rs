@@ -103,7 +103,18 @@ pub async fn recover(store: &Store, config: &crate::config::Config) -> Result<()
                 let present = on_disk.iter().any(|(v, _, _)| *v == r.version);
                 match r.state {
                     ReleaseState::Installing if present => {
-                        records::set_state(&tx, &r.version, ReleaseState::Ready, None, now)?
+                        // Published (verified) just before the daemon died.
+                        let size = on_disk
+                            .iter()
+                            .find(|(v, _, _)| *v == r.version)
+                            .map(|x| x.1);
+                        let ready = Release {
+                            state: ReleaseState::Ready,
+                            installed_at_ms: Some(now),
+                            size,
+                            ..r.clone()
+                        };
+                        records::put(&tx, &ready, now)?
                     }
                     ReleaseState::Installing => records::set_state(
                         &tx,
