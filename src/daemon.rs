@@ -71,6 +71,7 @@ impl Daemon {
         crate::identity::set_agent(config.gateway.identity.clone());
         let data_dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || create_private_dir(&data_dir)).await??;
+        sweep_temps(&config);
 
         if config.dev {
             let path = config.auth.credential_file.clone();
@@ -375,4 +376,50 @@ fn watchdog(store: Store, cancel: CancellationToken) -> JoinHandle<()> {
             }
         }
     })
+}
+
+/// How old a leftover temp file of the one atomic write must be before it
+/// is removed at start-up (a younger one may be another process's write).
+const STALE_TEMP: Duration = Duration::from_secs(600);
+
+/// Remove what writes cut by a crash left behind (`.tenantd-tmp-*`) in the
+/// directories the daemon writes into: its own (data dir, managed scope)
+/// with its rights, the Hermes home and its `cron/` as the agent. In the
+/// background: a start never waits for it, and a failure is one log line.
+fn sweep_temps(config: &Config) {
+    use crate::dir_handle::DirHandle;
+    let own = [config.data_dir.clone(), config.gateway.managed_dir.clone()];
+    let home = config.gateway.hermes_home.clone();
+    let sweep = |dir: &std::path::Path,
+                 open: fn(&std::path::Path) -> std::io::Result<DirHandle>| {
+        match open(dir).and_then(|h| h.sweep_temps(STALE_TEMP, 10_000)) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(dir = %dir.display(), removed = n, "removed temp files left by an interrupted write")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot sweep leftover temp files")
+            }
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        for dir in &own {
+            sweep(dir, DirHandle::open);
+        }
+    });
+    crate::identity::spawn_as_agent(move || {
+        sweep(&home, DirHandle::open_home);
+        match DirHandle::open_home(&home).and_then(|h| h.open_dir(std::path::Path::new("cron"))) {
+            Ok(cron) => {
+                if let Err(e) = cron.sweep_temps(STALE_TEMP, 10_000) {
+                    tracing::warn!(error = %e, "cannot sweep leftover temp files in the Hermes home's cron/");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the Hermes home's cron/ to sweep temp files")
+            }
+        }
+    });
 }

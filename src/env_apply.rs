@@ -97,11 +97,6 @@ impl EnvApply {
     pub fn state(&self) -> EnvApplyState {
         self.state.borrow().clone()
     }
-
-    /// A receiver of the state (tests and metrics).
-    pub fn subscribe(&self) -> watch::Receiver<EnvApplyState> {
-        self.state.subscribe()
-    }
 }
 
 async fn run(

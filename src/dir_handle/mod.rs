@@ -233,6 +233,34 @@ impl DirHandle {
         }
     }
 
+    /// Remove this directory's leftover temp files of [`atomic::write`]
+    /// (a write cut by a crash or `kill -9`) last modified before
+    /// `older_than` ago: younger ones may belong to a write in progress.
+    /// Only regular files and symlinks are removed (`unlinkat`, never
+    /// followed); at most `max` entries are looked at. Returns how many
+    /// were removed.
+    pub fn sweep_temps(&self, older_than: std::time::Duration, max: usize) -> io::Result<usize> {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(older_than)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut removed = 0;
+        for name in self.entries(max)? {
+            if !name.as_bytes().starts_with(atomic::TEMP_PREFIX.as_bytes()) {
+                continue;
+            }
+            let Some(st) = self.stat_entry(&name)? else {
+                continue;
+            };
+            let kind = st.st_mode & libc::S_IFMT;
+            if (kind == libc::S_IFREG || kind == libc::S_IFLNK) && st.st_mtime <= cutoff {
+                self.remove(Path::new(&name))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// fsync the directory (makes a rename in it durable).
     pub fn sync(&self) -> io::Result<()> {
         // SAFETY: valid fd.
