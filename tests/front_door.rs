@@ -1,0 +1,193 @@
+//! The front door: the documented configuration cannot drift from the
+//! daemon's parser, the example configuration is valid, and `--dev`
+//! without an agent says so instead of failing in a loop.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::binary;
+
+fn repo_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// `hermes-tenantd check-config --config FILE` with none of the caller's
+/// `HERMES_TENANTD_*` overrides (they would change what is checked).
+fn check_config(file: &Path) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.arg("check-config").arg("--config").arg(file);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HERMES_TENANTD_") || k == "CREDENTIALS_DIRECTORY" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().expect("run check-config")
+}
+
+// ---- the keys the daemon reads, asked of the daemon itself -----------------------
+
+/// What the parser says about a probe field put inside `section` (dotted,
+/// empty for the top level): the fields of that section when it is one,
+/// `None` when it is a value (a leaf key).
+fn fields_of(dir: &Path, section: &str) -> Option<Vec<String>> {
+    let file = dir.join("probe.toml");
+    let text = if section.is_empty() {
+        "__probe__ = 1\n".to_owned()
+    } else {
+        format!("[{section}]\n__probe__ = 1\n")
+    };
+    std::fs::write(&file, text).expect("write probe");
+    let out = check_config(&file);
+    assert!(!out.status.success(), "a probe field must be refused");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    // serde: "unknown field `__probe__`, expected one of `a`, `b`" (or
+    // "expected `a`" for a single field); anything else means `section`
+    // is not a table, so it is a key.
+    let rest = err.split("unknown field `__probe__`, expected ").nth(1)?;
+    let names: Vec<String> = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    assert!(!names.is_empty(), "cannot read the fields from: {err}");
+    Some(names)
+}
+
+/// Every dotted key the daemon's configuration accepts, found by walking
+/// its sections with probe files (new sections and keys are found without
+/// touching this test).
+fn daemon_keys() -> BTreeSet<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut keys = BTreeSet::new();
+    let mut todo = vec![String::new()];
+    while let Some(section) = todo.pop() {
+        let fields =
+            fields_of(dir.path(), &section).expect("the top level and sections are tables");
+        for f in fields {
+            let key = if section.is_empty() {
+                f
+            } else {
+                format!("{section}.{f}")
+            };
+            if fields_of(dir.path(), &key).is_some() {
+                todo.push(key);
+            } else {
+                keys.insert(key);
+            }
+        }
+    }
+    keys
+}
+
+fn is_dotted_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// The keys of the reference table in docs/configuration.md: every
+/// backticked dotted name in the first cell of a table row.
+fn documented_keys() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(repo_file("docs/configuration.md")).expect("read reference");
+    let mut keys = BTreeSet::new();
+    for line in text.lines() {
+        let Some(row) = line.strip_prefix('|') else {
+            continue;
+        };
+        let first = row.split('|').next().unwrap_or("");
+        for (i, piece) in first.split('`').enumerate() {
+            if i % 2 == 1 && is_dotted_key(piece) {
+                keys.insert(piece.to_owned());
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn every_config_key_is_in_the_reference_and_no_documented_key_is_unknown() {
+    let daemon = daemon_keys();
+    // A floor, so a broken probe cannot pass with an empty set.
+    for k in [
+        "tenant_id",
+        "gateway.venv",
+        "hub.url",
+        "files.roots",
+        "agent_card.name",
+    ] {
+        assert!(daemon.contains(k), "probe missed `{k}`: {daemon:?}");
+    }
+    let documented = documented_keys();
+    let undocumented: Vec<_> = daemon.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&daemon).collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys the daemon reads but docs/configuration.md does not list (add a row): {undocumented:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "keys docs/configuration.md lists but the daemon does not know: {unknown:?}"
+    );
+}
+
+#[test]
+fn example_config_passes_check_config() {
+    let out = check_config(&repo_file("config.example.toml"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check-config refused config.example.toml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("ok: tenant a1b2 listening on 127.0.0.1:8643 (http)"),
+        "{stdout}"
+    );
+}
+
+/// The example shows defaults as commented lines; those must name real
+/// keys too, or uncommenting one would stop the daemon.
+#[test]
+fn every_key_in_the_example_config_is_known_commented_or_not() {
+    let known = daemon_keys();
+    let text = std::fs::read_to_string(repo_file("config.example.toml")).expect("read example");
+    let mut section = String::new();
+    let mut seen = 0;
+    for line in text.lines() {
+        let line = line.strip_prefix('#').unwrap_or(line).trim();
+        if let Some(h) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            section = h.to_owned();
+            continue;
+        }
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = h.to_owned();
+            continue;
+        }
+        let Some((name, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        if !is_dotted_key(name) || known.contains(&section) {
+            // Prose, or a field inside an array-of-tables key (files.roots).
+            continue;
+        }
+        let key = if section.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{section}.{name}")
+        };
+        assert!(
+            known.contains(&key),
+            "config.example.toml shows `{key}`, which the daemon does not know"
+        );
+        seen += 1;
+    }
+    assert!(seen > 50, "only {seen} keys read from the example");
+}
