@@ -191,3 +191,121 @@ fn every_key_in_the_example_config_is_known_commented_or_not() {
     }
     assert!(seen > 50, "only {seen} keys read from the example");
 }
+
+// ---- `--dev` without an agent --------------------------------------------------
+
+/// A `--dev` daemon on a machine where no `hermes` can be found: an empty
+/// `PATH` and no `.tenantd-dev/agent-venv`. A short backoff, so a retry
+/// loop (the old behaviour) would show at once.
+async fn dev_daemon_without_agent(empty_bin: &Path) -> common::TestDaemon {
+    common::TestDaemon::start_dev(common::Options {
+        env: vec![
+            ("PATH".into(), empty_bin.display().to_string()),
+            ("HERMES_TENANTD_GATEWAY__BACKOFF_BASE".into(), "10ms".into()),
+            ("HERMES_TENANTD_GATEWAY__BACKOFF_CAP".into(), "50ms".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
+async fn wait_agent_state(d: &common::TestDaemon, state: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = d.get_json("/agent").await;
+        if v["state"] == state {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent never reached {state}: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+fn log_lines_at(d: &common::TestDaemon, level: &str) -> Vec<String> {
+    d.logs()
+        .into_iter()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["level"].as_str() == Some(level))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn dev_without_an_agent_is_not_installed_with_one_warning_and_refuses_runs_at_once() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let mut d = dev_daemon_without_agent(empty.path()).await;
+
+    let agent = wait_agent_state(&d, "not_installed").await;
+    let hint = agent["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        hint.contains("scripts/dev-agent"),
+        "GET /agent says how to install: {agent}"
+    );
+    assert!(
+        !hint.contains(&d.dir.display().to_string()),
+        "no host path: {hint}"
+    );
+    assert_eq!(agent["pid"], serde_json::Value::Null, "{agent}");
+
+    // A run is refused at once, not left queued.
+    let r = d
+        .post("/runs")
+        .json(&serde_json::json!({"input": "hello"}))
+        .send()
+        .await
+        .expect("post run");
+    let problem = common::expect_problem(r, 409, "agent_not_installed").await;
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("scripts/dev-agent"),
+        "{problem}"
+    );
+    let runs = d.get_json("/runs").await;
+    assert_eq!(
+        runs["items"].as_array().map(Vec::len),
+        Some(0),
+        "nothing recorded: {runs}"
+    );
+
+    // A start looks again, and stays put without another warning.
+    let r = d.post("/agent/start").send().await.expect("start");
+    assert_eq!(r.status(), 202);
+    d.wait_for_log("\"command\":\"Start\"", std::time::Duration::from_secs(30))
+        .await;
+    let agent = wait_agent_state(&d, "not_installed").await;
+    assert_eq!(agent["restarts"], 0, "{agent}");
+
+    assert!(d.terminate().success());
+    let warnings: Vec<_> = log_lines_at(&d, "WARN")
+        .into_iter()
+        .filter(|l| l.contains("no agent installed"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning: {warnings:#?}");
+    assert!(warnings[0].contains("scripts/dev-agent"), "{}", warnings[0]);
+    let errors = log_lines_at(&d, "ERROR");
+    assert!(errors.is_empty(), "no ERROR line: {errors:#?}");
+}
+
+#[tokio::test]
+async fn dev_run_that_wakes_a_stopped_agent_without_one_fails_at_once() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let d = dev_daemon_without_agent(empty.path()).await;
+    wait_agent_state(&d, "not_installed").await;
+    let r = d.post("/agent/stop").send().await.expect("stop");
+    assert_eq!(r.status(), 202);
+    wait_agent_state(&d, "stopped").await;
+
+    // Accepted (the agent might be there), then failed as soon as the wake
+    // finds no agent: well before the wake timeout.
+    let run = common::start_run(&d, serde_json::json!({"input": "hello"})).await;
+    let run_id = run["run_id"].as_str().expect("run id");
+    let done = common::wait_run(&d, run_id, "failed").await;
+    assert_eq!(done["error"]["code"], "agent_not_installed", "{done}");
+    wait_agent_state(&d, "not_installed").await;
+}
