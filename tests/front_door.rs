@@ -309,3 +309,188 @@ async fn dev_run_that_wakes_a_stopped_agent_without_one_fails_at_once() {
     assert_eq!(done["error"]["code"], "agent_not_installed", "{done}");
     wait_agent_state(&d, "not_installed").await;
 }
+
+// ---- `scripts/dev-agent` and `--dev` finding what it installed --------------------
+
+/// A virtualenv that looks installed to `scripts/dev-agent` without PyPI:
+/// a real venv (system site packages, so PyYAML is there when the system
+/// has it), hermes-agent's metadata, and `bin/hermes` running `hermes`.
+fn fake_agent_venv(venv: &Path, hermes: &str) -> bool {
+    let ok = Command::new(common::python())
+        .args(["-m", "venv", "--without-pip", "--system-site-packages"])
+        .arg(venv)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return false;
+    }
+    let site = std::fs::read_dir(venv.join("lib"))
+        .expect("lib")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("site-packages"))
+        .find(|p| p.is_dir())
+        .expect("site-packages");
+    let meta = site.join("hermes_agent-0.19.0.dist-info");
+    std::fs::create_dir_all(&meta).expect("dist-info");
+    std::fs::write(
+        meta.join("METADATA"),
+        "Metadata-Version: 2.1\nName: hermes-agent\nVersion: 0.19.0\n",
+    )
+    .expect("metadata");
+    let bin = venv.join("bin/hermes");
+    std::fs::write(&bin, hermes).expect("hermes");
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    true
+}
+
+#[tokio::test]
+async fn dev_finds_the_agent_venv_in_its_data_dir_without_configuration() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let venv = dir.join("data").join("agent-venv");
+    std::fs::create_dir_all(venv.join("bin")).expect("venv");
+    // The daemon runs `hermes gateway run --external-supervisor`: here the
+    // fake gateway (it ignores its arguments).
+    let hermes = format!(
+        "#!/bin/sh\nexec {} {}/tests/fake_gateway.py\n",
+        common::python(),
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bin = venv.join("bin/hermes");
+    std::fs::write(&bin, hermes).expect("hermes");
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let d = common::TestDaemon::start_dev(common::Options {
+        // Nothing about the venv or the command: `--dev` finds it.
+        config_extra: format!("[gateway]\nport = {port}\nhealth_interval = \"100ms\"\n"),
+        env: vec![("PATH".into(), empty.path().display().to_string())],
+        dir: Some(dir),
+    })
+    .await;
+    let agent = wait_agent_state(&d, "running").await;
+    assert!(agent["pid"].as_u64().is_some(), "{agent}");
+    assert_eq!(agent["release"], "0.19.0-fake", "{agent}");
+}
+
+/// `scripts/dev-agent` with none of the caller's provider variables.
+fn dev_agent(dev_dir: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(repo_file("scripts/dev-agent"));
+    cmd.env("TENANTD_DEV_DIR", dev_dir);
+    for k in [
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+        "OPENROUTER_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "HERMES_MODEL",
+        "PIP_ARGS",
+    ] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run scripts/dev-agent")
+}
+
+#[test]
+fn dev_agent_configures_the_provider_from_the_environment_and_switches_cleanly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dev_dir = tmp.path().join(".tenantd-dev");
+    let venv = dev_dir.join("agent-venv");
+    if !fake_agent_venv(&venv, "#!/bin/sh\nexit 0\n") {
+        eprintln!(
+            "SKIPPED: cannot create a virtualenv with {}",
+            common::python()
+        );
+        return;
+    }
+    let has_yaml = Command::new(venv.join("bin/python"))
+        .args(["-c", "import yaml"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_yaml {
+        eprintln!("SKIPPED: the system Python has no PyYAML (the real agent venv always has it)");
+        return;
+    }
+    let home = dev_dir.join("hermes-home");
+
+    // Nothing set: installed (already), nothing configured, said so.
+    let out = dev_agent(&dev_dir, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("already installed"), "{stdout}");
+    assert!(
+        stdout.contains("OPENROUTER_API_KEY"),
+        "lists what to set: {stdout}"
+    );
+    assert!(!home.join("config.yaml").exists());
+
+    // An OpenRouter key: provider, model, and the key in .env (0600).
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::write(home.join("config.yaml"), "display:\n  personality: terse\n").expect("config");
+    std::fs::write(home.join(".env"), "OTHER=1\nOPENROUTER_API_KEY='old'\n").expect(".env");
+    let out = dev_agent(
+        &dev_dir,
+        &[
+            ("OPENROUTER_API_KEY", "sk-or-test-123"),
+            ("HERMES_MODEL", "vendor/model-a"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(home.join("config.yaml")).expect("config");
+    assert!(
+        config.contains("provider: openrouter") && config.contains("default: vendor/model-a"),
+        "{config}"
+    );
+    assert!(
+        config.contains("personality: terse"),
+        "other settings kept: {config}"
+    );
+    let dotenv = std::fs::read_to_string(home.join(".env")).expect(".env");
+    assert_eq!(dotenv, "OTHER=1\nOPENROUTER_API_KEY='sk-or-test-123'\n");
+    let mode = std::fs::metadata(home.join(".env"))
+        .expect("meta")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("sk-or-test-123"),
+        "the key is not printed"
+    );
+
+    // A switch to a local OpenAI-compatible server leaves no OpenRouter
+    // setting in the model section.
+    let out = dev_agent(
+        &dev_dir,
+        &[
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+            ("HERMES_MODEL", "local-model"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(home.join("config.yaml")).expect("config");
+    assert!(
+        config.contains("provider: custom")
+            && config.contains("base_url: http://127.0.0.1:9/v1")
+            && config.contains("default: local-model")
+            && !config.contains("openrouter"),
+        "{config}"
+    );
+}
