@@ -494,3 +494,78 @@ fn dev_agent_configures_the_provider_from_the_environment_and_switches_cleanly()
         "{config}"
     );
 }
+
+// ---- the Ansible example inventory ------------------------------------------------
+
+/// Every variable name in a YAML inventory: keys of `vars:` maps and of
+/// host entries, at any depth.
+fn inventory_variables(v: &serde_yaml_ng::Value, under_vars_or_host: bool, out: &mut BTreeSet<String>) {
+    let serde_yaml_ng::Value::Mapping(map) = v else {
+        return;
+    };
+    for (k, child) in map {
+        let Some(key) = k.as_str() else { continue };
+        if under_vars_or_host {
+            out.insert(key.to_owned());
+            continue;
+        }
+        match key {
+            "vars" => inventory_variables(child, true, out),
+            "hosts" => {
+                if let serde_yaml_ng::Value::Mapping(hosts) = child {
+                    for host_vars in hosts.values() {
+                        inventory_variables(host_vars, true, out);
+                    }
+                }
+            }
+            _ => inventory_variables(child, false, out),
+        }
+    }
+}
+
+/// Every `hermes_tenantd_*` name the role and playbooks mention (defaults,
+/// tasks, templates, playbooks), the example inventory aside.
+fn role_variables() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut todo = vec![repo_file("ansible")];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read ansible dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            if path.file_name().is_some_and(|n| n == "inventory.example.yml") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            for (i, _) in text.match_indices("hermes_tenantd_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+/// The example once said `hermes_agent_version` while the role reads
+/// `hermes_tenantd_agent_version`: a copy silently installed no agent.
+/// (The deploy suite also runs the example itself: tests/deploy.)
+#[test]
+fn every_variable_of_the_example_inventory_is_one_the_role_reads() {
+    let text = std::fs::read_to_string(repo_file("ansible/inventory.example.yml")).expect("read example");
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("example inventory is YAML");
+    let mut vars = BTreeSet::new();
+    inventory_variables(&doc, false, &mut vars);
+    assert!(vars.contains("hermes_tenantd_agent_version"), "{vars:?}");
+    let known = role_variables();
+    assert!(known.contains("hermes_tenantd_binary_sha256"), "{known:?}");
+    let unknown: Vec<_> = vars
+        .iter()
+        .filter(|v| v.starts_with("hermes") && !known.contains(*v))
+        .collect();
+    assert!(unknown.is_empty(), "the example sets variables the role never reads: {unknown:?}");
+}
