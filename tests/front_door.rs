@@ -499,7 +499,11 @@ fn dev_agent_configures_the_provider_from_the_environment_and_switches_cleanly()
 
 /// Every variable name in a YAML inventory: keys of `vars:` maps and of
 /// host entries, at any depth.
-fn inventory_variables(v: &serde_yaml_ng::Value, under_vars_or_host: bool, out: &mut BTreeSet<String>) {
+fn inventory_variables(
+    v: &serde_yaml_ng::Value,
+    under_vars_or_host: bool,
+    out: &mut BTreeSet<String>,
+) {
     let serde_yaml_ng::Value::Mapping(map) = v else {
         return;
     };
@@ -535,10 +539,15 @@ fn role_variables() -> BTreeSet<String> {
                 todo.push(path);
                 continue;
             }
-            if path.file_name().is_some_and(|n| n == "inventory.example.yml") {
+            if path
+                .file_name()
+                .is_some_and(|n| n == "inventory.example.yml")
+            {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             for (i, _) in text.match_indices("hermes_tenantd_") {
                 let name: String = text[i..]
                     .chars()
@@ -556,8 +565,10 @@ fn role_variables() -> BTreeSet<String> {
 /// (The deploy suite also runs the example itself: tests/deploy.)
 #[test]
 fn every_variable_of_the_example_inventory_is_one_the_role_reads() {
-    let text = std::fs::read_to_string(repo_file("ansible/inventory.example.yml")).expect("read example");
-    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("example inventory is YAML");
+    let text =
+        std::fs::read_to_string(repo_file("ansible/inventory.example.yml")).expect("read example");
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).expect("example inventory is YAML");
     let mut vars = BTreeSet::new();
     inventory_variables(&doc, false, &mut vars);
     assert!(vars.contains("hermes_tenantd_agent_version"), "{vars:?}");
@@ -567,5 +578,51 @@ fn every_variable_of_the_example_inventory_is_one_the_role_reads() {
         .iter()
         .filter(|v| v.starts_with("hermes") && !known.contains(*v))
         .collect();
-    assert!(unknown.is_empty(), "the example sets variables the role never reads: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "the example sets variables the role never reads: {unknown:?}"
+    );
+}
+
+// ---- `search` on the command line ---------------------------------------------------
+
+#[tokio::test]
+async fn cli_search_prints_plain_text_when_piped() {
+    let mut d = common::TestDaemon::start().await;
+    let r = d
+        .post("/conversations/s1/messages")
+        .json(&serde_json::json!({
+            "platform": "web",
+            "messages": [{"role": "user", "content": "Plan a trip to <Lisbon> & Porto"}]
+        }))
+        .send()
+        .await
+        .expect("import");
+    assert!(
+        r.status().is_success(),
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    // Stopped first: the store is checkpointed, and search opens it read-only.
+    assert!(d.terminate().success());
+    let out = Command::new(binary())
+        .args(["search", "--config"])
+        .arg(d.dir.join("config.toml"))
+        .arg("lisbon")
+        .output()
+        .expect("run search");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Plan a trip to <Lisbon> & Porto"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("<mark>") && !stdout.contains('\u{1b}'),
+        "plain when piped: {stdout}"
+    );
 }
