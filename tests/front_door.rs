@@ -337,11 +337,16 @@ fn fake_agent_venv(venv: &Path, hermes: &str) -> bool {
         "Metadata-Version: 2.1\nName: hermes-agent\nVersion: 0.19.0\n",
     )
     .expect("metadata");
+    write_hermes(venv, hermes);
+    true
+}
+
+/// `venv/bin/hermes`, executable, running `script`.
+fn write_hermes(venv: &Path, script: &str) {
     let bin = venv.join("bin/hermes");
-    std::fs::write(&bin, hermes).expect("hermes");
+    std::fs::write(&bin, script).expect("hermes");
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    true
 }
 
 #[tokio::test]
@@ -357,10 +362,7 @@ async fn dev_finds_the_agent_venv_in_its_data_dir_without_configuration() {
         common::python(),
         env!("CARGO_MANIFEST_DIR")
     );
-    let bin = venv.join("bin/hermes");
-    std::fs::write(&bin, hermes).expect("hermes");
-    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    write_hermes(&venv, &hermes);
     let empty = tempfile::tempdir().expect("tempdir");
     let port = common::free_port();
     let d = common::TestDaemon::start_dev(common::Options {
@@ -393,6 +395,19 @@ fn dev_agent(dev_dir: &Path, env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run scripts/dev-agent")
+}
+
+/// `scripts/dev-agent` that must succeed: its stdout and the dev agent's
+/// `config.yaml` after it.
+fn configure(dev_dir: &Path, env: &[(&str, &str)]) -> (String, String) {
+    let out = dev_agent(dev_dir, env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(dev_dir.join("hermes-home/config.yaml")).expect("config");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), config)
 }
 
 #[test]
@@ -436,19 +451,13 @@ fn dev_agent_configures_the_provider_from_the_environment_and_switches_cleanly()
     std::fs::create_dir_all(&home).expect("home");
     std::fs::write(home.join("config.yaml"), "display:\n  personality: terse\n").expect("config");
     std::fs::write(home.join(".env"), "OTHER=1\nOPENROUTER_API_KEY='old'\n").expect(".env");
-    let out = dev_agent(
+    let (stdout, config) = configure(
         &dev_dir,
         &[
             ("OPENROUTER_API_KEY", "sk-or-test-123"),
             ("HERMES_MODEL", "vendor/model-a"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let config = std::fs::read_to_string(home.join("config.yaml")).expect("config");
     assert!(
         config.contains("provider: openrouter") && config.contains("default: vendor/model-a"),
         "{config}"
@@ -466,26 +475,17 @@ fn dev_agent_configures_the_provider_from_the_environment_and_switches_cleanly()
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
         0o600
     );
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("sk-or-test-123"),
-        "the key is not printed"
-    );
+    assert!(!stdout.contains("sk-or-test-123"), "the key is not printed");
 
     // A switch to a local OpenAI-compatible server leaves no OpenRouter
     // setting in the model section.
-    let out = dev_agent(
+    let (_, config) = configure(
         &dev_dir,
         &[
             ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
             ("HERMES_MODEL", "local-model"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let config = std::fs::read_to_string(home.join("config.yaml")).expect("config");
     assert!(
         config.contains("provider: custom")
             && config.contains("base_url: http://127.0.0.1:9/v1")
