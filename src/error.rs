@@ -17,6 +17,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the tenant is suspended; runs are refused until access is restored")]
     Suspended,
+    /// `--dev` without an agent: a run cannot be relayed until one is
+    /// installed. The message says how.
+    #[error("{0}")]
+    AgentNotInstalled(String),
     #[error("`{0}` is reserved and managed by the platform")]
     Reserved(String),
     #[error("{0}")]
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Suspended => "suspended",
+            ApiError::AgentNotInstalled(_) => "agent_not_installed",
             ApiError::Reserved(_) => "reserved",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidArgument(_) => "invalid_argument",
@@ -92,6 +97,7 @@ impl ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Suspended => StatusCode::FORBIDDEN,
+            ApiError::AgentNotInstalled(_) => StatusCode::CONFLICT,
             ApiError::Reserved(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,

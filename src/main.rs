@@ -1,5 +1,6 @@
 //! The `hermes-tenantd` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -125,14 +126,68 @@ fn search(c: &Config, query: String, plain: bool, limit: u32) -> Result<(), Stri
         ..Default::default()
     };
     let page = conversations::search(&conn, &filter).map_err(|e| e.to_string())?;
+    let style = if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        Highlight::Bold
+    } else {
+        Highlight::Plain
+    };
     for hit in &page.items {
         println!(
             "{}  {}  {:<9} {}  {}",
-            hit.created_at, hit.session_id, hit.role, hit.platform, hit.snippet
+            hit.created_at,
+            hit.session_id,
+            hit.role,
+            hit.platform,
+            terminal_snippet(&hit.snippet, style)
         );
     }
     eprintln!("{} result(s)", page.items.len());
     Ok(())
+}
+
+/// How `search` shows the matches in a snippet.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Highlight {
+    /// Terminal bold (stdout is a terminal and `NO_COLOR` is unset).
+    Bold,
+    /// No markup at all (a pipe, a file).
+    Plain,
+}
+
+/// The API's snippet (HTML-escaped, `<mark>` around matches) as terminal
+/// text. The text is the tenant's (and may be the agent's): control
+/// characters are shown as `\u{FFFD}`, so a message cannot send escape
+/// sequences to the operator's terminal.
+fn terminal_snippet(html: &str, style: Highlight) -> String {
+    const BOLD: &str = "\x1b[1m";
+    const RESET: &str = "\x1b[0m";
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(c) = rest.chars().next() {
+        let (piece, len): (&str, usize) = if rest.starts_with("<mark>") {
+            (if style == Highlight::Bold { BOLD } else { "" }, 6)
+        } else if rest.starts_with("</mark>") {
+            (if style == Highlight::Bold { RESET } else { "" }, 7)
+        } else if let Some((entity, ch)) = [
+            ("&amp;", "&"),
+            ("&lt;", "<"),
+            ("&gt;", ">"),
+            ("&quot;", "\""),
+            ("&#39;", "'"),
+        ]
+        .into_iter()
+        .find(|(e, _)| rest.starts_with(e))
+        {
+            (ch, entity.len())
+        } else if c.is_control() {
+            ("\u{FFFD}", c.len_utf8())
+        } else {
+            (&rest[..c.len_utf8()], c.len_utf8())
+        };
+        out.push_str(piece);
+        rest = &rest[len..];
+    }
+    out
 }
 
 fn run(config: Config) -> Result<(), String> {
@@ -212,4 +267,32 @@ fn print_dev_banner(d: &Daemon) {
         "    curl -sS -H 'Authorization: Bearer {token}' {base}/v1/tenant-runtime/{}/version",
         c.tenant_id
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Highlight, terminal_snippet};
+
+    #[test]
+    fn search_snippets_are_bold_on_a_terminal_and_plain_otherwise() {
+        let html = "a &lt;b&gt; <mark>hit</mark> &amp; &#39;c&#39; &quot;d&quot;";
+        assert_eq!(
+            terminal_snippet(html, Highlight::Bold),
+            "a <b> \x1b[1mhit\x1b[0m & 'c' \"d\""
+        );
+        assert_eq!(
+            terminal_snippet(html, Highlight::Plain),
+            "a <b> hit & 'c' \"d\""
+        );
+    }
+
+    #[test]
+    fn search_snippets_cannot_send_escape_sequences_to_the_terminal() {
+        let html = "x\x1b]0;owned\x07y\tz\u{9b}2J";
+        let shown = terminal_snippet(html, Highlight::Bold);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "x\u{FFFD}]0;owned\u{FFFD}y\u{FFFD}z\u{FFFD}2J");
+        // Text that merely looks like markup after unescaping stays text.
+        assert_eq!(terminal_snippet("&lt;mark&gt;", Highlight::Plain), "<mark>");
+    }
 }

@@ -21,6 +21,7 @@ impl From<RunError> for ApiError {
             RunError::NotFound(id) => ApiError::NotFound(format!("run `{id}` does not exist")),
             RunError::Conflict(m) => ApiError::Conflict(m),
             RunError::Suspended => ApiError::Suspended,
+            RunError::AgentNotInstalled(m) => ApiError::AgentNotInstalled(m),
             RunError::Busy {
                 message,
                 retry_after_s,

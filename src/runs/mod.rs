@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::AgentHandle;
+use crate::agent::{AgentHandle, AgentState, AgentStatus};
 use crate::store::conversations::{self, AppendMessages, NewMessage, Role};
 use crate::store::runs::{self as run_store, NewRun, Run};
 use crate::store::{Store, StoreError};
@@ -71,6 +71,9 @@ pub enum RunError {
     Conflict(String),
     #[error("the tenant is suspended; runs are refused until access is restored")]
     Suspended,
+    /// `--dev` without an agent (`AgentState::NotInstalled`).
+    #[error("{0}")]
+    AgentNotInstalled(String),
     #[error("{message}")]
     Busy { message: String, retry_after_s: u64 },
     #[error("{0}")]
@@ -142,6 +145,15 @@ pub struct Runs {
     /// `true` while the hub's stop is being committed (`hub::decision`).
     pub(crate) hub_stopping: watch::Receiver<bool>,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// Why a run cannot reach an agent that is not installed: the
+/// supervisor's own words (they say how to install one).
+fn not_installed_message(agent: &AgentStatus) -> String {
+    agent
+        .last_error
+        .clone()
+        .unwrap_or_else(|| "no agent is installed".into())
 }
 
 fn new_id(prefix: &str) -> String {
@@ -246,6 +258,12 @@ impl Runs {
     pub async fn start(self: &Arc<Self>, req: StartRun) -> Result<Run, RunError> {
         if *self.suspended.borrow() {
             return Err(RunError::Suspended);
+        }
+        // `--dev` without an agent: nothing will relay the run, so say so
+        // now instead of leaving it queued until the wake timeout.
+        let agent = self.agent.status();
+        if agent.state == AgentState::NotInstalled {
+            return Err(RunError::AgentNotInstalled(not_installed_message(&agent)));
         }
         let platform = req.platform.clone().unwrap_or_else(|| "api".into());
         if !PLATFORMS.contains(&platform.as_str()) {

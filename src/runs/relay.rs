@@ -333,6 +333,13 @@ async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy
         // While the hub's stop is being committed the agent is about to
         // stop: wait for it, then wake it (a newer decision).
         let hub_stopping = *stopping_rx.borrow_and_update();
+        if status.state == AgentState::NotInstalled {
+            // Woken (or queued) into a `--dev` daemon without an agent.
+            return Err((
+                "agent_not_installed".into(),
+                super::not_installed_message(&status),
+            ));
+        }
         if !hub_stopping && status.state == AgentState::Running {
             // Counted first, then the gate looked at again: a gateway
             // restart raises the gate, then counts (`env_apply`), so either

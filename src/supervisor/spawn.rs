@@ -10,6 +10,13 @@ use super::{Machine, cgroup, managed, process};
 use crate::config::GatewayConfig;
 use crate::identity::as_agent;
 
+/// Whether the gateway command resolves (`venv/bin`, then `PATH`). Blocking.
+pub(super) fn command_found(cfg: &GatewayConfig) -> bool {
+    cfg.command
+        .first()
+        .is_some_and(|name| process::resolve_program(name, cfg.venv.as_deref()).is_some())
+}
+
 /// Resolve the command and write the managed scope. Blocking.
 pub(super) fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::SpawnSpec, String> {
     let name = cfg

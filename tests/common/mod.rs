@@ -59,6 +59,16 @@ impl TestDaemon {
     /// As `start_with`, with the process's `RLIMIT_NOFILE` (soft and hard)
     /// set to `nofile` before exec.
     pub async fn start_with_nofile(opts: Options, nofile: Option<u64>) -> TestDaemon {
+        Self::spawn(opts, nofile, false).await
+    }
+
+    /// As `start_with`, as `run --dev --config FILE`: the generated file
+    /// still wins, `--dev` supplies the other defaults.
+    pub async fn start_dev(opts: Options) -> TestDaemon {
+        Self::spawn(opts, None, true).await
+    }
+
+    async fn spawn(opts: Options, nofile: Option<u64>, dev: bool) -> TestDaemon {
         let (tmp, dir) = match &opts.dir {
             Some(d) => (None, d.clone()),
             None => {
@@ -80,8 +90,11 @@ impl TestDaemon {
         );
         std::fs::write(&config, text).expect("write config");
         let mut cmd = Command::new(binary());
-        cmd.arg("run")
-            .arg("--config")
+        cmd.arg("run");
+        if dev {
+            cmd.arg("--dev");
+        }
+        cmd.arg("--config")
             .arg(&config)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -43,31 +43,45 @@ wait_until() {
 recap_changed() { grep -E "^ *[0-9.]+ $2 +:" "$1" | sed -E 's/.*changed=([0-9]+).*/\1/'; }
 recap_failed() { grep -E "^ *[0-9.]+ $2 +:" "$1" | sed -E 's/.*failed=([0-9]+).*/\1/'; }
 
+# The inventory is ansible/inventory.example.yml itself, unmodified: what an
+# operator copies is what runs here, so its variable names cannot drift
+# from the role's again. On top of it, only what a real site adds:
+# /tmp/inventory.yml, this machine as the host (local connection) with its
+# tenant and credential; /tmp/release.yml, the release under test (given
+# with -e like the documented upgrade command) and the site's wheel mirror
+# for the agent. The example's own hosts are left out with --limit.
 cat >/tmp/inventory.yml <<EOF
-hermes_tenants:
+all:
   vars:
     ansible_connection: local
     ansible_python_interpreter: /usr/bin/python3
+hermes_tenants:
+  vars:
     hermes_tenantd_tenant_id: $TENANT
     hermes_tenantd_credential: $CRED
-    hermes_tenantd_version: "$V0"
-    hermes_tenantd_binary_src: /stage/v0/hermes-tenantd
-    hermes_tenantd_binary_sha256: $SHA_V0
-    # The agent: stand-in hermes-agent wheels (tests/deploy/make_fake_agent_wheel.py)
-    # whose hermes command is fake_gateway.py; gateway.command follows the venv.
-    hermes_tenantd_agent_version: "0.19.0"
-    hermes_tenantd_agent_pip_packages: [hermes-agent]
-    hermes_tenantd_agent_pip_args: [--no-index, --find-links, /stage/wheels]
-    hermes_tenantd_gate_retries: 15
-    hermes_tenantd_gate_delay: 1
   hosts:
     tenant-vm:
+EOF
+cat >/tmp/release.yml <<EOF
+hermes_tenantd_version: "$V0"
+# From the controller instead of the example's download URL.
+hermes_tenantd_binary_url: ""
+hermes_tenantd_binary_src: /stage/v0/hermes-tenantd
+hermes_tenantd_binary_sha256: $SHA_V0
+# The example's hermes_tenantd_agent_version (0.19.0) is installed from
+# stand-in wheels (tests/deploy/make_fake_agent_wheel.py) whose hermes
+# command is fake_gateway.py.
+hermes_tenantd_agent_pip_packages: [hermes-agent]
+hermes_tenantd_agent_pip_args: [--no-index, --find-links, /stage/wheels]
+hermes_tenantd_gate_retries: 15
+hermes_tenantd_gate_delay: 1
 EOF
 play() { # play LOG PLAYBOOK ARGS...
   local log=$1 pb=$2
   shift 2
   # Each output line is prefixed with seconds since start, to see where time goes.
-  (cd "$REPO/ansible" && "$PLAYBOOK" -i /tmp/inventory.yml "$pb" "$@" 2>&1) |
+  (cd "$REPO/ansible" && "$PLAYBOOK" -i inventory.example.yml -i /tmp/inventory.yml --limit 'all:!*.example.com' \
+    -e @/tmp/release.yml "$pb" "$@" 2>&1) |
     python3 -u -c 'import sys,time
 t=time.time()
 for l in sys.stdin: sys.stdout.write("%6.1f %s" % (time.time()-t, l))' >"/out/logs/$log"
