@@ -127,7 +127,13 @@ impl Daemon {
             let runs = runs.clone();
             hub_link.set_open_runs_source(move || runs.open_runs() as u64);
         }
-        let ops = crate::ops::Ops::new(hub_link.clone(), runs.clone(), store.clone());
+        let ops = crate::ops::Ops::new(
+            hub_link.clone(),
+            runs.clone(),
+            store.clone(),
+            &config,
+            cancel.clone(),
+        );
         hub_link.set_ops(ops.clone());
         let metrics = Arc::new(Metrics::new());
         // The one client for every call to the hub (heartbeats, deliveries).
@@ -181,6 +187,9 @@ impl Daemon {
         }
 
         let mut components = Vec::new();
+        // Before the gateway starts: its output is redacted from the first line.
+        components
+            .push(crate::ops::learn_env_secrets(state.env_file.clone(), cancel.clone()).await);
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
         // Stops the gateway (planned stop, grace, SIGKILL) when cancelled.
         components.push(supervisor.start(cancel.clone()));

@@ -223,7 +223,14 @@ fn search(c: &Config, query: String, plain: bool, limit: u32) -> Result<(), Stri
 }
 
 fn run(config: Config) -> Result<(), String> {
-    hermes_tenantd::logging::init(&config.log);
+    hermes_tenantd::logging::init_with_file(
+        &config.log,
+        Some(hermes_tenantd::logging::FileSettings {
+            dir: &config.data_dir.join("logs"),
+            max_bytes: config.gateway.log_file_bytes,
+            keep: config.gateway.log_files,
+        }),
+    );
     hermes_tenantd::tls::install_provider();
     // Two workers: the daemon is I/O-bound and shares the VM with the agent.
     let runtime = tokio::runtime::Builder::new_multi_thread()

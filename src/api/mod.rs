@@ -99,6 +99,7 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::POST, "/agent/restart", post(agent::restart)),
         r(Method::POST, "/drain", post(ops::drain)),
         r(Method::DELETE, "/drain", delete(ops::cancel_drain)),
+        r(Method::GET, "/logs", get(ops::logs)),
         r(
             Method::GET,
             "/conversations",
