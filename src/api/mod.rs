@@ -100,6 +100,7 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::POST, "/drain", post(ops::drain)),
         r(Method::DELETE, "/drain", delete(ops::cancel_drain)),
         r(Method::GET, "/logs", get(ops::logs)),
+        r(Method::GET, "/diagnostics", get(ops::diagnostics)),
         r(
             Method::GET,
             "/conversations",

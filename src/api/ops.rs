@@ -199,3 +199,34 @@ pub async fn logs(
     .map_err(ApiError::internal)?;
     Ok(Json(page).into_response())
 }
+
+/// `GET /diagnostics`: a `tar.gz` for support (bounded, redacted).
+pub async fn diagnostics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    use crate::ops::diagnostics::{self, DiagnosticsError, Sources};
+    let archive = diagnostics::bundle(Sources {
+        config: &state.config,
+        store: &state.store,
+        agent: &state.agent,
+        link: &state.hub,
+        ops: &state.ops,
+    })
+    .await
+    .map_err(|e| match e {
+        DiagnosticsError::Store(s) => ApiError::from(s),
+        DiagnosticsError::Archive(io) => ApiError::internal(io),
+        DiagnosticsError::Join(j) => ApiError::internal(j),
+    })?;
+    let name = format!(
+        "attachment; filename=\"hermes-tenantd-diagnostics-{}.tar.gz\"",
+        state.config.tenant_id
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_owned()),
+            (header::CONTENT_DISPOSITION, name),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        archive,
+    )
+        .into_response())
+}

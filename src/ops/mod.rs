@@ -4,6 +4,7 @@
 
 pub mod activity;
 pub mod control;
+pub mod diagnostics;
 pub mod drain;
 pub mod follow;
 pub mod logs;
