@@ -267,6 +267,7 @@ impl Daemon {
         components.push(env_apply_task);
         components.push(
             crate::ops::control::spawn(&config.data_dir, ops.drain.clone(), cancel.clone())
+                .await
                 .map_err(|source| StartError::DataDir {
                     path: config.data_dir.join(crate::ops::control::SOCKET),
                     source,

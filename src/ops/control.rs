@@ -59,15 +59,23 @@ pub struct Reply {
 
 /// Bind the socket (replacing a stale one a previous daemon left) and
 /// serve it until `cancel`.
-pub fn spawn(
+pub async fn spawn(
     data_dir: &Path,
     drain: Drain,
     cancel: CancellationToken,
 ) -> io::Result<JoinHandle<()>> {
     let path = data_dir.join(SOCKET);
-    remove_stale(&path)?;
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || remove_stale(&p))
+        .await
+        .map_err(io::Error::other)??;
     let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+    })
+    .await
+    .map_err(io::Error::other)??;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
@@ -94,7 +102,7 @@ pub fn spawn(
                 }
             });
         }
-        let _ = std::fs::remove_file(&path);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
     }))
 }
 

@@ -47,15 +47,15 @@ pub fn start(
             let tail = first && from.is_none();
             let read = tokio::task::spawn_blocking(move || {
                 if tail {
-                    let page = f.tail(
+                    let (page, at) = f.tail_at(
                         &flt,
                         Caps {
                             lines: backlog,
                             bytes: PER_LOOK.bytes,
                         },
                     );
-                    // Where the tail ended: follow from there by cursor.
-                    return (page.items, None);
+                    // New lines are read from where the tail's read ended.
+                    return (page.items, at);
                 }
                 if let Some(p) = p {
                     if let Some((lines, next)) = f.appended(&p, PER_LOOK) {

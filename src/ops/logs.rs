@@ -211,11 +211,21 @@ impl LogFiles {
 
     /// The last lines that pass `filter` (newest last).
     pub fn tail(&self, filter: &Filter, caps: Caps) -> Page {
+        self.tail_at(filter, caps).0
+    }
+
+    /// `tail`, and where the current file was read to (a follower goes on
+    /// from there).
+    pub fn tail_at(&self, filter: &Filter, caps: Caps) -> (Page, Option<Position>) {
         let mut picked: Vec<LogLine> = Vec::new();
         let mut bytes = 0;
         let mut truncated = false;
+        let mut position = None;
         'files: for path in self.paths().iter().rev() {
-            let lines = parse_file(path, self.source, 0).0;
+            let (lines, pos) = parse_file(path, self.source, 0);
+            if *path == self.current() {
+                position = pos;
+            }
             for l in lines.into_iter().rev() {
                 if !filter.keeps(&l) {
                     continue;
@@ -230,11 +240,12 @@ impl LogFiles {
         }
         picked.reverse();
         let next_cursor = picked.last().map(|l| l.cursor.clone());
-        Page {
+        let page = Page {
             items: picked,
             next_cursor,
             truncated,
-        }
+        };
+        (page, position)
     }
 
     /// Lines after `after` (and within `filter`), oldest first; also where
