@@ -50,6 +50,7 @@ async fn drain_waits_for_the_run_in_flight_refuses_new_runs_and_cancels() {
     let busy = agent(&d).await;
     assert_eq!(busy["activity"]["active_runs"], 1, "{busy}");
     assert!(busy["activity"]["last_run_at"].is_string(), "{busy}");
+    assert!(busy["activity"]["last_message_at"].is_string(), "{busy}");
     assert!(busy["activity"]["last_hub_call_at"].is_string(), "{busy}");
 
     // The CLI over the local socket: returns only once the run is done.
@@ -210,4 +211,94 @@ async fn sigterm_waits_for_the_run_in_flight() {
     let d = world.daemon().await;
     let v = d.get_json(&format!("/runs/{run_id}")).await;
     assert_eq!(v["status"], "completed", "{v}\n{logs}");
+}
+
+#[tokio::test]
+async fn the_heartbeat_carries_the_drain_and_the_activity() {
+    let hub = common::hub::FakeHub::start();
+    let d = TestDaemon::start_with(Options {
+        config_extra: format!(
+            "[hub]\nurl = \"http://127.0.0.1:{}\"\nheartbeat_interval = \"3s\"\n",
+            hub.port
+        ),
+        ..Default::default()
+    })
+    .await;
+    let first = hub.wait_beats(1, Duration::from_secs(15)).await;
+    assert_eq!(first[0]["body"]["drain"]["state"], "off", "{}", first[0]);
+    assert!(first[0]["body"]["activity"].is_object(), "{}", first[0]);
+    let r = d
+        .post("/drain")
+        .json(&json!({ "deadline_s": 60 }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 202);
+    let beats = hub
+        .wait_until("a beat that says drained", Duration::from_secs(30), |b| {
+            b.iter().any(|b| b["body"]["drain"]["state"] == "drained")
+        })
+        .await;
+    let beat = beats
+        .iter()
+        .find(|b| b["body"]["drain"]["state"] == "drained")
+        .expect("drained beat");
+    // The drain call itself was a hub call.
+    assert!(
+        beat["body"]["activity"]["last_hub_call_at"].is_string(),
+        "{beat}"
+    );
+}
+
+#[tokio::test]
+async fn cron_firings_are_held_while_draining_and_fire_after() {
+    let d = TestDaemon::start_with(Options {
+        config_extra: "[cron]\nmin_interval = \"1s\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let r = d
+        .post("/drain")
+        .json(&json!({ "deadline_s": 600 }))
+        .send()
+        .await
+        .expect("drain");
+    assert_eq!(r.status(), 202);
+    // Every second (6-field cron, seconds first).
+    let job = d
+        .post("/agent-cron")
+        .json(&json!({ "name": "tick", "schedule": "* * * * * *", "prompt": "hi" }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(
+        job.status(),
+        201,
+        "{}",
+        job.text().await.unwrap_or_default()
+    );
+    let job: Value = job.json().await.expect("json");
+    let id = job["id"].as_str().expect("id").to_owned();
+    // Proving an absence takes a wait: three due times pass with no firing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let history = d.get_json(&format!("/agent-cron/{id}/runs")).await;
+    assert_eq!(
+        history["runs"].as_array().map(Vec::len),
+        Some(0),
+        "fired while draining: {history}"
+    );
+    let r = d.delete("/drain").send().await.expect("undrain");
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let history = d.get_json(&format!("/agent-cron/{id}/runs")).await;
+        if history["runs"].as_array().is_some_and(|h| !h.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never fired after the drain: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
