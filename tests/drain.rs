@@ -25,6 +25,24 @@ async fn wait_running(d: &TestDaemon, run_id: &str) {
     wait_run(d, run_id, "running").await;
 }
 
+/// Create a cron job with `schedule`; its id.
+async fn create_job(d: &TestDaemon, schedule: &str) -> String {
+    let job = d
+        .post("/agent-cron")
+        .json(&json!({ "name": "j", "schedule": schedule, "prompt": "hi" }))
+        .send()
+        .await
+        .expect("create job");
+    assert_eq!(
+        job.status(),
+        201,
+        "{}",
+        job.text().await.unwrap_or_default()
+    );
+    let job: Value = job.json().await.expect("json");
+    job["id"].as_str().expect("job id").to_owned()
+}
+
 fn drain_cli(d: &TestDaemon, args: &[&str]) -> std::process::Output {
     Command::new(binary())
         .arg("drain")
@@ -143,20 +161,7 @@ async fn drain_over_http_and_cli_status_and_bad_input() {
     assert!(status.status.success());
     assert!(String::from_utf8_lossy(&status.stdout).contains("drained"));
     // A manual cron firing is refused too (no history line, no run).
-    let job = d
-        .post("/agent-cron")
-        .json(&json!({ "name": "j", "schedule": "every 1h", "prompt": "hi" }))
-        .send()
-        .await
-        .expect("create job");
-    assert_eq!(
-        job.status(),
-        201,
-        "{}",
-        job.text().await.unwrap_or_default()
-    );
-    let job: Value = job.json().await.expect("json");
-    let id = job["id"].as_str().expect("job id");
+    let id = create_job(&d, "every 1h").await;
     let fired = d
         .post(&format!("/agent-cron/{id}/run"))
         .send()
@@ -265,20 +270,7 @@ async fn cron_firings_are_held_while_draining_and_fire_after() {
         .expect("drain");
     assert_eq!(r.status(), 202);
     // Every second (6-field cron, seconds first).
-    let job = d
-        .post("/agent-cron")
-        .json(&json!({ "name": "tick", "schedule": "* * * * * *", "prompt": "hi" }))
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(
-        job.status(),
-        201,
-        "{}",
-        job.text().await.unwrap_or_default()
-    );
-    let job: Value = job.json().await.expect("json");
-    let id = job["id"].as_str().expect("id").to_owned();
+    let id = create_job(&d, "* * * * * *").await;
     // Proving an absence takes a wait: three due times pass with no firing.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let history = d.get_json(&format!("/agent-cron/{id}/runs")).await;
