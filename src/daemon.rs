@@ -128,6 +128,14 @@ impl Daemon {
             let runs = runs.clone();
             hub_link.set_open_runs_source(move || runs.open_runs() as u64);
         }
+        let ops = crate::ops::Ops::new(
+            hub_link.clone(),
+            runs.clone(),
+            store.clone(),
+            &config,
+            cancel.clone(),
+        );
+        hub_link.set_ops(ops.clone());
         let metrics = Arc::new(Metrics::new());
         // The one client for every call to the hub (heartbeats, deliveries).
         let hub_client =
@@ -171,6 +179,7 @@ impl Daemon {
             )),
             skills_status: Arc::new(crate::skills::IndexStatus::default()),
             env_apply,
+            ops: ops.clone(),
         };
         // A reserved key in the tenant's .env would override what the
         // platform sets: drop it before the agent starts.
@@ -179,6 +188,9 @@ impl Daemon {
         }
 
         let mut components = Vec::new();
+        // Before the gateway starts: its output is redacted from the first line.
+        components
+            .push(crate::ops::learn_env_secrets(state.env_file.clone(), cancel.clone()).await);
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
         // Stops the gateway (planned stop, grace, SIGKILL) when cancelled.
         components.push(supervisor.start(cancel.clone()));
@@ -254,6 +266,14 @@ impl Daemon {
         };
 
         components.push(env_apply_task);
+        components.push(
+            crate::ops::control::spawn(&config.data_dir, ops.drain.clone(), cancel.clone())
+                .await
+                .map_err(|source| StartError::DataDir {
+                    path: config.data_dir.join(crate::ops::control::SOCKET),
+                    source,
+                })?,
+        );
         components.push(watchdog(store.clone(), cancel.clone()));
         components.push(crate::allocator::spawn_trim(cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));
@@ -286,8 +306,17 @@ impl Daemon {
         self.cancel.clone()
     }
 
-    /// Stop accepting, drain, stop components, checkpoint the store.
+    /// Wait for the runs in flight (at most `gateway.stop_grace`, new
+    /// runs refused meanwhile), stop accepting, drain the connections,
+    /// stop components (the gateway last), checkpoint the store.
     pub async fn shutdown(self) {
+        // A planned stop cuts no run that can finish within the grace:
+        // the API keeps serving (the run's event streams) until then.
+        self.state
+            .ops
+            .drain
+            .before_stop(self.state.config.gateway.stop_grace)
+            .await;
         self.cancel.cancel();
         for mut s in self.servers {
             if tokio::time::timeout(DRAIN, &mut s).await.is_err() {

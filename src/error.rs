@@ -43,6 +43,9 @@ pub enum ApiError {
     TooManyRequests { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// The daemon drains for maintenance: new work is refused for now.
+    #[error("{message}")]
+    Draining { message: String, retry_after_s: u64 },
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
     /// The data volume is full (`SQLITE_FULL`, `ENOSPC`, `EDQUOT`): nothing
@@ -86,6 +89,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Draining { .. } => "draining",
             ApiError::Timeout(_) => "timeout",
             ApiError::InsufficientStorage(_) => "insufficient_storage",
             ApiError::Internal(_) => "internal",
@@ -109,6 +113,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Draining { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -143,7 +148,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let ApiError::TooManyRequests { retry_after_s, .. } = &self {
+        if let ApiError::TooManyRequests { retry_after_s, .. }
+        | ApiError::Draining { retry_after_s, .. } = &self
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
         }

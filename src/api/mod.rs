@@ -9,6 +9,7 @@ mod env;
 pub mod extract;
 mod files;
 mod memory;
+mod ops;
 mod runs;
 mod settings;
 mod skills;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub hermes_config: Arc<crate::settings::HermesConfig>,
     /// Whether the skills index stopped at its caps (`GET /skills`).
     pub skills_status: Arc<crate::skills::IndexStatus>,
+    /// Drain, activity (`api::ops`).
+    pub ops: Arc<crate::ops::Ops>,
 }
 
 /// One route: method, path (relative to its prefix) and handler.
@@ -94,6 +97,10 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::POST, "/agent/start", post(agent::start)),
         r(Method::POST, "/agent/stop", post(agent::stop)),
         r(Method::POST, "/agent/restart", post(agent::restart)),
+        r(Method::POST, "/drain", post(ops::drain)),
+        r(Method::DELETE, "/drain", delete(ops::cancel_drain)),
+        r(Method::GET, "/logs", get(ops::logs)),
+        r(Method::GET, "/diagnostics", get(ops::diagnostics)),
         r(
             Method::GET,
             "/conversations",
@@ -322,6 +329,7 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
     if tenant != state.config.tenant_id {
         return ApiError::NotFound("no such tenant on this host".into()).into_response();
     }
+    state.ops.activity.hub_called();
     next.run(req).await
 }
 

@@ -30,6 +30,10 @@ impl From<RunError> for ApiError {
                 retry_after_s,
             },
             RunError::Unavailable(m) => ApiError::Unavailable(m),
+            e @ RunError::Draining { retry_after_s } => ApiError::Draining {
+                message: e.to_string(),
+                retry_after_s,
+            },
             RunError::Store(s) => ApiError::from(s),
         }
     }

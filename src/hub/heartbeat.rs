@@ -268,6 +268,10 @@ impl Heartbeat {
 
         let status = self.deps.agent.status();
         let link = &self.deps.link;
+        let (drain, activity) = match link.ops() {
+            Some(ops) => (Some(ops.drain.view()), Some(ops.activity().await?)),
+            None => (None, None),
+        };
         let usage = UsageReport::new(&rows, batch as usize);
         let max_seq = usage.max_seq();
         let beat = Beat {
@@ -294,6 +298,8 @@ impl Heartbeat {
                 interval_s: self.schedule.interval.as_secs_f64(),
             },
             usage,
+            drain,
+            activity,
         };
         let body = serde_json::to_vec(&beat).map_err(|e| BeatError::Build(e.to_string()))?;
         Ok((body, max_seq))

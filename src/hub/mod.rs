@@ -106,6 +106,8 @@ struct Inner {
     skew_ms: AtomicI64,
     skew_known: AtomicBool,
     skew_warning: AtomicBool,
+    /// Drain state and activity for the beat (set once at start).
+    ops: std::sync::OnceLock<Arc<crate::ops::Ops>>,
 }
 
 /// Counts one open run while alive (see [`HubLink::run_opened`]).
@@ -158,6 +160,7 @@ impl HubLink {
                 skew_ms: AtomicI64::new(0),
                 skew_known: AtomicBool::new(false),
                 skew_warning: AtomicBool::new(false),
+                ops: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -258,6 +261,15 @@ impl HubLink {
 
     pub fn cron_jobs_due(&self) -> u64 {
         self.inner.cron_jobs_due.load(Ordering::Relaxed)
+    }
+
+    /// Give the beat the drain state and the activity signal. Set once.
+    pub fn set_ops(&self, ops: Arc<crate::ops::Ops>) {
+        let _ = self.inner.ops.set(ops);
+    }
+
+    pub fn ops(&self) -> Option<&Arc<crate::ops::Ops>> {
+        self.inner.ops.get()
     }
 
     pub fn clock(&self) -> ClockView {

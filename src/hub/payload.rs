@@ -32,6 +32,12 @@ pub struct Beat<'a> {
     pub clock: ClockReport,
     pub link: LinkReport<'a>,
     pub usage: UsageReport<'a>,
+    /// Whether the daemon drains for maintenance (`ops::drain`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<crate::ops::DrainView>,
+    /// When the tenant last used the agent (`ops::activity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<crate::ops::ActivityView>,
 }
 
 #[derive(Debug, Serialize)]

@@ -78,6 +78,10 @@ pub enum RunError {
     Busy { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Unavailable(String),
+    #[error(
+        "the daemon is draining for maintenance; new runs are refused (send `queue: true` to queue one)"
+    )]
+    Draining { retry_after_s: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -95,6 +99,10 @@ pub struct StartRun {
     pub platform: Option<String>,
     #[serde(default)]
     pub conversation_history: Option<Value>,
+    /// While the daemon drains: accept the run and start it when the drain
+    /// ends, instead of `503 draining`.
+    #[serde(default)]
+    pub queue: bool,
 }
 
 /// One relayed event in memory.
@@ -144,6 +152,9 @@ pub struct Runs {
     pub(crate) suspended: watch::Receiver<bool>,
     /// `true` while the hub's stop is being committed (`hub::decision`).
     pub(crate) hub_stopping: watch::Receiver<bool>,
+    /// `Some(deadline in ms)` while the daemon drains (`ops::drain`): new
+    /// runs are refused unless they ask to be queued.
+    pub(crate) draining: watch::Sender<Option<i64>>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -219,6 +230,7 @@ impl Runs {
             active: Mutex::new(HashMap::new()),
             suspended,
             hub_stopping,
+            draining: watch::Sender::new(None),
             shutdown,
         })
     }
@@ -313,6 +325,9 @@ impl Runs {
             }
             None => new_id("sess"),
         };
+        if !req.queue {
+            self.refuse_if_draining()?;
+        }
         let permit = self
             .queued
             .clone()
@@ -393,6 +408,36 @@ impl Runs {
     /// Number of runs in flight (for the heartbeat).
     pub fn open_runs(&self) -> usize {
         self.active.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Runs accepted but not at the gateway yet (waiting for the agent or
+    /// for the end of a drain).
+    pub fn queued_runs(&self) -> usize {
+        self.open_runs().saturating_sub(self.runs_at_gateway())
+    }
+
+    /// `Err(Draining)` while the daemon drains, with a `Retry-After` of the
+    /// time left to the drain's deadline (5 s to 5 min).
+    pub(crate) fn refuse_if_draining(&self) -> Result<(), RunError> {
+        match *self.draining.borrow() {
+            None => Ok(()),
+            Some(deadline_ms) => {
+                let left_s = (deadline_ms - crate::store::now_ms()).max(0) / 1000;
+                Err(RunError::Draining {
+                    retry_after_s: (left_s as u64).clamp(5, 300),
+                })
+            }
+        }
+    }
+
+    /// Refuse new runs (`Some(deadline ms)`) or take them again (`None`).
+    pub(crate) fn set_draining(&self, deadline_ms: Option<i64>) {
+        self.draining.send_replace(deadline_ms);
+    }
+
+    /// `Some(deadline ms)` while draining.
+    pub fn draining(&self) -> watch::Receiver<Option<i64>> {
+        self.draining.subscribe()
     }
 
     /// Runs in flight at the gateway (not those waiting for the agent).

@@ -2,6 +2,7 @@
 //! read-only connections, WAL. Every call runs on tokio's blocking pool,
 //! never on an async worker thread.
 
+pub mod activity;
 pub mod agent;
 pub mod conversations;
 pub mod cron;

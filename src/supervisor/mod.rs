@@ -127,6 +127,7 @@ impl Supervisor {
                 path: config.data_dir.join(managed::KEY_FILE),
                 source,
             })?;
+        crate::ops::redact::remember(crate::ops::redact::Kind::GatewayKey, &key);
         let log_dir = config.data_dir.join("logs");
         let gw = config.gateway.clone();
         let dir = log_dir.clone();
