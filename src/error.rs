@@ -19,6 +19,9 @@ pub enum ApiError {
     Suspended,
     #[error("`{0}` is reserved and managed by the platform")]
     Reserved(String),
+    /// A settings key the hub's agent policy enforces.
+    #[error("`{0}` is enforced by the platform's agent policy and cannot be changed")]
+    PolicyEnforced(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -71,6 +74,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Suspended => "suspended",
             ApiError::Reserved(_) => "reserved",
+            ApiError::PolicyEnforced(_) => "policy_enforced",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidArgument(_) => "invalid_argument",
             ApiError::InvalidQuery(_) => "invalid_query",
@@ -93,6 +97,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Suspended => StatusCode::FORBIDDEN,
             ApiError::Reserved(_) => StatusCode::FORBIDDEN,
+            ApiError::PolicyEnforced(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,

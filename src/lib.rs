@@ -22,6 +22,7 @@ pub mod identity;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod runs;
 pub mod settings;
 pub mod skills;

@@ -29,6 +29,8 @@ request, so a test can flip modes while the process runs or between spawns):
   POST /fake/crash {"signal": N}: die by signal N now (default SIGSEGV)
   version      version reported by /health                            [0.19.0-fake]
   no_listen    never open the port at all                             [false]
+  reject_managed  exit 78 (EX_CONFIG) at start when the managed
+               `HERMES_MANAGED_DIR/config.yaml` contains this text     [none]
 
 What it did is written under `HERMES_HOME/fake_gateway/` for the tests to
 read: `spawns.log` ("pid start_time" per start), `grandchild.<pid>` (the
@@ -301,6 +303,18 @@ def main():
 
     if state.setting("grandchild", False):
         spawn_grandchild(state)
+
+    # A configuration the real gateway refuses: it exits 78 before serving.
+    reject = state.setting("reject_managed", None)
+    managed = os.environ.get("HERMES_MANAGED_DIR")
+    if reject and managed:
+        try:
+            text = (Path(managed) / "config.yaml").read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        if str(reject) in text:
+            print(f"fake-gateway {pid}: refusing the managed config (exit 78)", flush=True)
+            os._exit(78)
 
     port = int(state.env.get("API_SERVER_PORT", "8642"))
     host = state.env.get("API_SERVER_HOST", "127.0.0.1")

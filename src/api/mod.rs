@@ -3,12 +3,14 @@
 //! they hold no business rule and run no SQL on the async runtime.
 
 mod agent;
+mod connections;
 mod conversations;
 mod cron;
 mod env;
 pub mod extract;
 mod files;
 mod memory;
+mod policy;
 mod runs;
 mod settings;
 mod skills;
@@ -57,6 +59,8 @@ pub struct AppState {
     pub hermes_config: Arc<crate::settings::HermesConfig>,
     /// Whether the skills index stopped at its caps (`GET /skills`).
     pub skills_status: Arc<crate::skills::IndexStatus>,
+    /// The hub's agent policy and MCP connections.
+    pub agent_config: Arc<crate::policy::AgentConfig>,
 }
 
 /// One route: method, path (relative to its prefix) and handler.
@@ -172,6 +176,15 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::DELETE, "/env/{name}", delete(env::remove)),
         r(Method::GET, "/settings", get(settings::get)),
         r(Method::PATCH, "/settings", patch(settings::patch)),
+        r(Method::GET, "/agent-policy", get(policy::get)),
+        r(Method::PUT, "/agent-policy", put(policy::put)),
+        r(Method::GET, "/connections", get(connections::list)),
+        r(Method::PUT, "/connections/{name}", put(connections::put)),
+        r(
+            Method::DELETE,
+            "/connections/{name}",
+            delete(connections::remove),
+        ),
     ]
 }
 

@@ -294,6 +294,7 @@ impl Heartbeat {
                 interval_s: self.schedule.interval.as_secs_f64(),
             },
             usage,
+            agent_config: link.agent_config(),
         };
         let body = serde_json::to_vec(&beat).map_err(|e| BeatError::Build(e.to_string()))?;
         Ok((body, max_seq))

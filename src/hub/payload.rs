@@ -32,6 +32,11 @@ pub struct Beat<'a> {
     pub clock: ClockReport,
     pub link: LinkReport<'a>,
     pub usage: UsageReport<'a>,
+    /// The hub-driven configuration in force (issue 14): policy version,
+    /// last rollback, connections and their status. Absent before the
+    /// policy service runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<crate::policy::Report>,
 }
 
 #[derive(Debug, Serialize)]

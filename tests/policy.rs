@@ -1,0 +1,321 @@
+//! The hub's agent policy (issue 14): enforced keys reach the managed
+//! scope and are refused to the tenant, defaults fill only what the tenant
+//! has not set, versions only move forward, and a policy the gateway
+//! refuses (exit 78) is rolled back. Against the real binary supervising
+//! `tests/fake_gateway.py`.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const TENANT_CONFIG: &str = "\
+model:
+  default: tenant-model
+agent:
+  max_turns: 10
+terminal:
+  backend: local
+";
+
+fn managed_config(w: &GatewayWorld) -> String {
+    std::fs::read_to_string(w.dir.join("data/gateway-managed/config.yaml")).unwrap_or_default()
+}
+
+fn tenant_config(w: &GatewayWorld) -> String {
+    std::fs::read_to_string(w.home().join("config.yaml")).expect("tenant config.yaml")
+}
+
+async fn put_policy(d: &TestDaemon, body: Value) -> reqwest::Response {
+    d.put("/agent-policy")
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT")
+}
+
+async fn world() -> (GatewayWorld, TestDaemon) {
+    let w = GatewayWorld::new();
+    std::fs::create_dir_all(w.home()).expect("home");
+    std::fs::write(w.home().join("config.yaml"), TENANT_CONFIG).expect("seed");
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    (w, d)
+}
+
+#[tokio::test]
+async fn enforced_keys_win_defaults_fill_only_unset_keys_and_versions_only_move_forward() {
+    let (w, d) = world().await;
+
+    let r = put_policy(
+        &d,
+        json!({
+            "version": 5,
+            "enforced": {"model": {"default": "hub-model"}},
+            "defaults": {"agent.max_turns": 50, "display.personality": "helpful"},
+            "features": {"terminal": false, "spotify": true},
+        }),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["version"], 5);
+    assert_eq!(v["applies"], "now");
+    assert_eq!(
+        v["settings"]["model.default"],
+        json!({"value": "hub-model", "source": "enforced"})
+    );
+    assert_eq!(
+        v["settings"]["agent.max_turns"],
+        json!({"value": 10, "source": "tenant"})
+    );
+    assert_eq!(
+        v["settings"]["display.personality"],
+        json!({"value": "helpful", "source": "default"})
+    );
+    assert_eq!(v["settings"]["memory.provider"]["source"], "agent");
+
+    // The managed scope holds the enforced value and the features; the
+    // tenant's file keeps its own values and gains only the unset default.
+    let managed = managed_config(&w);
+    assert!(managed.contains("default: hub-model"), "{managed}");
+    assert!(
+        managed.contains("api_server:") && managed.contains("spotify"),
+        "{managed}"
+    );
+    assert!(!managed.contains("terminal"), "{managed}");
+    let tenant = tenant_config(&w);
+    assert!(
+        tenant.contains("tenant-model") && tenant.contains("max_turns: 10"),
+        "{tenant}"
+    );
+    assert!(
+        tenant.contains("personality: helpful") && tenant.contains("backend: local"),
+        "{tenant}"
+    );
+
+    // The tenant cannot change an enforced key (dotted or nested), and
+    // nothing of a refused patch is written.
+    for body in [
+        json!({"model.default": "mine"}),
+        json!({"model": {"default": "mine"}, "agent.max_turns": 3}),
+    ] {
+        let r = d
+            .patch("/settings")
+            .json(&body)
+            .send()
+            .await
+            .expect("PATCH");
+        let p = expect_problem(r, 403, "policy_enforced").await;
+        assert!(
+            p["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("model.default"),
+            "{p}"
+        );
+    }
+    assert!(tenant_config(&w).contains("max_turns: 10"));
+    let r = d
+        .patch("/settings")
+        .json(&json!({"display.personality": "mine"}))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(r.status(), 200);
+    let s = d.get_json("/settings").await;
+    assert_eq!(s["model"]["default"], "hub-model", "{s}");
+    assert_eq!(s["enforced_keys"], json!(["model.default"]), "{s}");
+
+    // Older or equal versions are refused whole.
+    for version in [5, 4] {
+        let r = put_policy(
+            &d,
+            json!({"version": version, "enforced": {"model.default": "old"}}),
+        )
+        .await;
+        expect_problem(r, 409, "conflict").await;
+    }
+    // Bad input names the field; nothing changes.
+    for (body, field) in [
+        (
+            json!({"version": 6, "enforced": {"model.api_key": "sk-live"}}),
+            "enforced.model.api_key",
+        ),
+        (
+            json!({"version": 6, "enforced": {"nope": 1}}),
+            "enforced.nope",
+        ),
+        (
+            json!({"version": 6, "defaults": {"agent.max_turns": "many"}}),
+            "defaults.agent.max_turns",
+        ),
+        (
+            json!({"version": 6, "features": {"warp": true}}),
+            "features.warp",
+        ),
+    ] {
+        let p = expect_problem(put_policy(&d, body).await, 400, "invalid_argument").await;
+        assert!(
+            p["message"].as_str().unwrap_or_default().contains(field),
+            "{p}"
+        );
+    }
+    assert_eq!(d.get_json("/agent-policy").await["version"], 5);
+    assert!(managed_config(&w).contains("hub-model"));
+
+    // A newer policy: its default does not override the tenant's own
+    // value; dropping the enforced key gives the tenant its key back.
+    let r = put_policy(
+        &d,
+        json!({"version": 6, "defaults": {"display.personality": "other"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        v["settings"]["display.personality"],
+        json!({"value": "mine", "source": "tenant"})
+    );
+    assert_eq!(
+        v["settings"]["model.default"],
+        json!({"value": "tenant-model", "source": "tenant"})
+    );
+    assert!(!managed_config(&w).contains("hub-model"));
+    let r = d
+        .patch("/settings")
+        .json(&json!({"model.default": "mine"}))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(r.status(), 200);
+    // The previous default the policy wrote (agent.max_turns was the
+    // tenant's, personality now the tenant's) is left alone.
+    assert!(tenant_config(&w).contains("personality: mine"));
+}
+
+#[tokio::test]
+async fn a_default_the_policy_wrote_follows_the_policy() {
+    let (w, d) = world().await;
+    let r = put_policy(
+        &d,
+        json!({"version": 1, "defaults": {"memory.memory_char_limit": 1000}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(tenant_config(&w).contains("memory_char_limit: 1000"));
+    let r = put_policy(
+        &d,
+        json!({"version": 2, "defaults": {"memory.memory_char_limit": 2000}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(tenant_config(&w).contains("memory_char_limit: 2000"));
+    let r = put_policy(&d, json!({"version": 3})).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        !tenant_config(&w).contains("memory_char_limit"),
+        "{}",
+        tenant_config(&w)
+    );
+}
+
+/// Poll `GET /agent-policy` until `pred` holds (30 s at most).
+async fn wait_policy(d: &TestDaemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = d.get_json("/agent-policy").await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} never seen: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_policy_the_gateway_refuses_with_exit_78_is_rolled_back() {
+    let w = GatewayWorld::new().fake("reject_managed", "model-that-breaks");
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+
+    let r = put_policy(
+        &d,
+        json!({"version": 1, "enforced": {"model.default": "good-model"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = d.post("/agent/restart").send().await.expect("restart");
+    assert!(r.status().is_success());
+    wait_policy(&d, "version 1 proven", |v| v["proven"] == true).await;
+
+    let r = put_policy(
+        &d,
+        json!({"version": 2, "enforced": {"model.default": "model-that-breaks"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(managed_config(&w).contains("model-that-breaks"));
+    // Its next start refuses it: exit 78, then the previous version is
+    // back and the gateway runs again with it.
+    let r = d.post("/agent/restart").send().await.expect("restart");
+    assert!(r.status().is_success());
+    let v = wait_policy(&d, "the rollback", |v| v["version"] == 1).await;
+    assert_eq!(v["last_error"]["version"], 2, "{v}");
+    assert!(
+        v["last_error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exit 78"),
+        "{v}"
+    );
+    assert_eq!(v["enforced"]["model.default"], "good-model");
+    let managed = managed_config(&w);
+    assert!(
+        managed.contains("good-model") && !managed.contains("model-that-breaks"),
+        "{managed}"
+    );
+    let a = w.wait_agent(&d, "running").await;
+    assert_eq!(a["last_exit"]["code"], 78, "{a}");
+
+    // The refused version stays used up; a newer one is taken.
+    let r = put_policy(
+        &d,
+        json!({"version": 2, "enforced": {"model.default": "x"}}),
+    )
+    .await;
+    expect_problem(r, 409, "conflict").await;
+    let r = put_policy(
+        &d,
+        json!({"version": 3, "enforced": {"model.default": "fixed"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn the_heartbeat_reports_the_policy_version_in_force() {
+    let hub = common::hub::FakeHub::start();
+    let d = TestDaemon::start_with(Options {
+        config_extra: format!(
+            "[hub]\nurl = \"http://127.0.0.1:{}\"\nheartbeat_interval = \"200ms\"\n",
+            hub.port
+        ),
+        ..Options::default()
+    })
+    .await;
+    let r = put_policy(&d, json!({"version": 7, "features": {"web": false}})).await;
+    assert_eq!(r.status(), 200);
+    hub.wait_until(
+        "policy version 7 in a beat",
+        Duration::from_secs(30),
+        |beats| {
+            beats
+                .iter()
+                .any(|b| b["body"]["agent_config"]["policy_version"] == 7)
+        },
+    )
+    .await;
+}
