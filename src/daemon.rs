@@ -164,6 +164,7 @@ impl Daemon {
         let (agent_config, agent_config_tasks) = crate::policy::AgentConfig::start(
             store.clone(),
             hermes_config.clone(),
+            config.gateway.hermes_home.clone(),
             config.gateway.managed_dir.clone(),
             config
                 .gateway

@@ -319,3 +319,135 @@ async fn the_heartbeat_reports_the_policy_version_in_force() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_specialization_installs_and_removes_only_its_own_files() {
+    let (w, d) = world().await;
+    let home = w.home();
+    let soul = home.join("SOUL.md");
+    std::fs::write(&soul, "the tenant's own soul\n").expect("soul");
+    let tenant_skill = home.join("skills/mine/tool/SKILL.md");
+    std::fs::create_dir_all(tenant_skill.parent().expect("parent")).expect("dir");
+    std::fs::write(&tenant_skill, "---\nname: tool\n---\n").expect("skill");
+    let cat = home.join("skills/hub-specialization");
+
+    let body = json!({
+        "version": 1,
+        "persona": "# Support agent\nBe brief.\n",
+        "skills": [
+            {"path": "triage/SKILL.md", "content": "---\nname: triage\ndescription: t\n---\nsteps\n"},
+            {"path": "triage/scripts/run.sh", "content": "echo hi\n"},
+            {"path": "faq/SKILL.md", "content": "---\nname: faq\ndescription: f\n---\n"},
+        ],
+        "settings": {"display.personality": "support"},
+    });
+    let r = d
+        .put("/agent-specialization")
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(
+        std::fs::read_to_string(&soul).expect("soul"),
+        "# Support agent\nBe brief.\n"
+    );
+    assert!(cat.join("triage/scripts/run.sh").is_file());
+    assert!(tenant_config(&w).contains("personality: support"));
+    let v = d.get_json("/agent-specialization").await;
+    assert_eq!(v["version"], 1, "{v}");
+    assert_eq!(v["skills"].as_array().map(Vec::len), Some(3), "{v}");
+
+    // Same or older version: 409; bad bundles: 400 naming the field.
+    let r = d
+        .put("/agent-specialization")
+        .json(&json!({"version": 1}))
+        .send()
+        .await
+        .expect("PUT");
+    expect_problem(r, 409, "conflict").await;
+    for (body, field) in [
+        (
+            json!({"version": 2, "skills": [{"path": "../x/SKILL.md", "content": ""}]}),
+            "skills[0].path",
+        ),
+        (
+            json!({"version": 2, "skills": [{"path": "a/.hidden", "content": ""}]}),
+            "skills[0].path",
+        ),
+        (
+            json!({"version": 2, "skills": [{"path": "a/b", "content": "x".repeat(300 * 1024)}]}),
+            "skills[0].content",
+        ),
+        (
+            json!({"version": 2, "settings": {"model.api_key": "sk"}}),
+            "settings.model.api_key",
+        ),
+    ] {
+        let r = d
+            .put("/agent-specialization")
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT");
+        let p = expect_problem(r, 400, "invalid_argument").await;
+        assert!(
+            p["message"].as_str().unwrap_or_default().contains(field),
+            "{p}"
+        );
+    }
+
+    // The tenant edits one installed file: a newer bundle that drops it,
+    // and the removal, leave it; unchanged ones go.
+    std::fs::write(cat.join("faq/SKILL.md"), "edited by the tenant\n").expect("edit");
+    let r = d
+        .put("/agent-specialization")
+        .json(&json!({"version": 2, "persona": "# Support agent v2\n",
+                      "skills": [{"path": "triage/SKILL.md", "content": "---\nname: triage\ndescription: t2\n---\n"}]}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 200);
+    assert!(
+        !cat.join("triage/scripts").exists(),
+        "dropped file and its empty directory removed"
+    );
+    assert!(
+        cat.join("faq/SKILL.md").is_file(),
+        "the tenant's edit is kept"
+    );
+    assert!(
+        !tenant_config(&w).contains("personality: support"),
+        "the dropped default goes"
+    );
+
+    let r = d
+        .delete("/agent-specialization")
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        std::fs::read_to_string(&soul).expect("soul"),
+        "the tenant's own soul\n"
+    );
+    assert!(!cat.join("triage").exists());
+    assert!(cat.join("faq/SKILL.md").is_file());
+    assert!(
+        tenant_skill.is_file(),
+        "the tenant's own skills are untouched"
+    );
+    let r = d
+        .delete("/agent-specialization")
+        .send()
+        .await
+        .expect("DELETE");
+    expect_problem(r, 404, "not_found").await;
+    let r = d
+        .put("/agent-specialization")
+        .json(&json!({"version": 2}))
+        .send()
+        .await
+        .expect("PUT");
+    expect_problem(r, 409, "conflict").await;
+}

@@ -14,6 +14,7 @@ mod policy;
 mod runs;
 mod settings;
 mod skills;
+mod specialization;
 mod system;
 mod usage;
 
@@ -178,6 +179,21 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::PATCH, "/settings", patch(settings::patch)),
         r(Method::GET, "/agent-policy", get(policy::get)),
         r(Method::PUT, "/agent-policy", put(policy::put)),
+        r(
+            Method::GET,
+            "/agent-specialization",
+            get(specialization::get),
+        ),
+        r(
+            Method::PUT,
+            "/agent-specialization",
+            put(specialization::put),
+        ),
+        r(
+            Method::DELETE,
+            "/agent-specialization",
+            delete(specialization::remove),
+        ),
         r(Method::GET, "/connections", get(connections::list)),
         r(Method::PUT, "/connections/{name}", put(connections::put)),
         r(

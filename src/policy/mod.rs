@@ -19,6 +19,7 @@ pub mod connections;
 pub mod restart;
 mod rollback;
 pub mod spec;
+pub mod specialization;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ pub struct Report {
     pub policy_version: Option<i64>,
     /// Why the last refused policy was rolled back.
     pub policy_last_error: Option<String>,
+    /// The specialization version installed.
+    pub specialization_version: Option<i64>,
     pub connections: Vec<ConnectionReport>,
 }
 
@@ -85,6 +88,7 @@ struct Unproven {
 pub struct AgentConfig {
     store: Store,
     settings: Arc<HermesConfig>,
+    hermes_home: PathBuf,
     managed_dir: PathBuf,
     reader_gid: Option<u32>,
     agent: AgentHandle,
@@ -95,7 +99,8 @@ pub struct AgentConfig {
     unproven: std::sync::Mutex<Option<Unproven>>,
     /// `(name, updated_at, enabled)` of every connection, for reports.
     connections: std::sync::Mutex<Vec<(String, i64, bool)>>,
-    report_version: std::sync::Mutex<(Option<i64>, Option<String>)>,
+    /// Policy version, its last error, specialization version.
+    report_version: std::sync::Mutex<(Option<i64>, Option<String>, Option<i64>)>,
 }
 
 /// The `GET/PUT /agent-policy` view.
@@ -149,6 +154,7 @@ impl AgentConfig {
     pub async fn start(
         store: Store,
         settings: Arc<HermesConfig>,
+        hermes_home: PathBuf,
         managed_dir: PathBuf,
         reader_gid: Option<u32>,
         agent: AgentHandle,
@@ -162,6 +168,7 @@ impl AgentConfig {
         let this = Arc::new(AgentConfig {
             store,
             settings,
+            hermes_home,
             managed_dir,
             reader_gid,
             agent,
@@ -170,7 +177,7 @@ impl AgentConfig {
             lock: tokio::sync::Mutex::new(()),
             unproven: std::sync::Mutex::new(None),
             connections: std::sync::Mutex::new(Vec::new()),
-            report_version: std::sync::Mutex::new((None, None)),
+            report_version: std::sync::Mutex::new((None, None, None)),
         });
         let applied = this.applied().await?;
         let conns = this.load_connections().await?;
@@ -212,11 +219,9 @@ impl AgentConfig {
         let conns = self.load_connections().await?;
         let written = self.defaults_written().await?;
         self.write_managed(Some(&policy), &conns).await?;
-        let now_written = match self
-            .settings
-            .sync_defaults(written.clone(), policy.defaults.clone())
-            .await
-        {
+        let special = self.specialization().await?.map(|(_, s)| s.defaults);
+        let merged = merge_defaults(special.as_ref(), &policy.defaults);
+        let now_written = match self.settings.sync_defaults(written.clone(), merged).await {
             Ok(w) => w,
             Err(e) => {
                 self.restore_managed(previous.as_ref(), &conns).await;
@@ -240,6 +245,7 @@ impl AgentConfig {
         if let Err(e) = committed {
             self.restore_managed(previous.as_ref(), &conns).await;
             let back = previous.map(|p| p.defaults).unwrap_or_default();
+            let back = merge_defaults(special.as_ref(), &back);
             if let Err(e) = self.settings.sync_defaults(now_written, back).await {
                 tracing::warn!(error = %e, "cannot restore the tenant's defaults after a failed policy commit");
             }
@@ -416,6 +422,30 @@ impl AgentConfig {
 
     // ---- shared -----------------------------------------------------------------
 
+    /// Bring the defaults in the tenant's file to `special` + `policy`
+    /// and record what they now hold.
+    async fn sync_all_defaults(
+        &self,
+        special: &BTreeMap<String, Json>,
+        policy: &BTreeMap<String, Json>,
+    ) -> Result<(), PolicyError> {
+        let written = self.defaults_written().await?;
+        let now = self
+            .settings
+            .sync_defaults(written, merge_defaults(Some(special), policy))
+            .await?;
+        let pairs = json_pairs(&now);
+        self.store
+            .write(move |c| {
+                let tx = c.transaction()?;
+                sql::replace_defaults_written(&tx, &pairs)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn applied(&self) -> Result<Option<(sql::PolicyRow, Policy)>, PolicyError> {
         let Some(row) = self.store.read(sql::applied).await? else {
             return Ok(None);
@@ -467,7 +497,12 @@ impl AgentConfig {
         let applied = self.store.read(sql::applied).await?;
         let rolled = self.store.read(sql::last_rolled_back).await?;
         let rows = self.store.read(sql::connections).await?;
-        *lock(&self.report_version) = (applied.map(|r| r.version), rolled.and_then(|r| r.error));
+        let special = self.store.read(sql::specialization).await?;
+        *lock(&self.report_version) = (
+            applied.map(|r| r.version),
+            rolled.and_then(|r| r.error),
+            special.map(|(v, _, _)| v),
+        );
         *lock(&self.connections) = rows
             .into_iter()
             .map(|r| {
@@ -480,11 +515,13 @@ impl AgentConfig {
 
     /// The heartbeat's view, from memory (no I/O).
     pub fn report(&self) -> Report {
-        let (policy_version, policy_last_error) = lock(&self.report_version).clone();
+        let (policy_version, policy_last_error, specialization_version) =
+            lock(&self.report_version).clone();
         let status = self.agent.status();
         Report {
             policy_version,
             policy_last_error,
+            specialization_version,
             connections: lock(&self.connections)
                 .iter()
                 .map(|(name, updated, enabled)| ConnectionReport {
@@ -547,6 +584,16 @@ fn render(policy: Option<&Policy>, conns: &[(String, Connection)]) -> Result<Str
     Ok(format!(
         "# Managed by hermes-tenantd from the hub's agent policy and connections;\n# rewritten whole on every change. Edits here are lost.\n{body}"
     ))
+}
+
+/// The defaults in force: the specialization's, the policy's over them.
+fn merge_defaults(
+    special: Option<&BTreeMap<String, Json>>,
+    policy: &BTreeMap<String, Json>,
+) -> BTreeMap<String, Json> {
+    let mut out = special.cloned().unwrap_or_default();
+    out.extend(policy.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
 }
 
 fn parse_stored(body: &str) -> Result<Policy, PolicyError> {

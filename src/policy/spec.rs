@@ -156,7 +156,7 @@ pub fn parse_version(v: Option<Json>) -> Result<i64, PolicyError> {
     }
 }
 
-fn leaves(field: &str, v: Option<Json>) -> Result<BTreeMap<String, Json>, PolicyError> {
+pub(super) fn leaves(field: &str, v: Option<Json>) -> Result<BTreeMap<String, Json>, PolicyError> {
     let v = match v {
         None | Some(Json::Null) => return Ok(BTreeMap::new()),
         Some(v) => v,

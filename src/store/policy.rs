@@ -196,3 +196,66 @@ pub fn put_connection(c: &Connection, name: &str, spec: &str, now: i64) -> Store
 pub fn delete_connection(c: &Connection, name: &str) -> StoreResult<bool> {
     Ok(c.execute("DELETE FROM agent_connections WHERE name = ?1", [name])? > 0)
 }
+
+/// The specialization in force: version, body (JSON text), applied (ms).
+pub fn specialization(c: &Connection) -> StoreResult<Option<(i64, String, i64)>> {
+    Ok(c.query_row(
+        "SELECT version, body, applied_at FROM agent_specialization WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()?)
+}
+
+/// The files the specialization installed: `(path, sha256)`.
+pub fn specialization_files(c: &Connection) -> StoreResult<Vec<(String, String)>> {
+    let mut st = c.prepare("SELECT path, sha256 FROM specialization_files ORDER BY path")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Replace the specialization (`None`: remove it) and its files.
+pub fn put_specialization(
+    tx: &Transaction<'_>,
+    row: Option<(i64, &str, i64)>,
+    files: &[(String, String)],
+) -> StoreResult<()> {
+    tx.execute("DELETE FROM agent_specialization", [])?;
+    tx.execute("DELETE FROM specialization_files", [])?;
+    if let Some((version, body, now)) = row {
+        tx.execute(
+            "INSERT INTO agent_specialization (id, version, body, applied_at) VALUES (1, ?1, ?2, ?3)",
+            params![version, body, now],
+        )?;
+    }
+    for (path, sha) in files {
+        tx.execute(
+            "INSERT INTO specialization_files (path, sha256) VALUES (?1, ?2)",
+            params![path, sha],
+        )?;
+    }
+    Ok(())
+}
+
+const SPECIALIZATION_MAX: &str = "specialization.max_version";
+
+/// The highest specialization version ever received (a DELETE keeps it).
+pub fn max_specialization_version(c: &Connection) -> StoreResult<Option<i64>> {
+    let v: Option<String> = c
+        .query_row(
+            "SELECT value FROM daemon_state WHERE key = ?1",
+            [SPECIALIZATION_MAX],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()))
+}
+
+pub fn set_max_specialization_version(tx: &Transaction<'_>, v: i64, now: i64) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO daemon_state (key, value, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        params![SPECIALIZATION_MAX, v.to_string(), now],
+    )?;
+    Ok(())
+}
