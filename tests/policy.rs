@@ -157,11 +157,7 @@ async fn enforced_keys_win_defaults_fill_only_unset_keys_and_versions_only_move_
             "features.warp",
         ),
     ] {
-        let p = expect_problem(put_policy(&d, body).await, 400, "invalid_argument").await;
-        assert!(
-            p["message"].as_str().unwrap_or_default().contains(field),
-            "{p}"
-        );
+        expect_invalid_field(put_policy(&d, body).await, field).await;
     }
     assert_eq!(d.get_json("/agent-policy").await["version"], 5);
     assert!(managed_config(&w).contains("hub-model"));
@@ -390,11 +386,7 @@ async fn a_specialization_installs_and_removes_only_its_own_files() {
             .send()
             .await
             .expect("PUT");
-        let p = expect_problem(r, 400, "invalid_argument").await;
-        assert!(
-            p["message"].as_str().unwrap_or_default().contains(field),
-            "{p}"
-        );
+        expect_invalid_field(r, field).await;
     }
 
     // The tenant edits one installed file: a newer bundle that drops it,
