@@ -443,3 +443,40 @@ async fn a_specialization_installs_and_removes_only_its_own_files() {
         .expect("PUT");
     expect_problem(r, 409, "conflict").await;
 }
+
+#[tokio::test]
+async fn a_specialization_blocked_half_way_leaves_nothing_behind() {
+    let (w, d) = world().await;
+    let home = w.home();
+    let soul = home.join("SOUL.md");
+    std::fs::write(&soul, "before\n").expect("soul");
+    // The agent plants a symlink where the bundle's second skill goes.
+    let cat = home.join("skills/hub-specialization");
+    std::fs::create_dir_all(&cat).expect("dir");
+    let outside = tempfile::tempdir().expect("outside");
+    std::os::unix::fs::symlink(outside.path(), cat.join("zz")).expect("symlink");
+
+    let r = d
+        .put("/agent-specialization")
+        .json(&json!({"version": 1, "persona": "# new\n", "skills": [
+            {"path": "aa/SKILL.md", "content": "a"},
+            {"path": "zz/SKILL.md", "content": "z"},
+        ]}))
+        .send()
+        .await
+        .expect("PUT");
+    expect_problem(r, 409, "conflict").await;
+    assert_eq!(std::fs::read_to_string(&soul).expect("soul"), "before\n");
+    assert!(!cat.join("aa").exists(), "the first file was taken back");
+    assert!(
+        std::fs::read_dir(outside.path())
+            .expect("outside")
+            .next()
+            .is_none(),
+        "nothing written through the link"
+    );
+    assert_eq!(
+        d.get_json("/agent-specialization").await["version"],
+        Value::Null
+    );
+}

@@ -15,7 +15,7 @@ impl From<PolicyError> for ApiError {
             PolicyError::Invalid(m) => ApiError::InvalidArgument(m),
             e @ PolicyError::Stale { .. } => ApiError::Conflict(e.to_string()),
             PolicyError::NotFound(m) => ApiError::NotFound(m),
-            PolicyError::Limit(m) => ApiError::Conflict(m),
+            PolicyError::Limit(m) | PolicyError::Blocked(m) => ApiError::Conflict(m),
             PolicyError::Settings(e) => e.into(),
             PolicyError::Store(e) => e.into(),
             PolicyError::Io(e) => ApiError::from_io(e),

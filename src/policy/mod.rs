@@ -48,6 +48,10 @@ pub enum PolicyError {
     NotFound(String),
     #[error("{0}")]
     Limit(String),
+    /// The agent's files are in a state the change cannot go through
+    /// (a symlink planted where a bundle directory goes).
+    #[error("{0}")]
+    Blocked(String),
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]

@@ -164,13 +164,13 @@ impl AgentConfig {
             .as_ref()
             .and_then(|(_, s)| s.previous_persona.clone());
         let first_persona = current.as_ref().is_none_or(|(_, s)| s.persona.is_none());
-        let home = self.hermes_home.clone();
-        let (old, new) = (current.as_ref().map(|(_, s)| s.clone()), spec.clone());
-        let outcome = crate::identity::spawn_as_agent(move || {
-            install(&home, old.as_ref(), &new, &installed, first_persona)
-        })
-        .await
-        .map_err(|e| PolicyError::Io(std::io::Error::other(e)))??;
+        // A tenant config.yaml the defaults cannot go into refuses the
+        // change before anything is written.
+        self.settings.tenant_values().await?;
+        let old = current.map(|(_, s)| s);
+        let outcome = self
+            .install_as_agent(old.clone(), spec.clone(), installed, first_persona)
+            .await?;
         if first_persona && spec.persona.is_some() {
             spec.previous_persona = outcome.previous_persona;
         }
@@ -179,24 +179,62 @@ impl AgentConfig {
             .await?
             .map(|(_, p)| p.defaults)
             .unwrap_or_default();
-        self.sync_all_defaults(&spec.defaults, &policy_defaults)
-            .await?;
         let text =
             serde_json::to_string(&spec).map_err(|e| PolicyError::Io(std::io::Error::other(e)))?;
         let files = outcome.files;
         let now = now_ms();
-        self.store
-            .write(move |c| {
-                let tx = c.transaction()?;
-                sql::put_specialization(&tx, Some((version, &text, now)), &files)?;
-                sql::set_max_specialization_version(&tx, version, now)?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
+        let synced = self
+            .sync_all_defaults(&spec.defaults, &policy_defaults)
+            .await;
+        let stored = match synced {
+            Ok(()) => {
+                let files = files.clone();
+                self.store
+                    .write(move |c| {
+                        let tx = c.transaction()?;
+                        sql::put_specialization(&tx, Some((version, &text, now)), &files)?;
+                        sql::set_max_specialization_version(&tx, version, now)?;
+                        tx.commit()?;
+                        Ok(())
+                    })
+                    .await
+                    .map_err(PolicyError::from)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            // Back to what the store still says.
+            let back = old.clone().unwrap_or_else(|| Specialization {
+                previous_persona: spec.previous_persona.clone(),
+                ..Specialization::default()
+            });
+            if let Err(e) = self.install_as_agent(Some(spec), back, files, false).await {
+                tracing::error!(error = %e, "cannot put the previous specialization back");
+            }
+            let special = old.map(|s| s.defaults).unwrap_or_default();
+            if let Err(e) = self.sync_all_defaults(&special, &policy_defaults).await {
+                tracing::warn!(error = %e, "cannot restore the defaults after a failed specialization");
+            }
+            return Err(e);
+        }
         self.refresh_report().await?;
         tracing::info!(version, "agent specialization installed");
         self.specialization_view().await
+    }
+
+    async fn install_as_agent(
+        &self,
+        old: Option<Specialization>,
+        new: Specialization,
+        installed: Vec<(String, String)>,
+        first_persona: bool,
+    ) -> Result<Installed, PolicyError> {
+        let home = self.hermes_home.clone();
+        crate::identity::spawn_as_agent(move || {
+            install(&home, old.as_ref(), &new, &installed, first_persona)
+        })
+        .await
+        .map_err(|e| PolicyError::Io(std::io::Error::other(e)))?
     }
 
     /// `DELETE /agent-specialization`: only what it installed goes.
@@ -208,16 +246,12 @@ impl AgentConfig {
             ));
         };
         let installed = self.store.read(sql::specialization_files).await?;
-        let home = self.hermes_home.clone();
         let empty = Specialization {
             previous_persona: current.previous_persona.clone(),
             ..Specialization::default()
         };
-        crate::identity::spawn_as_agent(move || {
-            install(&home, Some(&current), &empty, &installed, false)
-        })
-        .await
-        .map_err(|e| PolicyError::Io(std::io::Error::other(e)))??;
+        self.install_as_agent(Some(current), empty, installed, false)
+            .await?;
         let policy_defaults = self
             .applied()
             .await?
@@ -281,7 +315,9 @@ struct Installed {
 
 /// Bring the disk from `old` (whose files hashed `installed`) to `new`.
 /// Blocking; runs as the agent. A file or persona the tenant changed since
-/// it was installed is never removed or overwritten by a removal.
+/// it was installed is never removed or overwritten by a removal. On a
+/// failure half-way (a symlink the agent planted, a full disk) what this
+/// call changed is put back as `old` had it, and the error returned.
 fn install(
     home: &Path,
     old: Option<&Specialization>,
@@ -290,23 +326,119 @@ fn install(
     first_persona: bool,
 ) -> Result<Installed, PolicyError> {
     let home = DirHandle::open_home(home)?;
-    let soul = Path::new("SOUL.md");
-    let read = |h: &DirHandle, p: &Path| -> Option<Vec<u8>> {
-        h.read_capped(p, MAX_PREVIOUS_SOUL).ok().flatten()
-    };
+    let mut undo = Undo::default();
+    match apply(&home, old, new, installed, first_persona, &mut undo) {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            undo.revert(&home, old);
+            Err(match e {
+                PolicyError::Io(io)
+                    if matches!(io.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::EEXIST)) =>
+                {
+                    PolicyError::Blocked(
+                        "a symlink or another file is in the way in the Hermes home; nothing was changed".into(),
+                    )
+                }
+                other => other,
+            })
+        }
+    }
+}
+
+/// What an unfinished `apply` changed.
+#[derive(Default)]
+struct Undo {
+    /// `SOUL.md` before it was replaced or removed (`Some(None)`: absent).
+    soul: Option<Option<Vec<u8>>>,
+    /// Bundle files written or removed (paths under the category).
+    touched: Vec<String>,
+}
+
+impl Undo {
+    /// Best effort: every step is tried, failures are only logged.
+    fn revert(&self, home: &DirHandle, old: Option<&Specialization>) {
+        let soul = Path::new(SOUL);
+        let put_back = match &self.soul {
+            Some(Some(bytes)) => home.write_atomic(soul, bytes, home.mode_or(soul, 0o644)),
+            Some(None) => home.remove(soul),
+            None => Ok(()),
+        };
+        let Ok(cat) = home.open_dir(&category()) else {
+            log_revert(put_back);
+            return;
+        };
+        let mut result = put_back;
+        for path in &self.touched {
+            let rel = Path::new(path);
+            let step = match old.and_then(|o| o.skills.iter().find(|f| f.path == *path)) {
+                Some(f) => write_file(&cat, rel, f.content.as_bytes()),
+                None => remove_file(&cat, rel),
+            };
+            result = result.and(step);
+        }
+        log_revert(result);
+    }
+}
+
+fn log_revert(r: std::io::Result<()>) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, "cannot put the previous specialization back entirely");
+    }
+}
+
+const SOUL: &str = "SOUL.md";
+
+fn category() -> PathBuf {
+    PathBuf::from("skills").join(CATEGORY)
+}
+
+/// Write a bundle file, creating its directories.
+fn write_file(cat: &DirHandle, rel: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        cat.create_dirs(parent, 0o755)?;
+    }
+    cat.write_atomic(rel, bytes, 0o644)
+}
+
+/// Remove a bundle file and the directories it leaves empty.
+fn remove_file(cat: &DirHandle, rel: &Path) -> std::io::Result<()> {
+    cat.remove(rel)?;
+    let mut dir = rel.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        cat.remove_empty_dir(d)?;
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+fn apply(
+    home: &DirHandle,
+    old: Option<&Specialization>,
+    new: &Specialization,
+    installed: &[(String, String)],
+    first_persona: bool,
+    undo: &mut Undo,
+) -> Result<Installed, PolicyError> {
+    let soul = Path::new(SOUL);
+    let read =
+        |p: &Path| -> Option<Vec<u8>> { home.read_capped(p, MAX_PREVIOUS_SOUL).ok().flatten() };
     let mut previous_persona = None;
     let old_persona = old.and_then(|o| o.persona.as_deref());
     match (&new.persona, old_persona) {
         (Some(p), _) => {
+            let before = read(soul);
             if first_persona {
-                previous_persona = read(&home, soul).and_then(|b| String::from_utf8(b).ok());
+                previous_persona = before.clone().and_then(|b| String::from_utf8(b).ok());
             }
+            undo.soul = Some(before);
             let mode = home.mode_or(soul, 0o644);
             home.write_atomic(soul, p.as_bytes(), mode)?;
         }
         (None, Some(ours)) => {
             // Ours still there: put back what was there before.
-            if read(&home, soul).as_deref() == Some(ours.as_bytes()) {
+            let before = read(soul);
+            if before.as_deref() == Some(ours.as_bytes()) {
+                undo.soul = Some(before);
                 match &new.previous_persona {
                     Some(prev) => {
                         let mode = home.mode_or(soul, 0o644);
@@ -318,44 +450,39 @@ fn install(
         }
         (None, None) => {}
     }
-    let category = PathBuf::from("skills").join(CATEGORY);
     let mut files = Vec::new();
     let cat = if new.skills.is_empty() {
-        home.open_dir(&category).ok()
+        home.open_dir(&category()).ok()
     } else {
-        Some(home.create_dirs(&category, 0o755)?)
+        Some(home.create_dirs(&category(), 0o755)?)
+    };
+    let Some(cat) = cat else {
+        return Ok(Installed {
+            files,
+            previous_persona,
+        });
     };
     for f in &new.skills {
-        let Some(cat) = &cat else { break };
-        let rel = Path::new(&f.path);
-        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-            cat.create_dirs(parent, 0o755)?;
-        }
-        cat.write_atomic(rel, f.content.as_bytes(), 0o644)?;
+        undo.touched.push(f.path.clone());
+        write_file(&cat, Path::new(&f.path), f.content.as_bytes())?;
         files.push((f.path.clone(), crate::hex::sha256(f.content.as_bytes())));
     }
     // Files of the old bundle the new one drops: removed if unchanged.
-    if let Some(cat) = &cat {
-        for (path, sha) in installed {
-            if new.skills.iter().any(|f| f.path == *path) {
-                continue;
-            }
-            let rel = Path::new(path);
-            let now = cat.read_capped(rel, MAX_FILE as u64).ok().flatten();
-            if now.as_deref().map(crate::hex::sha256).as_deref() == Some(sha.as_str()) {
-                cat.remove(rel)?;
-                let mut dir = rel.parent();
-                while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
-                    cat.remove_empty_dir(d)?;
-                    dir = d.parent();
-                }
-            } else {
-                tracing::info!(path = %path, "a specialization file changed since it was installed; left in place");
-            }
+    for (path, sha) in installed {
+        if new.skills.iter().any(|f| f.path == *path) {
+            continue;
         }
-        if new.skills.is_empty() {
-            home.remove_empty_dir(&category)?;
+        let rel = Path::new(path);
+        let now = cat.read_capped(rel, MAX_FILE as u64).ok().flatten();
+        if now.as_deref().map(crate::hex::sha256).as_deref() == Some(sha.as_str()) {
+            undo.touched.push(path.clone());
+            remove_file(&cat, rel)?;
+        } else {
+            tracing::info!(path = %path, "a specialization file changed since it was installed; left in place");
         }
+    }
+    if new.skills.is_empty() {
+        home.remove_empty_dir(&category())?;
     }
     Ok(Installed {
         files,
