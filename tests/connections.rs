@@ -143,3 +143,32 @@ async fn a_connection_reaches_the_managed_scope_with_env_references_and_leaves_c
     let v = d.get_json("/connections").await;
     assert_eq!(v["connections"].as_array().map(Vec::len), Some(1), "{v}");
 }
+
+#[tokio::test]
+async fn a_connection_change_waits_for_the_run_in_flight() {
+    let w = GatewayWorld::new();
+    let d = w.daemon().await;
+    let before = w.wait_agent(&d, "running").await;
+    let run = start_run(&d, json!({"input": "events:20 rate:10"})).await;
+    let run_id = run["run_id"].as_str().expect("run id").to_owned();
+    wait_run(&d, &run_id, "running").await;
+
+    let r = d
+        .put("/connections/docs")
+        .json(&json!({"transport": "stdio", "command": "docs-mcp"}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["applies"], "after-current-runs", "{v}");
+    assert_eq!(v["connection"]["status"], "pending_reload", "{v}");
+
+    // The run is not cut: it completes on the gateway it started on, then
+    // the gateway restarts with the connection.
+    let done = wait_run(&d, &run_id, "completed").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    wait_status(&d, "docs", "loaded").await;
+    let after = w.wait_agent(&d, "running").await;
+    assert_ne!(before["pid"], after["pid"]);
+}
