@@ -264,11 +264,21 @@ impl HermesConfig {
     /// Merge a patch (nested objects and/or dotted keys; `null` unsets).
     /// All of it is validated before anything is written.
     pub async fn patch(&self, patch: Json) -> Result<Json, SettingsError> {
-        let Json::Object(obj) = patch else {
+        let Json::Object(mut obj) = patch else {
             return Err(SettingsError::Invalid(
                 "the body must be a JSON object of settings".into(),
             ));
         };
+        // A GET body sent back: its list of enforced keys is not a setting.
+        match obj.remove(ENFORCED_KEYS) {
+            None => {}
+            Some(Json::Array(a)) if a.iter().all(Json::is_string) => {}
+            Some(_) => {
+                return Err(SettingsError::Invalid(format!(
+                    "`{ENFORCED_KEYS}` is read-only (a list of names)"
+                )));
+            }
+        }
         let mut leaves = Vec::new();
         flatten("", obj, &mut leaves)?;
         if leaves.is_empty() {
@@ -281,8 +291,11 @@ impl HermesConfig {
                 .iter()
                 .find(|(k, _)| *k == key)
                 .ok_or_else(|| SettingsError::Invalid(format!("unknown setting `{key}`")))?;
-            if enforced.contains_key(*name) {
-                return Err(SettingsError::Enforced((*name).to_owned()));
+            match enforced.get(*name) {
+                // Sent back unchanged (a GET body): not a change.
+                Some(v) if *v == value => continue,
+                Some(_) => return Err(SettingsError::Enforced((*name).to_owned())),
+                None => {}
             }
             if matches!(kind, Kind::Secret) && value.as_str() == Some(REDACTED) {
                 continue; // a GET body sent back: keep the secret

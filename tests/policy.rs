@@ -128,6 +128,9 @@ async fn enforced_keys_win_defaults_fill_only_unset_keys_and_versions_only_move_
     let s = d.get_json("/settings").await;
     assert_eq!(s["model"]["default"], "hub-model", "{s}");
     assert_eq!(s["enforced_keys"], json!(["model.default"]), "{s}");
+    // The GET body sent back is not a change of the enforced key.
+    let r = d.patch("/settings").json(&s).send().await.expect("PATCH");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 
     // Older or equal versions are refused whole.
     for version in [5, 4] {
