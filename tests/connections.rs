@@ -172,3 +172,30 @@ async fn a_connection_change_waits_for_the_run_in_flight() {
     let after = w.wait_agent(&d, "running").await;
     assert_ne!(before["pid"], after["pid"]);
 }
+
+#[tokio::test]
+async fn a_connection_the_gateway_failed_to_connect_is_reported_failed_with_its_error() {
+    // The fake gateway logs, at each start, what hermes-agent 0.19.0 logs
+    // for an MCP server it cannot reach.
+    let w = GatewayWorld::new().fake("mcp_fail", "broken");
+    let d = w.daemon().await;
+    w.wait_agent(&d, "running").await;
+    for name in ["broken", "fine"] {
+        let r = d
+            .put(&format!("/connections/{name}"))
+            .json(&json!({"transport": "http", "url": "http://127.0.0.1:9/mcp"}))
+            .send()
+            .await
+            .expect("PUT");
+        assert_eq!(r.status(), 202);
+    }
+    let c = wait_status(&d, "broken", "failed").await;
+    assert!(
+        c["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Connection refused"),
+        "{c}"
+    );
+    wait_status(&d, "fine", "loaded").await;
+}

@@ -16,6 +16,7 @@
 //! Every change is serialised by one lock.
 
 pub mod connections;
+mod mcp_log;
 pub mod restart;
 mod rollback;
 pub mod spec;
@@ -103,6 +104,8 @@ pub struct AgentConfig {
     unproven: std::sync::Mutex<Option<Unproven>>,
     /// `(name, updated_at, enabled)` of every connection, for reports.
     connections: std::sync::Mutex<Vec<(String, i64, bool)>>,
+    /// The gateway's MCP connection failures (`mcp_log`).
+    mcp_log: std::sync::Mutex<mcp_log::McpLog>,
     /// Policy version, its last error, specialization version.
     report_version: std::sync::Mutex<(Option<i64>, Option<String>, Option<i64>)>,
 }
@@ -148,6 +151,10 @@ pub struct ConnectionView {
     pub spec: Connection,
     pub updated_at: String,
     pub status: &'static str,
+    /// Why the gateway could not connect it (`status: failed`), as it
+    /// logged it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl AgentConfig {
@@ -182,6 +189,7 @@ impl AgentConfig {
             unproven: std::sync::Mutex::new(None),
             connections: std::sync::Mutex::new(Vec::new()),
             report_version: std::sync::Mutex::new((None, None, None)),
+            mcp_log: std::sync::Mutex::new(mcp_log::McpLog::default()),
         });
         let applied = this.applied().await?;
         let conns = this.load_connections().await?;
@@ -396,8 +404,10 @@ impl AgentConfig {
             let Ok(spec) = serde_json::from_str::<Connection>(&row.spec) else {
                 continue;
             };
+            let (state, error) = self.status_of(&status, &row.name, spec.enabled, row.updated_at);
             out.push(ConnectionView {
-                status: connection_status(&status, spec.enabled, row.updated_at),
+                status: state,
+                error,
                 name: row.name,
                 spec,
                 updated_at: ms_to_rfc3339(row.updated_at),
@@ -530,27 +540,39 @@ impl AgentConfig {
                 .iter()
                 .map(|(name, updated, enabled)| ConnectionReport {
                     name: name.clone(),
-                    status: connection_status(&status, *enabled, *updated),
+                    status: self.status_of(&status, name, *enabled, *updated).0,
                 })
                 .collect(),
         }
     }
 }
 
-/// How a connection stands for the agent. hermes-agent 0.19.0 reports no
-/// per-server MCP state over its API (`/v1/toolsets` lists built-in
-/// toolsets only), so this is what the daemon knows: whether the running
-/// gateway started after the connection was last written.
-fn connection_status(agent: &AgentStatus, enabled: bool, updated_at: i64) -> &'static str {
-    if !enabled {
-        return "disabled";
-    }
-    if agent.state != AgentState::Running {
-        return "agent_not_running";
-    }
-    match agent.running_since_ms {
-        Some(since) if since >= updated_at => "loaded",
-        _ => "pending_reload",
+impl AgentConfig {
+    /// How a connection stands for the agent. hermes-agent 0.19.0 reports
+    /// no per-server MCP state over its API (`/v1/toolsets` lists built-in
+    /// toolsets only), so: whether the running gateway started after the
+    /// connection was last written (`loaded`, else `pending_reload`), and
+    /// whether that start logged a failure for it (`failed`, `mcp_log`).
+    fn status_of(
+        &self,
+        agent: &AgentStatus,
+        name: &str,
+        enabled: bool,
+        updated_at: i64,
+    ) -> (&'static str, Option<String>) {
+        if !enabled {
+            return ("disabled", None);
+        }
+        if agent.state != AgentState::Running {
+            return ("agent_not_running", None);
+        }
+        match agent.running_since_ms {
+            Some(since) if since >= updated_at => match self.mcp_failure(agent.pid, name) {
+                Some(error) => ("failed", Some(error)),
+                None => ("loaded", None),
+            },
+            _ => ("pending_reload", None),
+        }
     }
 }
 

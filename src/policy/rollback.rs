@@ -13,11 +13,12 @@ use super::{AgentConfig, PolicyError, Unproven, json_pairs, lock, parse_stored};
 use crate::agent::{AgentState, AgentStatus};
 use crate::store::{now_ms, policy as sql};
 
-/// Follow the agent's status until `cancel`.
+/// Follow the agent's status until `cancel` (also for `mcp_log`).
 pub(super) async fn watch(this: Arc<AgentConfig>, cancel: CancellationToken) {
     let mut rx = this.agent.subscribe();
     loop {
         let status = rx.borrow_and_update().clone();
+        this.follow_mcp(&status).await;
         this.on_status(&status).await;
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -134,6 +134,18 @@ last_request | pyq "sys.exit(0 if any('lookup_flamingo' in (t or '') for t in v[
   || fail "the MCP tool was not offered to the model"
 echo "   the gateway connected with the env token; the model was offered $(last_request | pyq "print([t for t in v['tools'] if 'flamingo' in t])")"
 
+echo "== a server the gateway cannot reach is reported failed, with the error it logged"
+DEAD_PORT=$(free_port)
+code=$(json -o /dev/null -w '%{http_code}' -X PUT -d "{\"transport\":\"http\",\"url\":\"http://127.0.0.1:$DEAD_PORT/mcp\"}" "$BASE/connections/dead")
+[ "$code" = 202 ] || fail "PUT /connections/dead answered $code"
+conn_failed() { api "$BASE/connections" | pyq "sys.exit(0 if any(c['name']=='dead' and c['status']=='failed' for c in v['connections']) else 1)"; }
+T_DEAD=$(date +%s)
+until_ok 300 "the unreachable server never showed failed: $(api "$BASE/connections")" conn_failed
+echo "   dead: $(api "$BASE/connections" | pyq "print([c.get('error') for c in v['connections'] if c['name']=='dead'][0])") ($(( $(date +%s) - T_DEAD )) s)"
+code=$(api -o /dev/null -w '%{http_code}' -X DELETE "$BASE/connections/dead")
+[ "$code" = 202 ] || fail "DELETE /connections/dead answered $code"
+until_ok 180 "flamingo never loaded again" conn_loaded
+
 echo "== deleting the connection takes the tool away"
 OLD=$(pid)
 code=$(api -o /dev/null -w '%{http_code}' -X DELETE "$BASE/connections/flamingo")
