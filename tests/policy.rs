@@ -483,3 +483,42 @@ async fn a_specialization_blocked_half_way_leaves_nothing_behind() {
         Value::Null
     );
 }
+
+#[tokio::test]
+async fn the_policy_and_connections_survive_a_daemon_restart() {
+    let (w, mut d) = world().await;
+    let r = put_policy(
+        &d,
+        json!({"version": 4, "enforced": {"agent.max_turns": 7}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = d
+        .put("/connections/kept")
+        .json(&json!({"transport": "stdio", "command": "kept-mcp"}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 202);
+    d.kill();
+    drop(d);
+    // The managed file is made again from the store at start.
+    std::fs::remove_file(w.dir.join("data/gateway-managed/config.yaml")).expect("rm");
+
+    let d = w.daemon().await;
+    let managed = managed_config(&w);
+    assert!(
+        managed.contains("max_turns: 7") && managed.contains("kept-mcp"),
+        "{managed}"
+    );
+    let r = d
+        .patch("/settings")
+        .json(&json!({"agent.max_turns": 8}))
+        .send()
+        .await
+        .expect("PATCH");
+    expect_problem(r, 403, "policy_enforced").await;
+    assert_eq!(d.get_json("/agent-policy").await["version"], 4);
+    let r = put_policy(&d, json!({"version": 4})).await;
+    expect_problem(r, 409, "conflict").await;
+}
