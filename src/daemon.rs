@@ -42,6 +42,8 @@ pub enum StartError {
     Hub(#[from] crate::hub::client::ClientError),
     #[error("cannot build the gateway client: {0}")]
     GatewayClient(#[source] reqwest::Error),
+    #[error("agent policy and connections: {0}")]
+    AgentConfig(#[source] crate::policy::PolicyError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -158,6 +160,37 @@ impl Daemon {
             config.hub.stop_wait_for_runs,
             cancel.clone(),
         );
+        let hermes_config = Arc::new(crate::settings::HermesConfig::new(
+            &config.gateway.hermes_home,
+        ));
+        let env_file = Arc::new(crate::envfile::EnvFile::new(
+            &config.gateway.hermes_home,
+            config.env.reserved.clone(),
+            config.env.value_max_bytes,
+        ));
+        // The hub's policy and connections: the managed config.yaml is
+        // made to match the store before the gateway starts.
+        let (agent_config, agent_config_tasks) = crate::policy::AgentConfig::start(
+            store.clone(),
+            hermes_config.clone(),
+            config.gateway.hermes_home.clone(),
+            config.gateway.managed_dir.clone(),
+            config
+                .gateway
+                .identity
+                .is_separate()
+                .then_some(config.gateway.identity.gid),
+            agent.clone(),
+            hub_link.clone(),
+            config.hub.stop_wait_for_runs,
+            {
+                let env_file = env_file.clone();
+                Box::new(move |name: &str| env_file.is_reserved(name))
+            },
+            cancel.clone(),
+        )
+        .await
+        .map_err(StartError::AgentConfig)?;
         let state = AppState {
             runs: runs.clone(),
             cron: cron.clone(),
@@ -169,14 +202,9 @@ impl Daemon {
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
             hub: hub_link.clone(),
             files: Arc::new(crate::files::FileRoots::from_config(&config)),
-            env_file: Arc::new(crate::envfile::EnvFile::new(
-                &config.gateway.hermes_home,
-                config.env.reserved.clone(),
-                config.env.value_max_bytes,
-            )),
-            hermes_config: Arc::new(crate::settings::HermesConfig::new(
-                &config.gateway.hermes_home,
-            )),
+            env_file,
+            hermes_config,
+            agent_config,
             skills_status: Arc::new(crate::skills::IndexStatus::default()),
             env_apply,
             ops: ops.clone(),
@@ -274,6 +302,7 @@ impl Daemon {
                     source,
                 })?,
         );
+        components.extend(agent_config_tasks);
         components.push(watchdog(store.clone(), cancel.clone()));
         components.push(crate::allocator::spawn_trim(cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));

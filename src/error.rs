@@ -23,6 +23,9 @@ pub enum ApiError {
     AgentNotInstalled(String),
     #[error("`{0}` is reserved and managed by the platform")]
     Reserved(String),
+    /// A settings key the hub's agent policy enforces.
+    #[error("`{0}` is enforced by the platform's agent policy and cannot be changed")]
+    PolicyEnforced(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -79,6 +82,7 @@ impl ApiError {
             ApiError::Suspended => "suspended",
             ApiError::AgentNotInstalled(_) => "agent_not_installed",
             ApiError::Reserved(_) => "reserved",
+            ApiError::PolicyEnforced(_) => "policy_enforced",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidArgument(_) => "invalid_argument",
             ApiError::InvalidQuery(_) => "invalid_query",
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::Suspended => StatusCode::FORBIDDEN,
             ApiError::AgentNotInstalled(_) => StatusCode::CONFLICT,
             ApiError::Reserved(_) => StatusCode::FORBIDDEN,
+            ApiError::PolicyEnforced(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,

@@ -3,6 +3,7 @@
 //! they hold no business rule and run no SQL on the async runtime.
 
 mod agent;
+mod connections;
 mod conversations;
 mod cron;
 mod env;
@@ -10,9 +11,11 @@ pub mod extract;
 mod files;
 mod memory;
 mod ops;
+mod policy;
 mod runs;
 mod settings;
 mod skills;
+mod specialization;
 mod system;
 mod usage;
 
@@ -60,6 +63,8 @@ pub struct AppState {
     pub skills_status: Arc<crate::skills::IndexStatus>,
     /// Drain, activity (`api::ops`).
     pub ops: Arc<crate::ops::Ops>,
+    /// The hub's agent policy and MCP connections.
+    pub agent_config: Arc<crate::policy::AgentConfig>,
 }
 
 /// One route: method, path (relative to its prefix) and handler.
@@ -179,6 +184,30 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::DELETE, "/env/{name}", delete(env::remove)),
         r(Method::GET, "/settings", get(settings::get)),
         r(Method::PATCH, "/settings", patch(settings::patch)),
+        r(Method::GET, "/agent-policy", get(policy::get)),
+        r(Method::PUT, "/agent-policy", put(policy::put)),
+        r(
+            Method::GET,
+            "/agent-specialization",
+            get(specialization::get),
+        ),
+        r(
+            Method::PUT,
+            "/agent-specialization",
+            put(specialization::put),
+        ),
+        r(
+            Method::DELETE,
+            "/agent-specialization",
+            delete(specialization::remove),
+        ),
+        r(Method::GET, "/connections", get(connections::list)),
+        r(Method::PUT, "/connections/{name}", put(connections::put)),
+        r(
+            Method::DELETE,
+            "/connections/{name}",
+            delete(connections::remove),
+        ),
     ]
 }
 

@@ -300,6 +300,7 @@ impl Heartbeat {
             usage,
             drain,
             activity,
+            agent_config: link.agent_config(),
         };
         let body = serde_json::to_vec(&beat).map_err(|e| BeatError::Build(e.to_string()))?;
         Ok((body, max_seq))

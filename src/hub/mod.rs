@@ -80,6 +80,8 @@ impl std::fmt::Debug for HubLink {
 
 /// Reads a live count owned by another module.
 type CountSource = Box<dyn Fn() -> u64 + Send + Sync>;
+/// Reads the hub-driven configuration's report (`policy`).
+type AgentConfigSource = Box<dyn Fn() -> crate::policy::Report + Send + Sync>;
 
 /// One hold on the new-run gate (see [`HubLink::hold_gate`]).
 pub(crate) struct GateHold(HubLink);
@@ -102,6 +104,7 @@ struct Inner {
     open_runs: AtomicU64,
     open_runs_source: std::sync::OnceLock<CountSource>,
     cron_jobs_due: AtomicU64,
+    agent_config_source: std::sync::OnceLock<AgentConfigSource>,
     /// Hub clock minus ours, in ms; meaningful once `skew_known`.
     skew_ms: AtomicI64,
     skew_known: AtomicBool,
@@ -157,6 +160,7 @@ impl HubLink {
                 open_runs: AtomicU64::new(0),
                 open_runs_source: std::sync::OnceLock::new(),
                 cron_jobs_due: AtomicU64::new(0),
+                agent_config_source: std::sync::OnceLock::new(),
                 skew_ms: AtomicI64::new(0),
                 skew_known: AtomicBool::new(false),
                 skew_warning: AtomicBool::new(false),
@@ -251,6 +255,19 @@ impl HubLink {
             Some(source) => source(),
             None => self.inner.open_runs.load(Ordering::Relaxed),
         }
+    }
+
+    /// Let `policy` report the applied policy and the connections in each
+    /// beat. Set once; a later call is ignored.
+    pub fn set_agent_config_source(
+        &self,
+        source: impl Fn() -> crate::policy::Report + Send + Sync + 'static,
+    ) {
+        let _ = self.inner.agent_config_source.set(Box::new(source));
+    }
+
+    pub fn agent_config(&self) -> Option<crate::policy::Report> {
+        self.inner.agent_config_source.get().map(|f| f())
     }
 
     /// Set by the cron scheduler: jobs whose time has come and that have

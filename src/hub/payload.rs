@@ -38,6 +38,11 @@ pub struct Beat<'a> {
     /// When the tenant last used the agent (`ops::activity`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activity: Option<crate::ops::ActivityView>,
+    /// The hub-driven configuration in force (issue 14): policy version,
+    /// last rollback, connections and their status. Absent before the
+    /// policy service runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<crate::policy::Report>,
 }
 
 #[derive(Debug, Serialize)]

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_fidelity",
         include_str!("../../schema/0007_fidelity.sql"),
     ),
+    ("0008_policy", include_str!("../../schema/0008_policy.sql")),
 ];
 
 /// The schema version this build writes.

@@ -10,6 +10,7 @@ pub mod cursor;
 pub mod hub;
 pub mod memory;
 pub mod migrations;
+pub mod policy;
 pub mod runs;
 pub mod usage;
 

@@ -449,6 +449,13 @@ impl Default for GatewayWorld {
     }
 }
 
+/// `expect_problem` for a `400 invalid_argument` whose message names `field`.
+pub async fn expect_invalid_field(resp: reqwest::Response, field: &str) {
+    let p = expect_problem(resp, 400, "invalid_argument").await;
+    let m = p["message"].as_str().unwrap_or_default();
+    assert!(m.contains(field), "the message should name `{field}`: {p}");
+}
+
 /// `POST /runs`, expecting `202`; the accepted run.
 pub async fn start_run(d: &TestDaemon, body: serde_json::Value) -> serde_json::Value {
     let r = d.post("/runs").json(&body).send().await.expect("post run");
