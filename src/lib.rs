@@ -23,6 +23,8 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod releases;
+pub mod ops;
+pub mod policy;
 pub mod runs;
 pub mod settings;
 pub mod skills;

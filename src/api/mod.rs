@@ -3,6 +3,7 @@
 //! they hold no business rule and run no SQL on the async runtime.
 
 mod agent;
+mod connections;
 mod conversations;
 mod cron;
 mod env;
@@ -10,9 +11,12 @@ pub mod extract;
 mod files;
 mod memory;
 mod releases;
+mod ops;
+mod policy;
 mod runs;
 mod settings;
 mod skills;
+mod specialization;
 mod system;
 mod usage;
 
@@ -60,6 +64,10 @@ pub struct AppState {
     pub skills_status: Arc<crate::skills::IndexStatus>,
     /// Agent releases: install, activate, remove (`/agent/releases`).
     pub releases: crate::releases::Releases,
+    /// Drain, activity (`api::ops`).
+    pub ops: Arc<crate::ops::Ops>,
+    /// The hub's agent policy and MCP connections.
+    pub agent_config: Arc<crate::policy::AgentConfig>,
 }
 
 /// One route: method, path (relative to its prefix) and handler.
@@ -97,6 +105,10 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::POST, "/agent/start", post(agent::start)),
         r(Method::POST, "/agent/stop", post(agent::stop)),
         r(Method::POST, "/agent/restart", post(agent::restart)),
+        r(Method::POST, "/drain", post(ops::drain)),
+        r(Method::DELETE, "/drain", delete(ops::cancel_drain)),
+        r(Method::GET, "/logs", get(ops::logs)),
+        r(Method::GET, "/diagnostics", get(ops::diagnostics)),
         r(
             Method::GET,
             "/conversations",
@@ -186,6 +198,30 @@ fn tenant_routes() -> Vec<Route> {
             Method::DELETE,
             "/agent/releases/{version}",
             delete(releases::remove),
+        ),
+        r(Method::GET, "/agent-policy", get(policy::get)),
+        r(Method::PUT, "/agent-policy", put(policy::put)),
+        r(
+            Method::GET,
+            "/agent-specialization",
+            get(specialization::get),
+        ),
+        r(
+            Method::PUT,
+            "/agent-specialization",
+            put(specialization::put),
+        ),
+        r(
+            Method::DELETE,
+            "/agent-specialization",
+            delete(specialization::remove),
+        ),
+        r(Method::GET, "/connections", get(connections::list)),
+        r(Method::PUT, "/connections/{name}", put(connections::put)),
+        r(
+            Method::DELETE,
+            "/connections/{name}",
+            delete(connections::remove),
         ),
     ]
 }
@@ -337,6 +373,7 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
     if tenant != state.config.tenant_id {
         return ApiError::NotFound("no such tenant on this host".into()).into_response();
     }
+    state.ops.activity.hub_called();
     next.run(req).await
 }
 

@@ -277,6 +277,10 @@ impl Heartbeat {
             .map(|r| r.report())
             .unwrap_or_default();
         let link = &self.deps.link;
+        let (drain, activity) = match link.ops() {
+            Some(ops) => (Some(ops.drain.view()), Some(ops.activity().await?)),
+            None => (None, None),
+        };
         let usage = UsageReport::new(&rows, batch as usize);
         let max_seq = usage.max_seq();
         let beat = Beat {
@@ -304,6 +308,9 @@ impl Heartbeat {
             },
             usage,
             releases: &releases,
+            drain,
+            activity,
+            agent_config: link.agent_config(),
         };
         let body = serde_json::to_vec(&beat).map_err(|e| BeatError::Build(e.to_string()))?;
         Ok((body, max_seq))

@@ -18,7 +18,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_fidelity",
         include_str!("../../schema/0007_fidelity.sql"),
     ),
-    // 0008 is another branch's (issue 14); the lead merges it before this.
+    ("0008_policy", include_str!("../../schema/0008_policy.sql")),
     (
         "0009_releases",
         include_str!("../../schema/0009_releases.sql"),

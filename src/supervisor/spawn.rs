@@ -12,6 +12,12 @@ use crate::identity::as_agent;
 
 /// Arguments of `hermes` when `gateway.command` names another program.
 const HERMES_ARGS: [&str; 3] = ["gateway", "run", "--external-supervisor"];
+/// Whether the gateway command resolves (`venv/bin`, then `PATH`). Blocking.
+pub(super) fn command_found(cfg: &GatewayConfig) -> bool {
+    cfg.command
+        .first()
+        .is_some_and(|name| process::resolve_program(name, cfg.venv.as_deref()).is_some())
+}
 
 /// Resolve the command and write the managed scope. Blocking.
 pub(super) fn prepare_spawn(
