@@ -264,7 +264,10 @@ fi
 if [[ $agent_code == 200 ]]; then
   EVIL_DROPIN=/run/systemd/system/$UNIT.service.d/70-test-evil.conf
   mkdir -p "$(dirname "$EVIL_DROPIN")"
-  printf '[Service]\nEnvironment="HERMES_TENANTD_GATEWAY__COMMAND=/usr/bin/python3 %s/tests/deploy/evil_gateway.py"\n' "$REPO" >"$EVIL_DROPIN"
+  # An active agent release wins over gateway.command (releases.dir is the
+  # role's /opt/hermes-agent): point releases.dir at an empty directory for
+  # this scenario so the configured command, the evil gateway, runs.
+  printf '[Service]\nEnvironment="HERMES_TENANTD_GATEWAY__COMMAND=/usr/bin/python3 %s/tests/deploy/evil_gateway.py"\nEnvironment="HERMES_TENANTD_RELEASES__DIR=/var/lib/hermes-tenantd/evil-releases"\n' "$REPO" >"$EVIL_DROPIN"
   systemctl daemon-reload
   rm -rf /home/hermes/.hermes/evil
   systemctl restart $UNIT

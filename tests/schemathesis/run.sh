@@ -42,7 +42,7 @@ TENANT=tenant-st
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 umask 077
 printf '%s' "$TOKEN" >"$WORK/credential"
-mkdir -p "$WORK/home/skills" "$WORK/workspace"
+mkdir -p "$WORK/home/skills" "$WORK/workspace" "$WORK/wheels"
 cat >"$WORK/config.toml" <<TOML
 tenant_id = "$TENANT"
 data_dir = "$WORK/data"
@@ -61,6 +61,12 @@ hermes_home = "$WORK/home"
 # run the fuzzer submits, so it is not slowed by 429 + Retry-After waits.
 [runs]
 queue_depth = 10000
+
+# Releases the fuzzer asks for install from nowhere: an empty wheel
+# directory and an index on a closed port (pip fails at once, offline).
+[releases]
+find_links = "$WORK/wheels"
+index_url = "http://127.0.0.1:9/simple"
 
 [log]
 format = "json"
