@@ -8,6 +8,7 @@ pub mod cron;
 pub mod cursor;
 pub mod hub;
 pub mod memory;
+pub mod message_search;
 pub mod migrations;
 pub mod runs;
 pub mod usage;
