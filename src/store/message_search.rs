@@ -487,7 +487,7 @@ mod tests {
                 ..f.clone()
             };
             let mut want = reference(&c, &everything, 0);
-            want.sort_by(|a, b| b.0.cmp(&a.0));
+            want.sort_by_key(|h| std::cmp::Reverse(h.0));
             let mut got = Vec::new();
             let mut f = SearchFilter {
                 sort: SearchSort::Recent,
