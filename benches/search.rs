@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use hermes_tenantd::store::message_search::{SEARCH_FILTERED_SQL, SEARCH_RECENT_SQL, SEARCH_SQL};
+use hermes_tenantd::store::message_search::{SearchFilter, SearchSort, plan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -97,8 +97,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// reference statement).
 const LIMIT_SQL: &str = "SELECT rowid, bm25(messages_fts) FROM messages_fts
   WHERE messages_fts MATCH ?1 ORDER BY bm25(messages_fts) LIMIT ?2";
-/// The limit of `sort=recent`: FTS5 walking its index newest first.
-const LIMIT_RECENT_SQL: &str = "SELECT rowid, bm25(messages_fts) FROM messages_fts
+/// The limit of `sort=recent`: FTS5 walking its index newest first (no
+/// score: `recent` returns none).
+const LIMIT_RECENT_SQL: &str = "SELECT rowid, NULL FROM messages_fts
   WHERE messages_fts MATCH ?1 ORDER BY rowid DESC LIMIT ?2";
 
 /// Where the corpus of `n` messages is kept between runs.
@@ -110,7 +111,8 @@ fn corpus_dir(n: usize) -> std::path::PathBuf {
 }
 
 /// One query of the table: the API's query string, the statement the
-/// daemon runs for it and its limit.
+/// daemon runs for it (`message_search::plan`, as the API picks it) and
+/// its limit.
 struct Case {
     name: &'static str,
     q: String,
@@ -193,7 +195,8 @@ fn main() {
     let loaded_anon = anon_kib(pid);
 
     let cases = [
-        ("rare word", vocab[3000].clone(), ""),
+        ("rare word", vocab[4990].clone(), ""),
+        ("uncommon word", vocab[3000].clone(), ""),
         ("medium word", vocab[300].clone(), ""),
         ("frequent word", vocab[60].clone(), ""),
         ("common word", vocab[20].clone(), ""),
@@ -208,13 +211,18 @@ fn main() {
     ]
     .map(|(name, q, extra)| Case {
         name,
-        q,
+        q: q.clone(),
         extra,
-        daemon_sql: match extra {
-            "&sort=recent" => SEARCH_RECENT_SQL,
-            "&platform=web" => SEARCH_FILTERED_SQL,
-            _ => SEARCH_SQL,
-        },
+        daemon_sql: plan(&SearchFilter {
+            query: q,
+            platform: (extra == "&platform=web").then(|| "web".to_owned()),
+            sort: if extra == "&sort=recent" {
+                SearchSort::Recent
+            } else {
+                SearchSort::Relevance
+            },
+            ..Default::default()
+        }),
         platform: (extra == "&platform=web").then_some("web"),
         limit_sql: if extra == "&sort=recent" {
             LIMIT_RECENT_SQL
@@ -291,7 +299,7 @@ fn main() {
         let (mut lim, mut sql, mut api) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..iterations {
             let t = Instant::now();
-            let rows: Vec<(i64, f64)> = limit_stmt
+            let rows: Vec<(i64, Option<f64>)> = limit_stmt
                 .query_map(rusqlite::params![case.q, 21], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
@@ -312,7 +320,7 @@ fn main() {
                         None::<i64>,
                         None::<String>,
                         21,
-                        if case.daemon_sql == SEARCH_RECENT_SQL {
+                        if case.extra == "&sort=recent" {
                             i64::MAX
                         } else {
                             0

@@ -380,6 +380,7 @@ async fn search_sort_recent_pages_newest_first_and_bad_sort_is_a_400() {
                         .contains("<mark>needle</mark>"),
                     "{it}"
                 );
+                assert!(it["score"].is_null(), "no bm25 in recent order: {it}");
                 seen.push(it["message_id"].as_i64().expect("id"));
             }
             match v["next_cursor"].as_str() {
