@@ -8,7 +8,7 @@
 //! `messages` only for the page they return. See BENCHMARKS.md ("Search at
 //! the limit") for the figures against FTS5 alone.
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use super::conversations::{Page, Role};
@@ -270,6 +270,24 @@ pub fn plan(f: &SearchFilter) -> &'static str {
     }
 }
 
+/// The parameters of every plan, in order (see [`page_of`]).
+fn parameters<'a>(
+    query: &'a str,
+    f: &'a SearchFilter,
+    position: i64,
+) -> impl rusqlite::Params + 'a {
+    (
+        query,
+        f.platform.as_deref(),
+        f.role.map(Role::as_str),
+        f.since_ms,
+        f.until_ms,
+        f.session_id.as_deref(),
+        f.limit as i64 + 1,
+        position,
+    )
+}
+
 /// Full-text search over message content, best match (or newest) first.
 ///
 /// Cursors: relevance pages are offsets into the ranking; recent pages are
@@ -291,29 +309,17 @@ pub fn search(conn: &Connection, f: &SearchFilter) -> StoreResult<Page<SearchHit
     };
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt
-        .query_map(
-            params![
-                query,
-                f.platform,
-                f.role.map(Role::as_str),
-                f.since_ms,
-                f.until_ms,
-                f.session_id,
-                f.limit as i64 + 1,
-                position
-            ],
-            |r| {
-                Ok(SearchHit {
-                    message_id: r.get(0)?,
-                    session_id: r.get(1)?,
-                    platform: r.get(2)?,
-                    role: r.get(3)?,
-                    created_at: ms_to_rfc3339(r.get(4)?),
-                    snippet: render_snippet(&r.get::<_, String>(5)?),
-                    score: r.get(6)?,
-                })
-            },
-        )
+        .query_map(parameters(&query, f, position), |r| {
+            Ok(SearchHit {
+                message_id: r.get(0)?,
+                session_id: r.get(1)?,
+                platform: r.get(2)?,
+                role: r.get(3)?,
+                created_at: ms_to_rfc3339(r.get(4)?),
+                snippet: render_snippet(&r.get::<_, String>(5)?),
+                score: r.get(6)?,
+            })
+        })
         .map_err(classify_fts_error)?;
     let mut items = Vec::with_capacity(f.limit as usize + 1);
     for row in rows {
@@ -402,25 +408,13 @@ mod tests {
 
     fn reference(c: &Connection, f: &SearchFilter, offset: i64) -> Vec<(i64, String, f64)> {
         let mut stmt = c.prepare(REFERENCE_SQL).expect("prepare");
-        stmt.query_map(
-            params![
-                f.query,
-                f.platform,
-                f.role.map(Role::as_str),
-                f.since_ms,
-                f.until_ms,
-                f.session_id,
-                f.limit as i64 + 1,
-                offset
-            ],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    render_snippet(&r.get::<_, String>(5)?),
-                    r.get(6)?,
-                ))
-            },
-        )
+        stmt.query_map(parameters(&f.query, f, offset), |r| {
+            Ok((
+                r.get(0)?,
+                render_snippet(&r.get::<_, String>(5)?),
+                r.get(6)?,
+            ))
+        })
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows")
