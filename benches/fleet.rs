@@ -92,6 +92,7 @@ async fn run_fleet(port: u16, jitter_percent: u32) -> Vec<f64> {
                 link: HubLink::new(Access::Active),
                 metrics: Arc::new(Metrics::new()),
                 credentials: credentials.clone(),
+                releases: None,
             })
             .await
             .expect("client")

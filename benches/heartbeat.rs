@@ -154,6 +154,7 @@ async fn per_beat(hub_port: u16, pending: usize, beats: u32) {
         link: HubLink::new(Access::Active),
         metrics: Arc::new(Metrics::new()),
         credentials,
+        releases: None,
     })
     .await
     .expect("client")

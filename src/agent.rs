@@ -18,6 +18,10 @@ pub enum AgentState {
     Backoff,
     Failed,
     Stopping,
+    /// `--dev` only: the gateway command is not installed. Not retried:
+    /// nothing will change until an agent is installed (`scripts/dev-agent`)
+    /// and the agent is started again.
+    NotInstalled,
 }
 
 impl AgentState {
@@ -30,6 +34,7 @@ impl AgentState {
             AgentState::Backoff => "backoff",
             AgentState::Failed => "failed",
             AgentState::Stopping => "stopping",
+            AgentState::NotInstalled => "not_installed",
         }
     }
 }

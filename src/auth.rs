@@ -173,6 +173,7 @@ impl Credentials {
         state_file: Option<&Path>,
     ) -> Result<Credentials, CredentialError> {
         let token = read_credential_file(path)?;
+        crate::ops::redact::remember(crate::ops::redact::Kind::Credential, &token);
         let current = Secret(token.into_bytes());
         let mut previous = None;
         if let Some(file) = state_file {
@@ -277,7 +278,10 @@ impl Credentials {
     /// what is in force (and says so in the log).
     pub fn reload(&self) -> bool {
         let token = match read_credential_file(&self.path) {
-            Ok(t) => t,
+            Ok(t) => {
+                crate::ops::redact::remember(crate::ops::redact::Kind::Credential, &t);
+                t
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "credential file unusable; keeping the credential in force");
                 return false;

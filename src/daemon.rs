@@ -42,6 +42,8 @@ pub enum StartError {
     Hub(#[from] crate::hub::client::ClientError),
     #[error("cannot build the gateway client: {0}")]
     GatewayClient(#[source] reqwest::Error),
+    #[error("agent policy and connections: {0}")]
+    AgentConfig(#[source] crate::policy::PolicyError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -71,6 +73,7 @@ impl Daemon {
         crate::identity::set_agent(config.gateway.identity.clone());
         let data_dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || create_private_dir(&data_dir)).await??;
+        sweep_temps(&config);
 
         if config.dev {
             let path = config.auth.credential_file.clone();
@@ -97,6 +100,9 @@ impl Daemon {
             tokio::task::spawn_blocking(move || Store::open_blocking(&db_path, &opts)).await??;
 
         let hub_link = HubLink::load(&store).await?;
+        // Before the supervisor starts anything: an agent release switch a
+        // killed daemon left is rolled back (see `releases::recover`).
+        crate::releases::recover::recover(&store, &config).await?;
         let (agent, supervisor) = crate::supervisor::Supervisor::prepare(
             config.clone(),
             store.clone(),
@@ -127,6 +133,14 @@ impl Daemon {
             let runs = runs.clone();
             hub_link.set_open_runs_source(move || runs.open_runs() as u64);
         }
+        let ops = crate::ops::Ops::new(
+            hub_link.clone(),
+            runs.clone(),
+            store.clone(),
+            &config,
+            cancel.clone(),
+        );
+        hub_link.set_ops(ops.clone());
         let metrics = Arc::new(Metrics::new());
         // The one client for every call to the hub (heartbeats, deliveries).
         let hub_client =
@@ -149,7 +163,47 @@ impl Daemon {
             config.hub.stop_wait_for_runs,
             cancel.clone(),
         );
+        let (releases, releases_task) = crate::releases::Releases::start(
+            config.releases.clone(),
+            store.clone(),
+            agent.clone(),
+            hub_link.clone(),
+            config.hub.stop_wait_for_runs,
+            cancel.clone(),
+        );
+        let hermes_config = Arc::new(crate::settings::HermesConfig::new(
+            &config.gateway.hermes_home,
+        ));
+        let env_file = Arc::new(crate::envfile::EnvFile::new(
+            &config.gateway.hermes_home,
+            config.env.reserved.clone(),
+            config.env.value_max_bytes,
+        ));
+        // The hub's policy and connections: the managed config.yaml is
+        // made to match the store before the gateway starts.
+        let (agent_config, agent_config_tasks) = crate::policy::AgentConfig::start(
+            store.clone(),
+            hermes_config.clone(),
+            config.gateway.hermes_home.clone(),
+            config.gateway.managed_dir.clone(),
+            config
+                .gateway
+                .identity
+                .is_separate()
+                .then_some(config.gateway.identity.gid),
+            agent.clone(),
+            hub_link.clone(),
+            config.hub.stop_wait_for_runs,
+            {
+                let env_file = env_file.clone();
+                Box::new(move |name: &str| env_file.is_reserved(name))
+            },
+            cancel.clone(),
+        )
+        .await
+        .map_err(StartError::AgentConfig)?;
         let state = AppState {
+            releases: releases.clone(),
             runs: runs.clone(),
             cron: cron.clone(),
             agent: agent.clone(),
@@ -160,16 +214,12 @@ impl Daemon {
             inflight: Arc::new(Semaphore::new(config.limits.concurrency)),
             hub: hub_link.clone(),
             files: Arc::new(crate::files::FileRoots::from_config(&config)),
-            env_file: Arc::new(crate::envfile::EnvFile::new(
-                &config.gateway.hermes_home,
-                config.env.reserved.clone(),
-                config.env.value_max_bytes,
-            )),
-            hermes_config: Arc::new(crate::settings::HermesConfig::new(
-                &config.gateway.hermes_home,
-            )),
+            env_file,
+            hermes_config,
+            agent_config,
             skills_status: Arc::new(crate::skills::IndexStatus::default()),
             env_apply,
+            ops: ops.clone(),
         };
         // A reserved key in the tenant's .env would override what the
         // platform sets: drop it before the agent starts.
@@ -178,6 +228,9 @@ impl Daemon {
         }
 
         let mut components = Vec::new();
+        // Before the gateway starts: its output is redacted from the first line.
+        components
+            .push(crate::ops::learn_env_secrets(state.env_file.clone(), cancel.clone()).await);
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
         // Stops the gateway (planned stop, grace, SIGKILL) when cancelled.
         components.push(supervisor.start(cancel.clone()));
@@ -196,6 +249,7 @@ impl Daemon {
                 link: hub_link,
                 metrics: state.metrics.clone(),
                 credentials: credentials.clone(),
+                releases: Some(releases),
             };
             let hb = hub::heartbeat::Heartbeat::with_client(deps, client);
             components.push(hb.spawn(cancel.clone()));
@@ -253,6 +307,16 @@ impl Daemon {
         };
 
         components.push(env_apply_task);
+        components.push(releases_task);
+        components.push(
+            crate::ops::control::spawn(&config.data_dir, ops.drain.clone(), cancel.clone())
+                .await
+                .map_err(|source| StartError::DataDir {
+                    path: config.data_dir.join(crate::ops::control::SOCKET),
+                    source,
+                })?,
+        );
+        components.extend(agent_config_tasks);
         components.push(watchdog(store.clone(), cancel.clone()));
         components.push(crate::allocator::spawn_trim(cancel.clone()));
         components.push(prune_runs(runs, cancel.clone()));
@@ -285,8 +349,17 @@ impl Daemon {
         self.cancel.clone()
     }
 
-    /// Stop accepting, drain, stop components, checkpoint the store.
+    /// Wait for the runs in flight (at most `gateway.stop_grace`, new
+    /// runs refused meanwhile), stop accepting, drain the connections,
+    /// stop components (the gateway last), checkpoint the store.
     pub async fn shutdown(self) {
+        // A planned stop cuts no run that can finish within the grace:
+        // the API keeps serving (the run's event streams) until then.
+        self.state
+            .ops
+            .drain
+            .before_stop(self.state.config.gateway.stop_grace)
+            .await;
         self.cancel.cancel();
         for mut s in self.servers {
             if tokio::time::timeout(DRAIN, &mut s).await.is_err() {
@@ -375,4 +448,50 @@ fn watchdog(store: Store, cancel: CancellationToken) -> JoinHandle<()> {
             }
         }
     })
+}
+
+/// How old a leftover temp file of the one atomic write must be before it
+/// is removed at start-up (a younger one may be another process's write).
+const STALE_TEMP: Duration = Duration::from_secs(600);
+
+/// Remove what writes cut by a crash left behind (`.tenantd-tmp-*`) in the
+/// directories the daemon writes into: its own (data dir, managed scope)
+/// with its rights, the Hermes home and its `cron/` as the agent. In the
+/// background: a start never waits for it, and a failure is one log line.
+fn sweep_temps(config: &Config) {
+    use crate::dir_handle::DirHandle;
+    let own = [config.data_dir.clone(), config.gateway.managed_dir.clone()];
+    let home = config.gateway.hermes_home.clone();
+    let sweep = |dir: &std::path::Path,
+                 open: fn(&std::path::Path) -> std::io::Result<DirHandle>| {
+        match open(dir).and_then(|h| h.sweep_temps(STALE_TEMP, 10_000)) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(dir = %dir.display(), removed = n, "removed temp files left by an interrupted write")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot sweep leftover temp files")
+            }
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        for dir in &own {
+            sweep(dir, DirHandle::open);
+        }
+    });
+    crate::identity::spawn_as_agent(move || {
+        sweep(&home, DirHandle::open_home);
+        match DirHandle::open_home(&home).and_then(|h| h.open_dir(std::path::Path::new("cron"))) {
+            Ok(cron) => {
+                if let Err(e) = cron.sweep_temps(STALE_TEMP, 10_000) {
+                    tracing::warn!(error = %e, "cannot sweep leftover temp files in the Hermes home's cron/");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the Hermes home's cron/ to sweep temp files")
+            }
+        }
+    });
 }

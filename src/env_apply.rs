@@ -97,11 +97,6 @@ impl EnvApply {
     pub fn state(&self) -> EnvApplyState {
         self.state.borrow().clone()
     }
-
-    /// A receiver of the state (tests and metrics).
-    pub fn subscribe(&self) -> watch::Receiver<EnvApplyState> {
-        self.state.subscribe()
-    }
 }
 
 async fn run(
@@ -226,8 +221,12 @@ async fn apply(
 }
 
 /// Wait until the agent is running (with another pid than `old`, when
-/// given), at most `BACK_WITHIN`.
-async fn wait_running(agent: &AgentHandle, cancel: &CancellationToken, old: Option<u32>) -> bool {
+/// given), at most `BACK_WITHIN` (also `policy::restart`'s wait).
+pub(crate) async fn wait_running(
+    agent: &AgentHandle,
+    cancel: &CancellationToken,
+    old: Option<u32>,
+) -> bool {
     let mut rx = agent.subscribe();
     let deadline = Instant::now() + BACK_WITHIN;
     loop {

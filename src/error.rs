@@ -17,8 +17,15 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the tenant is suspended; runs are refused until access is restored")]
     Suspended,
+    /// `--dev` without an agent: a run cannot be relayed until one is
+    /// installed. The message says how.
+    #[error("{0}")]
+    AgentNotInstalled(String),
     #[error("`{0}` is reserved and managed by the platform")]
     Reserved(String),
+    /// A settings key the hub's agent policy enforces.
+    #[error("`{0}` is enforced by the platform's agent policy and cannot be changed")]
+    PolicyEnforced(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -39,6 +46,9 @@ pub enum ApiError {
     TooManyRequests { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// The daemon drains for maintenance: new work is refused for now.
+    #[error("{message}")]
+    Draining { message: String, retry_after_s: u64 },
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
     /// The data volume is full (`SQLITE_FULL`, `ENOSPC`, `EDQUOT`): nothing
@@ -70,7 +80,9 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Suspended => "suspended",
+            ApiError::AgentNotInstalled(_) => "agent_not_installed",
             ApiError::Reserved(_) => "reserved",
+            ApiError::PolicyEnforced(_) => "policy_enforced",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidArgument(_) => "invalid_argument",
             ApiError::InvalidQuery(_) => "invalid_query",
@@ -81,6 +93,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Draining { .. } => "draining",
             ApiError::Timeout(_) => "timeout",
             ApiError::InsufficientStorage(_) => "insufficient_storage",
             ApiError::Internal(_) => "internal",
@@ -92,7 +105,9 @@ impl ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Suspended => StatusCode::FORBIDDEN,
+            ApiError::AgentNotInstalled(_) => StatusCode::CONFLICT,
             ApiError::Reserved(_) => StatusCode::FORBIDDEN,
+            ApiError::PolicyEnforced(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
@@ -103,6 +118,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Draining { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,7 +153,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let ApiError::TooManyRequests { retry_after_s, .. } = &self {
+        if let ApiError::TooManyRequests { retry_after_s, .. }
+        | ApiError::Draining { retry_after_s, .. } = &self
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
         }

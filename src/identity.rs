@@ -225,17 +225,22 @@ struct FsIdentity {
 
 impl FsIdentity {
     fn switch(uid: u32, gid: u32) -> FsIdentity {
-        let (own_uid, own_gid) = own_ids();
+        // Restore what this thread had, not the daemon's real ids: an
+        // `as_agent` nested in another (a /proc read inside the gateway
+        // port check) must leave the outer one's identity in place when it
+        // ends. Restoring the real ids there made every later read of the
+        // outer scope run as the daemon, which the agent's /proc refuses.
+        let previous = FsIdentity {
+            uid: current_fsuid(),
+            gid: current_fsgid(),
+        };
         // SAFETY: setfsgid/setfsuid change only this thread's fs ids; group
         // first, while the uid still has the privilege to change it.
         unsafe {
             libc::setfsgid(gid);
             libc::setfsuid(uid);
         }
-        FsIdentity {
-            uid: own_uid,
-            gid: own_gid,
-        }
+        previous
     }
 }
 
@@ -255,6 +260,12 @@ pub fn current_fsuid() -> u32 {
     // current value.
     // SAFETY: plain syscall.
     unsafe { libc::setfsuid(u32::MAX) as u32 }
+}
+
+/// The calling thread's current file-system gid (read without changing it).
+pub fn current_fsgid() -> u32 {
+    // SAFETY: as `current_fsuid`.
+    unsafe { libc::setfsgid(u32::MAX) as u32 }
 }
 
 #[cfg(test)]
@@ -305,5 +316,30 @@ mod tests {
         assert_eq!(current_fsuid(), before);
         // No agent set in unit tests: same user.
         assert_eq!(inside, before);
+    }
+
+    /// A nested `as_agent` (a /proc read inside the gateway port check)
+    /// must leave the outer scope acting as the agent. It restored the
+    /// daemon's ids instead, so the port check of an unprivileged daemon
+    /// never saw its own gateway. Needs CAP_SETUID (root here; nextest
+    /// runs each test in its own process, so setting the agent is local).
+    #[test]
+    fn nested_as_agent_keeps_the_outer_identity() {
+        if own_ids().0 != 0 {
+            eprintln!("skipped: needs root to switch file-system ids");
+            return;
+        }
+        set_agent(AgentIdentity {
+            uid: 64_123,
+            gid: 64_124,
+            name: None,
+            home: None,
+        });
+        let seen = as_agent(|| {
+            let inner = as_agent(|| (current_fsuid(), current_fsgid()));
+            (inner, (current_fsuid(), current_fsgid()))
+        });
+        assert_eq!(seen, ((64_123, 64_124), (64_123, 64_124)));
+        assert_eq!((current_fsuid(), current_fsgid()), own_ids());
     }
 }

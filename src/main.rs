@@ -1,5 +1,6 @@
 //! The `hermes-tenantd` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,6 +54,27 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Drain the running daemon before a restart: new runs get `503
+    /// draining` (or are queued), cron firings are held, runs in flight
+    /// finish. Talks to the daemon's local control socket (root or the
+    /// daemon's user; no credential). Exit: 0 done (drained with --wait),
+    /// 3 deadline passed with runs in flight, 4 no daemon running, 1 error.
+    Drain {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Return only once no run is in flight (or the deadline passed).
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait for the runs in flight (`30s`, `10m`, at most 24h).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+        /// End the drain instead (queued runs start, cron resumes).
+        #[arg(long, conflicts_with_all = ["wait", "status"])]
+        cancel: bool,
+        /// Only show the drain state.
+        #[arg(long)]
+        status: bool,
+    },
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, String> {
@@ -66,6 +88,13 @@ fn load(args: &ConfigArgs) -> Result<Config, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Drain {
+            cfg,
+            wait,
+            deadline,
+            cancel,
+            status,
+        } => return drain(&cfg, wait, deadline, cancel, status),
         Command::Version => {
             println!(
                 "hermes-tenantd {} (schema {})",
@@ -113,6 +142,65 @@ fn main() -> ExitCode {
     }
 }
 
+fn drain(
+    cfg: &ConfigArgs,
+    wait: bool,
+    deadline: std::time::Duration,
+    cancel: bool,
+    status: bool,
+) -> ExitCode {
+    use hermes_tenantd::ops::control::{self, Outcome, Request};
+    let config = match load(cfg) {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("hermes-tenantd: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = if cancel {
+        Request::Cancel
+    } else if status {
+        Request::Status
+    } else {
+        Request::Drain {
+            deadline_s: deadline.as_secs().max(1),
+            wait,
+        }
+    };
+    let print = |r: &control::Reply| {
+        if let Some(d) = &r.drain {
+            println!(
+                "drain: {} ({} run(s) in flight, {} queued){}",
+                serde_json::to_value(d.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                d.runs_in_flight,
+                d.queued_runs,
+                d.deadline_at
+                    .as_deref()
+                    .map(|t| format!(", deadline {t}"))
+                    .unwrap_or_default()
+            );
+        }
+    };
+    match control::client(&config.data_dir, &request, print) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::DeadlinePassed) => {
+            eprintln!("hermes-tenantd: the deadline passed with runs still in flight");
+            ExitCode::from(3)
+        }
+        Ok(Outcome::NotRunning) => {
+            eprintln!("hermes-tenantd: no daemon is running with this data directory");
+            ExitCode::from(4)
+        }
+        Err(message) => {
+            eprintln!("hermes-tenantd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn search(c: &Config, query: String, plain: bool, limit: u32) -> Result<(), String> {
     let path = c.data_dir.join("tenantd.db");
     let conn =
@@ -125,18 +213,79 @@ fn search(c: &Config, query: String, plain: bool, limit: u32) -> Result<(), Stri
         ..Default::default()
     };
     let page = conversations::search(&conn, &filter).map_err(|e| e.to_string())?;
+    let style = if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        Highlight::Bold
+    } else {
+        Highlight::Plain
+    };
     for hit in &page.items {
         println!(
             "{}  {}  {:<9} {}  {}",
-            hit.created_at, hit.session_id, hit.role, hit.platform, hit.snippet
+            hit.created_at,
+            hit.session_id,
+            hit.role,
+            hit.platform,
+            terminal_snippet(&hit.snippet, style)
         );
     }
     eprintln!("{} result(s)", page.items.len());
     Ok(())
 }
 
+/// How `search` shows the matches in a snippet.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Highlight {
+    /// Terminal bold (stdout is a terminal and `NO_COLOR` is unset).
+    Bold,
+    /// No markup at all (a pipe, a file).
+    Plain,
+}
+
+/// The API's snippet (HTML-escaped, `<mark>` around matches) as terminal
+/// text. The text is the tenant's (and may be the agent's): control
+/// characters are shown as `\u{FFFD}`, so a message cannot send escape
+/// sequences to the operator's terminal.
+fn terminal_snippet(html: &str, style: Highlight) -> String {
+    const BOLD: &str = "\x1b[1m";
+    const RESET: &str = "\x1b[0m";
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(c) = rest.chars().next() {
+        let (piece, len): (&str, usize) = if rest.starts_with("<mark>") {
+            (if style == Highlight::Bold { BOLD } else { "" }, 6)
+        } else if rest.starts_with("</mark>") {
+            (if style == Highlight::Bold { RESET } else { "" }, 7)
+        } else if let Some((entity, ch)) = [
+            ("&amp;", "&"),
+            ("&lt;", "<"),
+            ("&gt;", ">"),
+            ("&quot;", "\""),
+            ("&#39;", "'"),
+        ]
+        .into_iter()
+        .find(|(e, _)| rest.starts_with(e))
+        {
+            (ch, entity.len())
+        } else if c.is_control() {
+            ("\u{FFFD}", c.len_utf8())
+        } else {
+            (&rest[..c.len_utf8()], c.len_utf8())
+        };
+        out.push_str(piece);
+        rest = &rest[len..];
+    }
+    out
+}
+
 fn run(config: Config) -> Result<(), String> {
-    hermes_tenantd::logging::init(&config.log);
+    hermes_tenantd::logging::init_with_file(
+        &config.log,
+        Some(hermes_tenantd::logging::FileSettings {
+            dir: &config.data_dir.join("logs"),
+            max_bytes: config.gateway.log_file_bytes,
+            keep: config.gateway.log_files,
+        }),
+    );
     hermes_tenantd::tls::install_provider();
     // Two workers: the daemon is I/O-bound and shares the VM with the agent.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -212,4 +361,32 @@ fn print_dev_banner(d: &Daemon) {
         "    curl -sS -H 'Authorization: Bearer {token}' {base}/v1/tenant-runtime/{}/version",
         c.tenant_id
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Highlight, terminal_snippet};
+
+    #[test]
+    fn search_snippets_are_bold_on_a_terminal_and_plain_otherwise() {
+        let html = "a &lt;b&gt; <mark>hit</mark> &amp; &#39;c&#39; &quot;d&quot;";
+        assert_eq!(
+            terminal_snippet(html, Highlight::Bold),
+            "a <b> \x1b[1mhit\x1b[0m & 'c' \"d\""
+        );
+        assert_eq!(
+            terminal_snippet(html, Highlight::Plain),
+            "a <b> hit & 'c' \"d\""
+        );
+    }
+
+    #[test]
+    fn search_snippets_cannot_send_escape_sequences_to_the_terminal() {
+        let html = "x\x1b]0;owned\x07y\tz\u{9b}2J";
+        let shown = terminal_snippet(html, Highlight::Bold);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "x\u{FFFD}]0;owned\u{FFFD}y\u{FFFD}z\u{FFFD}2J");
+        // Text that merely looks like markup after unescaping stays text.
+        assert_eq!(terminal_snippet("&lt;mark&gt;", Highlight::Plain), "<mark>");
+    }
 }

@@ -4,6 +4,7 @@
 //! written atomically; keys the daemon does not manage are kept (YAML
 //! comments and formatting are not: the file is re-emitted).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
@@ -25,6 +26,9 @@ pub enum SettingsError {
     TooLarge,
     #[error("config.yaml: {0}")]
     Io(#[from] std::io::Error),
+    /// The hub's policy enforces this key: the tenant cannot change it.
+    #[error("`{0}` is enforced by the platform's policy and cannot be changed")]
+    Enforced(String),
 }
 
 /// The type a managed setting must have.
@@ -64,6 +68,9 @@ const SETTINGS: &[(&str, Kind)] = &[
 pub struct HermesConfig {
     path: PathBuf,
     lock: Mutex<()>,
+    /// Keys the hub's policy enforces (dotted) and their values: refused
+    /// by `patch`, shown as effective by `get` (set by `policy`).
+    enforced: std::sync::RwLock<BTreeMap<String, Json>>,
 }
 
 impl HermesConfig {
@@ -71,7 +78,20 @@ impl HermesConfig {
         HermesConfig {
             path: hermes_home.join("config.yaml"),
             lock: Mutex::new(()),
+            enforced: std::sync::RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// Replace the enforced keys (the policy in force).
+    pub fn set_enforced(&self, keys: BTreeMap<String, Json>) {
+        *self.enforced.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    fn enforced(&self) -> BTreeMap<String, Json> {
+        self.enforced
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -155,42 +175,142 @@ impl HermesConfig {
         .await
     }
 
-    /// The managed settings, nested, secrets redacted.
+    /// The managed settings, nested, secrets redacted; an enforced key
+    /// shows the enforced value (what the gateway uses) and is listed in
+    /// `enforced_keys`.
     pub async fn get(&self) -> Result<Json, SettingsError> {
-        Ok(view(&self.load().await?))
+        Ok(self.mark_enforced(view(&self.load().await?)))
+    }
+
+    fn mark_enforced(&self, mut v: Json) -> Json {
+        let enforced = self.enforced();
+        if let Json::Object(out) = &mut v {
+            for (key, value) in &enforced {
+                let parts: Vec<&str> = key.split('.').collect();
+                insert_nested(out, &parts, value.clone());
+            }
+            out.insert(
+                ENFORCED_KEYS.into(),
+                Json::Array(enforced.into_keys().map(Json::String).collect()),
+            );
+        }
+        v
+    }
+
+    /// The tenant's own value of every managed setting that is set (dotted
+    /// key, secrets redacted).
+    pub async fn tenant_values(&self) -> Result<BTreeMap<String, Json>, SettingsError> {
+        let doc = self.load().await?;
+        Ok(SETTINGS
+            .iter()
+            .filter_map(|(key, kind)| {
+                let v = get_path(&doc, key).filter(|v| !v.is_null())?;
+                Some(((*key).to_owned(), to_json(*kind, v)))
+            })
+            .collect())
+    }
+
+    /// Make the policy's defaults the tenant's values where the tenant has
+    /// not set the key. `written` is what earlier defaults wrote: a key
+    /// still holding that value is the default's (replaced by the new
+    /// default, or removed when the policy no longer has one); any other
+    /// value is the tenant's and is kept. Returns what the defaults now
+    /// hold in the file.
+    pub async fn sync_defaults(
+        &self,
+        written: BTreeMap<String, Json>,
+        defaults: BTreeMap<String, Json>,
+    ) -> Result<BTreeMap<String, Json>, SettingsError> {
+        let mut typed = Vec::new();
+        for (key, value) in &defaults {
+            let kind = kind_of(key)
+                .ok_or_else(|| SettingsError::Invalid(format!("unknown setting `{key}`")))?;
+            typed.push((key.clone(), validate(key, kind, value.clone())?));
+        }
+        self.update(move |doc| {
+            let mut changed = false;
+            let mut now = BTreeMap::new();
+            let ours = |doc: &Mapping, key: &str| {
+                let current = get_path(doc, key).filter(|v| !v.is_null());
+                match (current, written.get(key)) {
+                    (None, _) => true,
+                    (Some(v), Some(w)) => kind_of(key)
+                        .is_some_and(|k| to_json(k, v) == *w && !matches!(k, Kind::Secret)),
+                    (Some(_), None) => false,
+                }
+            };
+            for (key, value) in typed {
+                let Some(value) = value else { continue };
+                if ours(doc, &key) {
+                    let json = defaults.get(&key).cloned().unwrap_or(Json::Null);
+                    if get_path(doc, &key) != Some(&value) {
+                        set_path(doc, &key, Some(value))?;
+                        changed = true;
+                    }
+                    now.insert(key, json);
+                }
+            }
+            for key in written.keys() {
+                if !defaults.contains_key(key) && get_path(doc, key).is_some() && ours(doc, key) {
+                    set_path(doc, key, None)?;
+                    changed = true;
+                }
+            }
+            Ok((changed, now))
+        })
+        .await
     }
 
     /// Merge a patch (nested objects and/or dotted keys; `null` unsets).
     /// All of it is validated before anything is written.
     pub async fn patch(&self, patch: Json) -> Result<Json, SettingsError> {
-        let Json::Object(obj) = patch else {
+        let Json::Object(mut obj) = patch else {
             return Err(SettingsError::Invalid(
                 "the body must be a JSON object of settings".into(),
             ));
         };
+        // A GET body sent back: its list of enforced keys is not a setting.
+        match obj.remove(ENFORCED_KEYS) {
+            None => {}
+            Some(Json::Array(a)) if a.iter().all(Json::is_string) => {}
+            Some(_) => {
+                return Err(SettingsError::Invalid(format!(
+                    "`{ENFORCED_KEYS}` is read-only (a list of names)"
+                )));
+            }
+        }
         let mut leaves = Vec::new();
         flatten("", obj, &mut leaves)?;
         if leaves.is_empty() {
             return Err(SettingsError::Invalid("no settings given".into()));
         }
         let mut changes: Vec<(&'static str, Option<Yaml>)> = Vec::new();
+        let enforced = self.enforced();
         for (key, value) in leaves {
             let (name, kind) = SETTINGS
                 .iter()
                 .find(|(k, _)| *k == key)
                 .ok_or_else(|| SettingsError::Invalid(format!("unknown setting `{key}`")))?;
+            match enforced.get(*name) {
+                // Sent back unchanged (a GET body): not a change.
+                Some(v) if *v == value => continue,
+                Some(_) => return Err(SettingsError::Enforced((*name).to_owned())),
+                None => {}
+            }
             if matches!(kind, Kind::Secret) && value.as_str() == Some(REDACTED) {
                 continue; // a GET body sent back: keep the secret
             }
             changes.push((name, validate(name, *kind, value)?));
         }
-        self.update(move |doc| {
-            for (key, value) in changes {
-                set_path(doc, key, value)?;
-            }
-            Ok((true, view(doc)))
-        })
-        .await
+        let v = self
+            .update(move |doc| {
+                for (key, value) in changes {
+                    set_path(doc, key, value)?;
+                }
+                Ok((true, view(doc)))
+            })
+            .await?;
+        Ok(self.mark_enforced(v))
     }
 }
 
@@ -293,7 +413,11 @@ fn child_mapping<'a>(doc: &'a mut Mapping, key: &str) -> Result<&'a mut Mapping,
         .ok_or_else(|| SettingsError::Unusable(format!("`{key}` is not a mapping")))
 }
 
-fn set_path(doc: &mut Mapping, key: &str, value: Option<Yaml>) -> Result<(), SettingsError> {
+pub(crate) fn set_path(
+    doc: &mut Mapping,
+    key: &str,
+    value: Option<Yaml>,
+) -> Result<(), SettingsError> {
     let (parents, leaf) = match key.rsplit_once('.') {
         Some((p, l)) => (p.split('.').collect::<Vec<_>>(), l),
         None => (Vec::new(), key),
@@ -314,7 +438,7 @@ fn set_path(doc: &mut Mapping, key: &str, value: Option<Yaml>) -> Result<(), Set
     Ok(())
 }
 
-fn get_path<'a>(doc: &'a Mapping, key: &str) -> Option<&'a Yaml> {
+pub(crate) fn get_path<'a>(doc: &'a Mapping, key: &str) -> Option<&'a Yaml> {
     let mut parts = key.split('.');
     let first = parts.next()?;
     let mut cur = doc.get(first)?;
@@ -337,17 +461,77 @@ fn view(doc: &Mapping) -> Json {
         if v.is_null() {
             continue;
         }
-        let json = match kind {
-            Kind::Secret => match v.as_str() {
-                Some("") => Json::String(String::new()),
-                _ => Json::String(REDACTED.into()),
-            },
-            _ => serde_json::to_value(v).unwrap_or(Json::Null),
-        };
+        let json = to_json(*kind, v);
         let parts: Vec<&str> = key.split('.').collect();
         insert_nested(&mut out, &parts, json);
     }
     Json::Object(out)
+}
+
+/// A stored value as JSON, a secret redacted.
+fn to_json(kind: Kind, v: &Yaml) -> Json {
+    match kind {
+        Kind::Secret => match v.as_str() {
+            Some("") => Json::String(String::new()),
+            _ => Json::String(REDACTED.into()),
+        },
+        _ => serde_json::to_value(v).unwrap_or(Json::Null),
+    }
+}
+
+/// The member of `GET /settings` listing the enforced keys.
+pub const ENFORCED_KEYS: &str = "enforced_keys";
+
+fn kind_of(key: &str) -> Option<Kind> {
+    SETTINGS.iter().find(|(k, _)| *k == key).map(|(_, k)| *k)
+}
+
+/// Every managed setting, by dotted key.
+pub fn setting_keys() -> impl Iterator<Item = &'static str> {
+    SETTINGS.iter().map(|(k, _)| *k)
+}
+
+/// Whether `key` holds a secret (never accepted from a policy: secrets go
+/// through env keys).
+pub fn is_secret(key: &str) -> bool {
+    matches!(kind_of(key), Some(Kind::Secret))
+}
+
+/// A settings object (nested and/or dotted keys) as validated dotted
+/// leaves; `field` names the member in errors (`enforced`, `defaults`).
+/// `null` is refused: a policy sets values, it does not unset them.
+pub fn validate_leaves(field: &str, v: Json) -> Result<BTreeMap<String, Json>, SettingsError> {
+    let Json::Object(obj) = v else {
+        return Err(SettingsError::Invalid(format!(
+            "`{field}` must be an object of settings"
+        )));
+    };
+    let mut leaves = Vec::new();
+    flatten("", obj, &mut leaves)?;
+    let mut out = BTreeMap::new();
+    for (key, value) in leaves {
+        let Some(kind) = kind_of(&key) else {
+            return Err(SettingsError::Invalid(format!(
+                "`{field}.{key}` is not a setting this daemon manages"
+            )));
+        };
+        if value.is_null() {
+            return Err(SettingsError::Invalid(format!(
+                "`{field}.{key}` must have a value"
+            )));
+        }
+        validate(&format!("{field}.{key}"), kind, value.clone())?;
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+/// The YAML value of a validated setting.
+pub fn to_yaml(key: &str, v: &Json) -> Result<Yaml, SettingsError> {
+    let kind =
+        kind_of(key).ok_or_else(|| SettingsError::Invalid(format!("unknown setting `{key}`")))?;
+    validate(key, kind, v.clone())?
+        .ok_or_else(|| SettingsError::Invalid(format!("`{key}` must have a value")))
 }
 
 fn insert_nested(map: &mut Map<String, Json>, parts: &[&str], value: Json) {

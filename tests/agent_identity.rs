@@ -16,6 +16,8 @@ use common::GatewayWorld;
 
 /// An id no account uses here: the test needs no entry in the user database.
 const AGENT_ID: u32 = 64_123;
+/// The daemon's own unprivileged id in the production-shape test.
+const DAEMON_ID: u32 = 64_124;
 /// A Python every user can execute (the test runner's may live under /root).
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
@@ -302,4 +304,82 @@ async fn the_skills_index_reads_and_watches_the_tree_as_the_agent() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The production shape: an unprivileged daemon holding only the ambient
+/// capabilities the unit gives it (CAP_SETUID, CAP_SETGID, CAP_KILL), a
+/// member of the agent's group, supervising a gateway of another user.
+/// The gateway must reach `running`: the daemon verifies who holds the
+/// gateway port by reading the agent's /proc as the agent. (A nested
+/// `as_agent` used to restore the daemon's ids half-way through that check,
+/// so under systemd the agent never became `running`; as root the daemon's
+/// CAP_SYS_PTRACE hid it.)
+#[tokio::test]
+async fn an_unprivileged_daemon_with_ambient_capabilities_runs_the_agent() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: needs setpriv (util-linux)");
+        return;
+    }
+    let w = world();
+    let data = w.dir.join("data");
+    let managed = w.dir.join("managed");
+    for dir in [&data, &managed] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::os::unix::fs::chown(dir, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown");
+    }
+    let cred = w.dir.join("credential");
+    common::write_private(&cred, common::TOKEN);
+    std::os::unix::fs::chown(&cred, Some(DAEMON_ID), Some(DAEMON_ID)).expect("chown");
+    let wrapper: Vec<String> = [
+        "setpriv".to_string(),
+        format!("--reuid={DAEMON_ID}"),
+        format!("--regid={DAEMON_ID}"),
+        format!("--groups={AGENT_ID}"),
+        "--inh-caps=+setuid,+setgid,+kill".into(),
+        "--ambient-caps=+setuid,+setgid,+kill".into(),
+    ]
+    .into();
+    let d = common::TestDaemon::start_wrapped(
+        common::Options {
+            config_extra: config_with_system_python(&w),
+            env: w.env.clone(),
+            dir: Some(w.dir.clone()),
+        },
+        &wrapper,
+    )
+    .await;
+    let daemon = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).expect("status");
+    assert_eq!(
+        status_field(&daemon, "Uid:").split('\t').next(),
+        Some("64124")
+    );
+    assert_eq!(status_field(&daemon, "CapEff:"), "00000000000000e0");
+    let agent = w.wait_agent(&d, "running").await;
+    let pid = agent["pid"].as_u64().expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert_eq!(
+        status_field(&status, "Uid:").split('\t').next(),
+        Some("64123")
+    );
+    for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(
+            status_field(&status, cap),
+            "0000000000000000",
+            "{cap} {status}"
+        );
+    }
+    let logs = d.logs();
+    assert!(
+        !logs.iter().any(|l| l.contains("not held by the gateway")),
+        "the port check refused the daemon's own gateway:\n{}",
+        logs.join("\n")
+    );
 }

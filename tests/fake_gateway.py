@@ -29,6 +29,11 @@ request, so a test can flip modes while the process runs or between spawns):
   POST /fake/crash {"signal": N}: die by signal N now (default SIGSEGV)
   version      version reported by /health                            [0.19.0-fake]
   no_listen    never open the port at all                             [false]
+  reject_managed  exit 78 (EX_CONFIG) at start when the managed
+               `HERMES_MANAGED_DIR/config.yaml` contains this text     [none]
+  mcp_fail     at start, log to `HERMES_HOME/logs/errors.log` that the MCP
+               server of this name could not be connected, as
+               hermes-agent 0.19.0 does                                [none]
 
 What it did is written under `HERMES_HOME/fake_gateway/` for the tests to
 read: `spawns.log` ("pid start_time" per start), `grandchild.<pid>` (the
@@ -301,6 +306,29 @@ def main():
 
     if state.setting("grandchild", False):
         spawn_grandchild(state)
+
+    # hermes-agent 0.19.0 connects its MCP servers before it serves and
+    # logs each failure (tools/mcp_tool.py) to logs/errors.log.
+    mcp_fail = state.setting("mcp_fail", None)
+    if mcp_fail:
+        logs = state.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / "errors.log", "a", encoding="utf-8") as f:
+            f.write(time.strftime("%Y-%m-%d %H:%M:%S,000")
+                    + f" WARNING tools.mcp_tool: Failed to connect to MCP server '{mcp_fail}': "
+                    + "Connection refused (attempt 1)\n")
+
+    # A configuration the real gateway refuses: it exits 78 before serving.
+    reject = state.setting("reject_managed", None)
+    managed = os.environ.get("HERMES_MANAGED_DIR")
+    if reject and managed:
+        try:
+            text = (Path(managed) / "config.yaml").read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        if str(reject) in text:
+            print(f"fake-gateway {pid}: refusing the managed config (exit 78)", flush=True)
+            os._exit(78)
 
     port = int(state.env.get("API_SERVER_PORT", "8642"))
     host = state.env.get("API_SERVER_HOST", "127.0.0.1")

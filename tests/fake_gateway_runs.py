@@ -15,6 +15,9 @@ What a run does is chosen by words in its input text:
   "events:N"       N message.delta events ...
   "rate:R"         ... at R events per second (default: as fast as possible)
   "delay:S"        wait S seconds before the first event
+  "say: TEXT"      prints TEXT on stdout when the run is created
+  "leak"           prints the API key, an Authorization header with it
+                   and every LEAK_* start variable (for redaction tests)
   "env:NAME"       one delta `NAME=value` (or `NAME unset`) from the environment
                    the gateway had at its start (its env, then HERMES_HOME/.env,
                    then the managed .env): what a tool subprocess of the real
@@ -29,6 +32,7 @@ as hermes-agent 0.19.0 does after its 60 s `approvals.timeout`.
 """
 
 import json
+import sys
 import re
 import secrets
 import threading
@@ -183,6 +187,22 @@ def not_found(run_id):
     return 404, {"error": {"message": f"run {run_id} not found", "code": "run_not_found"}}
 
 
+def say(state, text):
+    """What the real gateway's tools may print: "say: TEXT" prints TEXT,
+    "leak" prints the API key (plain and as an Authorization header) and
+    every LEAK_* variable of the start environment (the logs API and
+    diagnostics must redact all of it)."""
+    if "say:" in text:
+        print("fake-gateway: " + text.split("say:", 1)[1].strip(), flush=True)
+    if "leak" in text.split():
+        key = state.env.get("API_SERVER_KEY", "")
+        print(f"fake-gateway: my key is {key}", flush=True)
+        print(f"fake-gateway: sending Authorization: Bearer {key}", file=sys.stderr, flush=True)
+        for k, v in sorted(START_ENV.items()):
+            if k.startswith("LEAK_"):
+                print(f"fake-gateway: {k}={v}", flush=True)
+
+
 def create_run(handler, state):
     if state.setting("no_runs", False):
         return 404, {"error": {"message": "not found", "code": "not_found"}}
@@ -193,6 +213,7 @@ def create_run(handler, state):
     body = handler.json_body() or {}
     if not body.get("input"):
         return 400, {"error": {"message": "input is required", "code": "invalid_request"}}
+    say(state, input_text(body))
     run = Run("run_" + secrets.token_hex(16), body, float(state.setting("approval_timeout", 0) or 0))
     with LOCK:
         RUNS[run.id] = run

@@ -245,13 +245,16 @@ async fn an_installation_that_skipped_api_server_turns_rescans_them_once() {
     drop(d);
 
     // Make the store what a build before migration 0007 left: the
-    // api_server turn skipped, the position past it.
+    // api_server turn skipped, the position past it (and no later tables).
     let db = rusqlite::Connection::open(dir.path().join("data/tenantd.db")).expect("db");
     db.execute_batch(
         "DELETE FROM messages WHERE content = 'storks asked directly';
          UPDATE daemon_state SET value = '2' WHERE key = 'history_sync.last_message_id';
          ALTER TABLE messages DROP COLUMN partial;
          ALTER TABLE runs DROP COLUMN refused_approvals;
+         DROP TABLE agent_policy; DROP TABLE policy_defaults_written;
+         DROP TABLE agent_connections; DROP TABLE agent_specialization;
+         DROP TABLE specialization_files;
          PRAGMA user_version = 6;",
     )
     .expect("downgrade");

@@ -140,5 +140,10 @@ fn cli_check_config_names_the_bad_key_and_search_reads_the_db() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("<mark>grep</mark>"));
+    // Piped: the snippet as plain text, no `<mark>` tags (bold only on a terminal).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("operators grep here") && !stdout.contains("<mark>"),
+        "{stdout}"
+    );
 }

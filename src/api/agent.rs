@@ -9,8 +9,21 @@ use super::AppState;
 use crate::agent::{AgentCommand, AgentStatus, DesiredBy};
 use crate::error::ApiError;
 
-pub async fn status(State(state): State<AppState>) -> Json<AgentStatus> {
-    Json(state.agent.status())
+/// `GET /agent`: the status, the drain and the activity signal.
+#[derive(serde::Serialize)]
+pub struct AgentView {
+    #[serde(flatten)]
+    status: AgentStatus,
+    drain: crate::ops::DrainView,
+    activity: crate::ops::ActivityView,
+}
+
+pub async fn status(State(state): State<AppState>) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(AgentView {
+        status: state.agent.status(),
+        drain: state.ops.drain.view(),
+        activity: state.ops.activity().await?,
+    }))
 }
 
 async fn command(

@@ -161,8 +161,12 @@ impl Shared {
             .strip_prefix("/v1/tenant-runtime/")
             .and_then(|rest| rest.split('/').next())
             .unwrap_or_default();
-        (tenant != self.state.config.tenant_id)
-            .then(|| ApiError::NotFound("no such tenant on this host".into()).into_response())
+        if tenant != self.state.config.tenant_id {
+            return Some(ApiError::NotFound("no such tenant on this host".into()).into_response());
+        }
+        // An authenticated call for this tenant: the hub's activity signal.
+        self.state.ops.activity.hub_called();
+        None
     }
 }
 

@@ -3,6 +3,7 @@
 //! they hold no business rule and run no SQL on the async runtime.
 
 mod agent;
+mod connections;
 mod conversations;
 mod cron;
 mod env;
@@ -10,9 +11,13 @@ pub mod extract;
 mod files;
 mod front;
 mod memory;
+mod ops;
+mod policy;
+mod releases;
 mod runs;
 mod settings;
 mod skills;
+mod specialization;
 mod system;
 mod usage;
 
@@ -55,6 +60,12 @@ pub struct AppState {
     pub hermes_config: Arc<crate::settings::HermesConfig>,
     /// Whether the skills index stopped at its caps (`GET /skills`).
     pub skills_status: Arc<crate::skills::IndexStatus>,
+    /// Agent releases: install, activate, remove (`/agent/releases`).
+    pub releases: crate::releases::Releases,
+    /// Drain, activity (`api::ops`).
+    pub ops: Arc<crate::ops::Ops>,
+    /// The hub's agent policy and MCP connections.
+    pub agent_config: Arc<crate::policy::AgentConfig>,
 }
 
 /// One route: method, path (relative to its prefix) and handler.
@@ -92,6 +103,10 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::POST, "/agent/start", post(agent::start)),
         r(Method::POST, "/agent/stop", post(agent::stop)),
         r(Method::POST, "/agent/restart", post(agent::restart)),
+        r(Method::POST, "/drain", post(ops::drain)),
+        r(Method::DELETE, "/drain", delete(ops::cancel_drain)),
+        r(Method::GET, "/logs", get(ops::logs)),
+        r(Method::GET, "/diagnostics", get(ops::diagnostics)),
         r(
             Method::GET,
             "/conversations",
@@ -170,6 +185,42 @@ fn tenant_routes() -> Vec<Route> {
         r(Method::DELETE, "/env/{name}", delete(env::remove)),
         r(Method::GET, "/settings", get(settings::get)),
         r(Method::PATCH, "/settings", patch(settings::patch)),
+        r(Method::GET, "/agent/releases", get(releases::list)),
+        r(Method::POST, "/agent/releases", post(releases::install)),
+        r(
+            Method::POST,
+            "/agent/releases/{version}/activate",
+            post(releases::activate),
+        ),
+        r(
+            Method::DELETE,
+            "/agent/releases/{version}",
+            delete(releases::remove),
+        ),
+        r(Method::GET, "/agent-policy", get(policy::get)),
+        r(Method::PUT, "/agent-policy", put(policy::put)),
+        r(
+            Method::GET,
+            "/agent-specialization",
+            get(specialization::get),
+        ),
+        r(
+            Method::PUT,
+            "/agent-specialization",
+            put(specialization::put),
+        ),
+        r(
+            Method::DELETE,
+            "/agent-specialization",
+            delete(specialization::remove),
+        ),
+        r(Method::GET, "/connections", get(connections::list)),
+        r(Method::PUT, "/connections/{name}", put(connections::put)),
+        r(
+            Method::DELETE,
+            "/connections/{name}",
+            delete(connections::remove),
+        ),
     ]
 }
 

@@ -21,6 +21,7 @@ impl From<RunError> for ApiError {
             RunError::NotFound(id) => ApiError::NotFound(format!("run `{id}` does not exist")),
             RunError::Conflict(m) => ApiError::Conflict(m),
             RunError::Suspended => ApiError::Suspended,
+            RunError::AgentNotInstalled(m) => ApiError::AgentNotInstalled(m),
             RunError::Busy {
                 message,
                 retry_after_s,
@@ -29,6 +30,10 @@ impl From<RunError> for ApiError {
                 retry_after_s,
             },
             RunError::Unavailable(m) => ApiError::Unavailable(m),
+            e @ RunError::Draining { retry_after_s } => ApiError::Draining {
+                message: e.to_string(),
+                retry_after_s,
+            },
             RunError::Store(s) => ApiError::from(s),
         }
     }

@@ -18,6 +18,7 @@ impl From<SettingsError> for ApiError {
                 message: e.to_string(),
             },
             SettingsError::Io(e) => ApiError::from_io(e),
+            SettingsError::Enforced(key) => ApiError::PolicyEnforced(key),
         }
     }
 }

@@ -14,8 +14,9 @@ pub const DEFAULT_TASKS_MAX: u64 = 2048;
 /// `supervisor::cgroup::DAEMON_CPU_WEIGHT`).
 pub const DEFAULT_CPU_WEIGHT: u32 = 100;
 
+/// A user or group name as given, surrounding blanks ignored.
 fn non_empty(v: Option<String>) -> Option<String> {
-    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+    super::validate::non_empty(v).map(|s| s.trim().to_owned())
 }
 
 pub(super) fn identity(

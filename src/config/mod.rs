@@ -17,6 +17,9 @@ pub const SYSTEMD_CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
 pub const SYSTEMD_CREDENTIAL_NAME: &str = "tenant-runtime";
 /// Data directory used by `--dev` when none is configured.
 pub const DEV_DATA_DIR: &str = ".tenantd-dev";
+/// The virtualenv `scripts/dev-agent` installs hermes-agent into, under
+/// the data directory; `--dev` uses it as `gateway.venv` when it exists.
+pub const DEV_AGENT_VENV: &str = "agent-venv";
 
 /// A configuration that cannot be used. The message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,7 @@ pub struct Config {
     pub env: EnvConfig,
     pub skills: SkillsConfig,
     pub agent_card: AgentCardConfig,
+    pub releases: ReleasesConfig,
 }
 
 /// Tenant-visible file roots (`[files]`).
@@ -335,6 +339,8 @@ impl Config {
 
 mod agent;
 mod command;
+mod releases;
+pub use releases::ReleasesConfig;
 mod raw;
 mod validate;
 

@@ -28,6 +28,7 @@ pub(super) struct Raw {
     pub(super) env: RawEnv,
     pub(super) skills: RawSkills,
     pub(super) agent_card: RawAgentCard,
+    pub(super) releases: super::releases::RawReleases,
 }
 
 #[derive(Debug, Default, Deserialize)]

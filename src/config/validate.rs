@@ -146,6 +146,13 @@ pub(super) fn validate(
             PathBuf::from("/home/hermes/.hermes")
         }
     });
+    // `--dev`: the agent `scripts/dev-agent` installed, when it is there.
+    if dev && non_empty_path(gw.venv.clone()).is_none() {
+        let venv = data_dir.join(super::DEV_AGENT_VENV);
+        if venv.join("bin").is_dir() {
+            gw.venv = Some(venv);
+        }
+    }
     let port = gw.port.unwrap_or(8642);
     if port == 0 {
         return Err(invalid("gateway.port", "must be 1-65535"));
@@ -404,6 +411,8 @@ pub(super) fn validate(
         },
     };
 
+    let releases = super::releases::validate(raw.releases, &data_dir)?;
+
     Ok(Config {
         dev,
         tenant_id,
@@ -428,6 +437,7 @@ pub(super) fn validate(
         env,
         skills,
         agent_card,
+        releases,
     })
 }
 

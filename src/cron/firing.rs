@@ -15,6 +15,16 @@ impl CronService {
     ) -> Result<Firing, CronError> {
         let jid = id.to_owned();
         let job = self.store.read(move |c| db::get_job(c, &jid)).await?;
+        if let Err(e) = self.runs.refuse_if_draining() {
+            if trigger == Trigger::Manual {
+                return Err(CronError::Run(e));
+            }
+            // Held, not failed: back in the queue unchanged; the scheduler
+            // fires it once the drain ends (or a restarted daemon catches
+            // it up within the grace window).
+            self.requeue(id, job.next_run_at);
+            return Err(CronError::Conflict("held while the daemon drains".into()));
+        }
         let now = self.clock.now_ms();
         if trigger != Trigger::Manual && (!active(&job) || job.next_run_at != scheduled) {
             // Changed since it was queued; the change requeued it.
@@ -141,6 +151,7 @@ impl CronService {
                 instructions,
                 platform: Some("cron".into()),
                 conversation_history: None,
+                queue: false,
             })
             .await;
         match started {

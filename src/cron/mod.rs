@@ -496,7 +496,17 @@ impl CronService {
     }
 
     async fn scheduler(self: Arc<Self>) {
+        let mut draining = self.runs.draining();
         loop {
+            // While the daemon drains, due firings stay queued (held, not
+            // skipped): they fire when the drain ends.
+            if draining.borrow_and_update().is_some() {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    changed = draining.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
             let now = self.clock.now_ms();
             let (due, next) = match self.queue.lock() {
                 Ok(mut q) => (q.pop_due(now), q.next_at()),
@@ -530,6 +540,7 @@ impl CronService {
                 _ = self.shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
+                Ok(()) = draining.changed() => {}
             }
         }
     }

@@ -147,6 +147,48 @@ impl DirHandle {
         }
     }
 
+    /// Open the directory `rel` beneath this one, creating each missing
+    /// component with `mode` (`mkdirat` in the handle of its parent, then
+    /// opened with symlinks refused: a planted link is never followed).
+    pub fn create_dirs(&self, rel: &Path, mode: u32) -> io::Result<DirHandle> {
+        let mut cur: Option<DirHandle> = None;
+        for comp in rel.components() {
+            let Component::Normal(name) = comp else {
+                return Err(invalid("only plain names may be created"));
+            };
+            let dir = cur.as_ref().unwrap_or(self);
+            let c = cstr(name)?;
+            // SAFETY: valid fd and NUL-terminated name.
+            let r = unsafe { libc::mkdirat(dir.fd.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+            }
+            let next = dir.open_dir(Path::new(name))?;
+            cur = Some(next);
+        }
+        cur.ok_or_else(|| invalid("no directory named"))
+    }
+
+    /// Remove the directory `rel` if it is empty (anything else is left).
+    pub fn remove_empty_dir(&self, rel: &Path) -> io::Result<()> {
+        let (parent, name) = self.parent_of(rel)?;
+        let dir = parent.as_ref().unwrap_or(self);
+        let c = cstr(name)?;
+        // SAFETY: valid fd and NUL-terminated name.
+        let r = unsafe { libc::unlinkat(dir.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTEMPTY | libc::EEXIST) => Ok(()),
+            _ => Err(e),
+        }
+    }
+
     /// `lstat` of the entry `rel` (not followed); `None` when missing.
     pub fn stat(&self, rel: &Path) -> io::Result<Option<Stat>> {
         let (parent, name) = self.parent_of(rel)?;
@@ -231,6 +273,34 @@ impl DirHandle {
             Some(libc::ENOENT) => Ok(None),
             _ => Err(e),
         }
+    }
+
+    /// Remove this directory's leftover temp files of [`atomic::write`]
+    /// (a write cut by a crash or `kill -9`) last modified before
+    /// `older_than` ago: younger ones may belong to a write in progress.
+    /// Only regular files and symlinks are removed (`unlinkat`, never
+    /// followed); at most `max` entries are looked at. Returns how many
+    /// were removed.
+    pub fn sweep_temps(&self, older_than: std::time::Duration, max: usize) -> io::Result<usize> {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(older_than)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut removed = 0;
+        for name in self.entries(max)? {
+            if !name.as_bytes().starts_with(atomic::TEMP_PREFIX.as_bytes()) {
+                continue;
+            }
+            let Some(st) = self.stat_entry(&name)? else {
+                continue;
+            };
+            let kind = st.st_mode & libc::S_IFMT;
+            if (kind == libc::S_IFREG || kind == libc::S_IFLNK) && st.st_mtime <= cutoff {
+                self.remove(Path::new(&name))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// fsync the directory (makes a rename in it durable).

@@ -263,3 +263,48 @@ fn the_walk_opens_plain_names_and_refuses_any_symlink() {
     let e = resolve::walk(d.as_fd(), Path::new("cron/link.json"), flags, 0).expect_err("link");
     assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
 }
+
+#[test]
+fn sweep_removes_only_stale_temps_and_never_follows_a_link() {
+    let w = world();
+    let victim = w.outside.join("victim");
+    let before = digest(&victim);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let stale = w.base.join(".tenantd-tmp-stale");
+    std::fs::write(&stale, "cut write").expect("write");
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .and_then(|f| f.set_modified(old))
+        .expect("age");
+    std::fs::write(w.base.join(".tenantd-tmp-young"), "in progress").expect("write");
+    std::fs::create_dir(w.base.join(".tenantd-tmp-dir")).expect("mkdir");
+    std::fs::write(w.base.join("config.yaml"), "x: 1").expect("write");
+    symlink(&victim, w.base.join(".tenantd-tmp-link")).expect("symlink");
+    let d = DirHandle::open_home(&w.base).expect("open");
+
+    let ten_min = std::time::Duration::from_secs(600);
+    assert_eq!(d.sweep_temps(ten_min, 100).expect("sweep"), 1);
+    assert_eq!(
+        names(&w.base),
+        vec![
+            ".tenantd-tmp-dir",
+            ".tenantd-tmp-link",
+            ".tenantd-tmp-young",
+            "config.yaml",
+            "cron"
+        ]
+    );
+    // With no age bound the young file and the link go too (the link is
+    // removed, its target untouched); a directory and other names stay.
+    assert_eq!(
+        d.sweep_temps(std::time::Duration::ZERO, 100)
+            .expect("sweep"),
+        2
+    );
+    assert_eq!(
+        names(&w.base),
+        vec![".tenantd-tmp-dir", "config.yaml", "cron"]
+    );
+    assert_eq!(digest(&victim), before);
+}

@@ -162,10 +162,27 @@ impl EnvFile {
         .await
     }
 
+    /// Every value in the file, as python-dotenv reads them (for
+    /// `ops::redact`, never for a response).
+    pub async fn values(&self) -> Result<Vec<String>, EnvError> {
+        let path = self.path.clone();
+        blocking(move || {
+            let bytes = read_file(&path)?;
+            Ok(dotenv::parse(&bytes)
+                .bindings
+                .into_iter()
+                .filter_map(|b| b.value)
+                .collect())
+        })
+        .await
+    }
+
     /// Set `name` to `value`: its last binding is replaced in place, earlier
     /// ones removed; appended when absent.
     pub async fn set(&self, name: &str, value: &str) -> Result<(), EnvError> {
         self.check_name(name)?;
+        // Before the gateway can print it (`ops::redact`).
+        crate::ops::redact::remember(crate::ops::redact::Kind::EnvValue, value);
         let encoded = self.check_value(value)?;
         let line = format!("{name}={encoded}");
         self.rewrite(name.to_owned(), Some((line, value.to_owned())))

@@ -266,11 +266,24 @@ async fn wait_for_runs(link: &HubLink, bound: Duration) -> Committing {
 /// the log): hold the new-run gate, wait for the runs in flight (at most
 /// `bound`), and return the gate, dropped once the gateway may serve again.
 pub(crate) async fn quiesce(link: &HubLink, bound: Duration, why: &str) -> Committing {
+    quiesce_counting(link, bound, why, || link.open_runs()).await
+}
+
+/// `quiesce` with another count of the runs to wait for: a drain holds
+/// the gate itself for its whole life, so the runs queued behind it are
+/// not in flight and only those past the gate (`Runs::runs_at_gateway`)
+/// are waited for.
+pub(crate) async fn quiesce_counting(
+    link: &HubLink,
+    bound: Duration,
+    why: &str,
+    in_flight: impl Fn() -> u64,
+) -> Committing {
     let deadline = Instant::now() + bound;
     let mut logged = false;
     loop {
         let gate = link.hold_gate();
-        let open = link.open_runs();
+        let open = in_flight();
         if open == 0 {
             if logged {
                 tracing::info!(why, "the runs in flight have ended; going ahead");
@@ -282,7 +295,7 @@ pub(crate) async fn quiesce(link: &HubLink, bound: Duration, why: &str) -> Commi
                 why,
                 open_runs = open,
                 waited_s = bound.as_secs(),
-                "runs still in flight after hub.stop_wait_for_runs; going ahead anyway"
+                "runs still in flight after the wait bound; going ahead anyway"
             );
             return gate;
         }

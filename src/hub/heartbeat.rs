@@ -36,6 +36,9 @@ pub struct Deps {
     pub link: HubLink,
     pub metrics: Arc<Metrics>,
     pub credentials: Arc<Credentials>,
+    /// Agent releases: reported in each beat, `desired.agent_release`
+    /// applied (`None`: an empty report, the desire ignored; benches).
+    pub releases: Option<crate::releases::Releases>,
 }
 
 /// One beat that did not get a usable answer.
@@ -267,7 +270,17 @@ impl Heartbeat {
         self.sampler = Some(sampler);
 
         let status = self.deps.agent.status();
+        let releases = self
+            .deps
+            .releases
+            .as_ref()
+            .map(|r| r.report())
+            .unwrap_or_default();
         let link = &self.deps.link;
+        let (drain, activity) = match link.ops() {
+            Some(ops) => (Some(ops.drain.view()), Some(ops.activity().await?)),
+            None => (None, None),
+        };
         let usage = UsageReport::new(&rows, batch as usize);
         let max_seq = usage.max_seq();
         let beat = Beat {
@@ -294,6 +307,10 @@ impl Heartbeat {
                 interval_s: self.schedule.interval.as_secs_f64(),
             },
             usage,
+            releases: &releases,
+            drain,
+            activity,
+            agent_config: link.agent_config(),
         };
         let body = serde_json::to_vec(&beat).map_err(|e| BeatError::Build(e.to_string()))?;
         Ok((body, max_seq))
@@ -357,6 +374,11 @@ impl Heartbeat {
             version: desired.version,
         });
         applied.command = self.decisions.apply(resumed, decision).await;
+        // Installed and activated by the releases worker (same gate and
+        // rollback as the API); never waited for here.
+        if let (Some(release), Some(releases)) = (&desired.agent_release, &self.deps.releases) {
+            releases.desired(release, desired.agent_release_sha256.as_deref());
+        }
 
         if let Some(asked) = reply.heartbeat_interval_s {
             match Schedule::bounded_override(self.deps.config.hub.heartbeat_interval, asked) {

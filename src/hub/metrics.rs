@@ -23,7 +23,7 @@ pub struct StateLabels {
 }
 
 /// Every state, so the gauge family shows zeros for the others.
-const STATES: [AgentState; 7] = [
+const STATES: [AgentState; 8] = [
     AgentState::Stopped,
     AgentState::Starting,
     AgentState::Running,
@@ -31,6 +31,7 @@ const STATES: [AgentState; 7] = [
     AgentState::Backoff,
     AgentState::Failed,
     AgentState::Stopping,
+    AgentState::NotInstalled,
 ];
 
 pub struct HubMetrics {

@@ -80,6 +80,8 @@ impl std::fmt::Debug for HubLink {
 
 /// Reads a live count owned by another module.
 type CountSource = Box<dyn Fn() -> u64 + Send + Sync>;
+/// Reads the hub-driven configuration's report (`policy`).
+type AgentConfigSource = Box<dyn Fn() -> crate::policy::Report + Send + Sync>;
 
 /// One hold on the new-run gate (see [`HubLink::hold_gate`]).
 pub(crate) struct GateHold(HubLink);
@@ -102,10 +104,13 @@ struct Inner {
     open_runs: AtomicU64,
     open_runs_source: std::sync::OnceLock<CountSource>,
     cron_jobs_due: AtomicU64,
+    agent_config_source: std::sync::OnceLock<AgentConfigSource>,
     /// Hub clock minus ours, in ms; meaningful once `skew_known`.
     skew_ms: AtomicI64,
     skew_known: AtomicBool,
     skew_warning: AtomicBool,
+    /// Drain state and activity for the beat (set once at start).
+    ops: std::sync::OnceLock<Arc<crate::ops::Ops>>,
 }
 
 /// Counts one open run while alive (see [`HubLink::run_opened`]).
@@ -155,9 +160,11 @@ impl HubLink {
                 open_runs: AtomicU64::new(0),
                 open_runs_source: std::sync::OnceLock::new(),
                 cron_jobs_due: AtomicU64::new(0),
+                agent_config_source: std::sync::OnceLock::new(),
                 skew_ms: AtomicI64::new(0),
                 skew_known: AtomicBool::new(false),
                 skew_warning: AtomicBool::new(false),
+                ops: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -250,6 +257,19 @@ impl HubLink {
         }
     }
 
+    /// Let `policy` report the applied policy and the connections in each
+    /// beat. Set once; a later call is ignored.
+    pub fn set_agent_config_source(
+        &self,
+        source: impl Fn() -> crate::policy::Report + Send + Sync + 'static,
+    ) {
+        let _ = self.inner.agent_config_source.set(Box::new(source));
+    }
+
+    pub fn agent_config(&self) -> Option<crate::policy::Report> {
+        self.inner.agent_config_source.get().map(|f| f())
+    }
+
     /// Set by the cron scheduler: jobs whose time has come and that have
     /// not started yet.
     pub fn set_cron_jobs_due(&self, n: u64) {
@@ -258,6 +278,15 @@ impl HubLink {
 
     pub fn cron_jobs_due(&self) -> u64 {
         self.inner.cron_jobs_due.load(Ordering::Relaxed)
+    }
+
+    /// Give the beat the drain state and the activity signal. Set once.
+    pub fn set_ops(&self, ops: Arc<crate::ops::Ops>) {
+        let _ = self.inner.ops.set(ops);
+    }
+
+    pub fn ops(&self) -> Option<&Arc<crate::ops::Ops>> {
+        self.inner.ops.get()
     }
 
     pub fn clock(&self) -> ClockView {

@@ -32,6 +32,20 @@ pub struct Beat<'a> {
     pub clock: ClockReport,
     pub link: LinkReport<'a>,
     pub usage: UsageReport<'a>,
+    /// Agent releases on the VM (version + state), the active one and the
+    /// hub's desired release last acted on.
+    pub releases: &'a crate::releases::ReleasesReport,
+    /// Whether the daemon drains for maintenance (`ops::drain`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<crate::ops::DrainView>,
+    /// When the tenant last used the agent (`ops::activity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<crate::ops::ActivityView>,
+    /// The hub-driven configuration in force (issue 14): policy version,
+    /// last rollback, connections and their status. Absent before the
+    /// policy service runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<crate::policy::Report>,
 }
 
 #[derive(Debug, Serialize)]

@@ -36,6 +36,13 @@ pub struct DesiredState {
     pub version: Option<u64>,
     #[serde(default)]
     pub access: Option<Access>,
+    /// The agent release this VM should run: installed (if needed) and
+    /// activated behind the health gate by `releases`.
+    #[serde(default)]
+    pub agent_release: Option<String>,
+    /// The sha256 of that release's hermes-agent distribution, pinned.
+    #[serde(default)]
+    pub agent_release_sha256: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::AgentHandle;
+use crate::agent::{AgentHandle, AgentState, AgentStatus};
 use crate::store::conversations::{self, AppendMessages, NewMessage, Role};
 use crate::store::runs::{self as run_store, NewRun, Run};
 use crate::store::{Store, StoreError};
@@ -71,10 +71,17 @@ pub enum RunError {
     Conflict(String),
     #[error("the tenant is suspended; runs are refused until access is restored")]
     Suspended,
+    /// `--dev` without an agent (`AgentState::NotInstalled`).
+    #[error("{0}")]
+    AgentNotInstalled(String),
     #[error("{message}")]
     Busy { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Unavailable(String),
+    #[error(
+        "the daemon is draining for maintenance; new runs are refused (send `queue: true` to queue one)"
+    )]
+    Draining { retry_after_s: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -92,6 +99,10 @@ pub struct StartRun {
     pub platform: Option<String>,
     #[serde(default)]
     pub conversation_history: Option<Value>,
+    /// While the daemon drains: accept the run and start it when the drain
+    /// ends, instead of `503 draining`.
+    #[serde(default)]
+    pub queue: bool,
 }
 
 /// One relayed event in memory.
@@ -141,7 +152,19 @@ pub struct Runs {
     pub(crate) suspended: watch::Receiver<bool>,
     /// `true` while the hub's stop is being committed (`hub::decision`).
     pub(crate) hub_stopping: watch::Receiver<bool>,
+    /// `Some(deadline in ms)` while the daemon drains (`ops::drain`): new
+    /// runs are refused unless they ask to be queued.
+    pub(crate) draining: watch::Sender<Option<i64>>,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// Why a run cannot reach an agent that is not installed: the
+/// supervisor's own words (they say how to install one).
+fn not_installed_message(agent: &AgentStatus) -> String {
+    agent
+        .last_error
+        .clone()
+        .unwrap_or_else(|| "no agent is installed".into())
 }
 
 fn new_id(prefix: &str) -> String {
@@ -207,6 +230,7 @@ impl Runs {
             active: Mutex::new(HashMap::new()),
             suspended,
             hub_stopping,
+            draining: watch::Sender::new(None),
             shutdown,
         })
     }
@@ -246,6 +270,12 @@ impl Runs {
     pub async fn start(self: &Arc<Self>, req: StartRun) -> Result<Run, RunError> {
         if *self.suspended.borrow() {
             return Err(RunError::Suspended);
+        }
+        // `--dev` without an agent: nothing will relay the run, so say so
+        // now instead of leaving it queued until the wake timeout.
+        let agent = self.agent.status();
+        if agent.state == AgentState::NotInstalled {
+            return Err(RunError::AgentNotInstalled(not_installed_message(&agent)));
         }
         let platform = req.platform.clone().unwrap_or_else(|| "api".into());
         if !PLATFORMS.contains(&platform.as_str()) {
@@ -295,6 +325,9 @@ impl Runs {
             }
             None => new_id("sess"),
         };
+        if !req.queue {
+            self.refuse_if_draining()?;
+        }
         let permit = self
             .queued
             .clone()
@@ -375,6 +408,36 @@ impl Runs {
     /// Number of runs in flight (for the heartbeat).
     pub fn open_runs(&self) -> usize {
         self.active.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Runs accepted but not at the gateway yet (waiting for the agent or
+    /// for the end of a drain).
+    pub fn queued_runs(&self) -> usize {
+        self.open_runs().saturating_sub(self.runs_at_gateway())
+    }
+
+    /// `Err(Draining)` while the daemon drains, with a `Retry-After` of the
+    /// time left to the drain's deadline (5 s to 5 min).
+    pub(crate) fn refuse_if_draining(&self) -> Result<(), RunError> {
+        match *self.draining.borrow() {
+            None => Ok(()),
+            Some(deadline_ms) => {
+                let left_s = (deadline_ms - crate::store::now_ms()).max(0) / 1000;
+                Err(RunError::Draining {
+                    retry_after_s: (left_s as u64).clamp(5, 300),
+                })
+            }
+        }
+    }
+
+    /// Refuse new runs (`Some(deadline ms)`) or take them again (`None`).
+    pub(crate) fn set_draining(&self, deadline_ms: Option<i64>) {
+        self.draining.send_replace(deadline_ms);
+    }
+
+    /// `Some(deadline ms)` while draining.
+    pub fn draining(&self) -> watch::Receiver<Option<i64>> {
+        self.draining.subscribe()
     }
 
     /// Runs in flight at the gateway (not those waiting for the agent).

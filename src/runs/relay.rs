@@ -324,7 +324,7 @@ fn waker(req: &StartRun) -> DesiredBy {
 /// The wake is a newer decision than the hub's last one: it stands until
 /// the hub changes its desired state (`hub::decision`).
 async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy) -> RelayResult {
-    let deadline = Instant::now() + runs.limits.wake_timeout;
+    let mut deadline = Instant::now() + runs.limits.wake_timeout;
     let mut status_rx = runs.agent.subscribe();
     let mut stopping_rx = runs.hub_stopping.clone();
     let mut woke = false;
@@ -333,6 +333,13 @@ async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy
         // While the hub's stop is being committed the agent is about to
         // stop: wait for it, then wake it (a newer decision).
         let hub_stopping = *stopping_rx.borrow_and_update();
+        if status.state == AgentState::NotInstalled {
+            // Woken (or queued) into a `--dev` daemon without an agent.
+            return Err((
+                "agent_not_installed".into(),
+                super::not_installed_message(&status),
+            ));
+        }
         if !hub_stopping && status.state == AgentState::Running {
             // Counted first, then the gate looked at again: a gateway
             // restart raises the gate, then counts (`env_apply`), so either
@@ -366,8 +373,14 @@ async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy
                     return Err(("agent_unavailable".into(), "the supervisor is not running".into()));
                 }
             }
-            Ok(()) = stopping_rx.changed() => {}
-            _ = tokio::time::sleep_until(deadline.into()) => {
+            Ok(()) = stopping_rx.changed() => {
+                // The wake bound counts from when the gate drops: a run
+                // queued behind a drain or a hub stop waits for it first.
+                if !*stopping_rx.borrow() {
+                    deadline = Instant::now() + runs.limits.wake_timeout;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()), if !hub_stopping => {
                 return Err((
                     "agent_unavailable".into(),
                     format!("the agent was not ready within {:?} (state {})", runs.limits.wake_timeout, status.state.as_str()),

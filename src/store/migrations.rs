@@ -18,6 +18,11 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_fidelity",
         include_str!("../../schema/0007_fidelity.sql"),
     ),
+    ("0008_policy", include_str!("../../schema/0008_policy.sql")),
+    (
+        "0009_releases",
+        include_str!("../../schema/0009_releases.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

@@ -2,6 +2,7 @@
 //! read-only connections, WAL. Every call runs on tokio's blocking pool,
 //! never on an async worker thread.
 
+pub mod activity;
 pub mod agent;
 pub mod conversations;
 pub mod cron;
@@ -10,6 +11,7 @@ pub mod hub;
 pub mod memory;
 pub mod message_search;
 pub mod migrations;
+pub mod policy;
 pub mod runs;
 pub mod usage;
 

@@ -20,7 +20,7 @@
 //! limits are not enforced. Blocking: call from the blocking pool.
 
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -255,11 +255,6 @@ impl AgentCgroup {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Raw fd number for the pre-exec closure (which must not allocate).
-pub fn raw(fd: &OwnedFd) -> i32 {
-    fd.as_raw_fd()
 }
 
 #[cfg(test)]

@@ -476,7 +476,7 @@ mod tests {
 
 /// The production shape, checked by hand (it needs two users): the
 /// gateway's listener owned by another uid, the checker a non-root user
-/// holding only `CAP_SETUID`/`CAP_SETGID`. See README "Gateway link".
+/// holding only `CAP_SETUID`/`CAP_SETGID`. See docs/agent.md "Gateway link".
 #[cfg(test)]
 mod cross_user {
     use super::*;

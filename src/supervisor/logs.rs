@@ -99,7 +99,8 @@ impl GatewayLog {
 
     fn line(&self, stream: &'static str, pid: u32, line: &[u8], truncated: bool) {
         let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
+        // Redacted at the source: neither tracing nor the file sees a secret.
+        let text = crate::ops::redact::redact(text.trim_end_matches('\r'));
         tracing::info!(target: "gateway", stream, pid, truncated, "{text}");
         let record = format!(
             "{} {stream} {pid} {text}{}\n",

@@ -60,16 +60,7 @@ pub fn write_managed_env(
     key: &str,
     reader_gid: Option<u32>,
 ) -> io::Result<()> {
-    let file_mode = match reader_gid {
-        Some(gid) => {
-            create_shared_dir(dir, gid)?;
-            0o640
-        }
-        None => {
-            create_private_dir(dir)?;
-            0o600
-        }
-    };
+    let file_mode = prepare_scope(dir, reader_gid)?;
     let path = dir.join(".env");
     let mut out = String::new();
     // Parsed as the gateway parses it (python-dotenv): a multi-line value
@@ -109,6 +100,34 @@ pub fn write_managed_env(
         return Ok(());
     }
     crate::dir_handle::write_file(&path, out.as_bytes(), file_mode)
+}
+
+/// Replace the managed `config.yaml` (the hub's policy and connections,
+/// rendered whole by `policy`) atomically; same scope rules as the `.env`.
+/// Blocking.
+pub fn write_managed_config(dir: &Path, text: &[u8], reader_gid: Option<u32>) -> io::Result<()> {
+    let file_mode = prepare_scope(dir, reader_gid)?;
+    let path = dir.join("config.yaml");
+    if std::fs::read(&path).is_ok_and(|old| old == text)
+        && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == file_mode)
+    {
+        return Ok(());
+    }
+    crate::dir_handle::write_file(&path, text, file_mode)
+}
+
+/// Create the scope directory; the mode its files get.
+fn prepare_scope(dir: &Path, reader_gid: Option<u32>) -> io::Result<u32> {
+    match reader_gid {
+        Some(gid) => {
+            create_shared_dir(dir, gid)?;
+            Ok(0o640)
+        }
+        None => {
+            create_private_dir(dir)?;
+            Ok(0o600)
+        }
+    }
 }
 
 /// Create `dir` (and parents) owned by the daemon, readable (not writable)

@@ -20,8 +20,8 @@ pub mod process;
 mod spawn;
 
 use spawn::{
-    config_fingerprint, enter_empty_cgroup, kill_cgroup_detached, log_containment, port_in_use,
-    prepare_spawn, remove_planned_stop,
+    command_found, config_fingerprint, enter_empty_cgroup, kill_cgroup_detached, log_containment,
+    port_in_use, prepare_spawn, remove_planned_stop,
 };
 
 use std::path::PathBuf;
@@ -97,6 +97,8 @@ pub struct ProcessRecord {
 /// A supervisor ready to run, with its configuration loaded.
 pub struct Supervisor {
     cfg: GatewayConfig,
+    /// Agent releases: the `current` one, when set, is what is started.
+    releases: crate::releases::Layout,
     store: Store,
     channels: AgentChannels,
     endpoint: GatewayEndpoint,
@@ -105,6 +107,8 @@ pub struct Supervisor {
     desired_by: DesiredBy,
     containment: Arc<cgroup::Containment>,
     prober: Prober,
+    /// `--dev`: a missing gateway command is `not_installed`, not a failure.
+    dev: bool,
 }
 
 impl Supervisor {
@@ -125,6 +129,7 @@ impl Supervisor {
                 path: config.data_dir.join(managed::KEY_FILE),
                 source,
             })?;
+        crate::ops::redact::remember(crate::ops::redact::Kind::GatewayKey, &key);
         let log_dir = config.data_dir.join("logs");
         let gw = config.gateway.clone();
         let dir = log_dir.clone();
@@ -172,6 +177,7 @@ impl Supervisor {
             handle,
             Supervisor {
                 cfg: config.gateway.clone(),
+                releases: crate::releases::Layout::new(config.releases.dir.clone()),
                 store,
                 channels,
                 endpoint,
@@ -180,6 +186,7 @@ impl Supervisor {
                 desired_by,
                 containment,
                 prober,
+                dev: config.dev,
             },
         ))
     }
@@ -200,6 +207,7 @@ impl Supervisor {
                 prober: self.prober,
                 endpoint: self.endpoint,
                 cfg: self.cfg,
+                releases: self.releases,
                 store: self.store,
                 log: self.log,
                 status_tx: status,
@@ -216,6 +224,7 @@ impl Supervisor {
                 shutting_down: false,
                 marker,
                 containment: self.containment,
+                dev: self.dev,
             };
             machine.run(commands, probe_rx, cancel).await;
             let _ = writer.await;
@@ -296,6 +305,7 @@ enum Record {
 
 struct Machine {
     cfg: GatewayConfig,
+    releases: crate::releases::Layout,
     store: Store,
     log: GatewayLog,
     endpoint: GatewayEndpoint,
@@ -316,6 +326,8 @@ struct Machine {
     marker: String,
     /// The agent's cgroup, or why process groups are all there is.
     containment: Arc<cgroup::Containment>,
+    /// `--dev`: a missing gateway command is `not_installed`, not a failure.
+    dev: bool,
 }
 
 async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
@@ -558,18 +570,24 @@ impl Machine {
             let cfg = self.cfg.clone();
             let key = self.endpoint.api_key.clone();
             let containment = self.containment.clone();
+            let releases = self.releases.clone();
+            let dev = self.dev;
             tokio::task::spawn_blocking(move || {
-                let spec = prepare_spawn(&cfg, &key)?;
+                if dev && releases.current_venv().is_none() && !command_found(&cfg) {
+                    return Ok(None);
+                }
+                let spec = prepare_spawn(&cfg, &key, &releases)?;
                 let procs = match containment.cgroup() {
                     Some(cg) => Some(enter_empty_cgroup(cg)?),
                     None => None,
                 };
-                Ok::<_, String>((spec, procs))
+                Ok::<_, String>(Some((spec, procs)))
             })
             .await
         };
         let (spec, cgroup_procs) = match prepared {
-            Ok(Ok(prepared)) => prepared,
+            Ok(Ok(Some(prepared))) => prepared,
+            Ok(Ok(None)) => return self.not_installed(),
             Ok(Err(message)) => return self.spawn_failed(message),
             Err(e) => return self.spawn_failed(format!("preparing the spawn failed: {e}")),
         };
@@ -655,6 +673,32 @@ impl Machine {
             why,
             TransitionExtra {
                 pid: Some(pid),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// `--dev` on a machine without an agent: one warning that says how to
+    /// install one, state `not_installed`, and no retry (nothing changes
+    /// until one is installed; a start command looks again). Runs are
+    /// refused at once meanwhile (`runs`).
+    fn not_installed(&mut self) {
+        self.phase = Phase::Idle;
+        self.status.pid = None;
+        if self.status.state == AgentState::NotInstalled {
+            return;
+        }
+        let name = self.cfg.command.first().map_or("hermes", String::as_str);
+        let message = format!(
+            "no agent installed: the gateway command `{name}` was not found; install hermes-agent with `scripts/dev-agent`, then start the daemon again"
+        );
+        tracing::warn!("{message}");
+        self.status.last_error = Some(message.clone());
+        self.transition(
+            AgentState::NotInstalled,
+            "not_installed",
+            TransitionExtra {
+                detail: Some(message),
                 ..Default::default()
             },
         );

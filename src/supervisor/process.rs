@@ -47,7 +47,7 @@ pub fn resolve_program(name: &str, venv: Option<&Path>) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(super) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
@@ -173,6 +173,13 @@ pub fn spawn(spec: &SpawnSpec, cgroup_procs: Option<&OwnedFd>) -> io::Result<Spa
                 ) != 0
                     || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
                 {
+                    return Err(io::Error::last_os_error());
+                }
+                // And every other set: the exec would drop the permitted
+                // and effective ones, but the inheritable set would reach
+                // the agent (harmless under no_new_privs, and no business
+                // of the agent's).
+                if drop_all_capabilities() != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 if let Some(dir) = &chdir_after {
@@ -362,6 +369,36 @@ pub fn remove_planned_stop(hermes_home: &Path) -> io::Result<()> {
 
 /// Name of the gateway's planned-stop marker in its home.
 pub const PLANNED_STOP_FILE: &str = ".gateway-planned-stop.json";
+
+/// `capset(2)` with every set empty, for the calling thread (the child
+/// between fork and exec: one raw syscall, async-signal-safe). Returns the
+/// syscall's result.
+fn drop_all_capabilities() -> libc::c_long {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: a valid header and two data structs, as capset(2) v3 takes.
+    unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) }
+}
 
 #[cfg(test)]
 mod tests {

@@ -10,15 +10,49 @@ use super::{Machine, cgroup, managed, process};
 use crate::config::GatewayConfig;
 use crate::identity::as_agent;
 
+/// Arguments of `hermes` when `gateway.command` names another program.
+const HERMES_ARGS: [&str; 3] = ["gateway", "run", "--external-supervisor"];
+/// Whether the gateway command resolves (`venv/bin`, then `PATH`). Blocking.
+pub(super) fn command_found(cfg: &GatewayConfig) -> bool {
+    cfg.command
+        .first()
+        .is_some_and(|name| process::resolve_program(name, cfg.venv.as_deref()).is_some())
+}
+
 /// Resolve the command and write the managed scope. Blocking.
-pub(super) fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::SpawnSpec, String> {
+pub(super) fn prepare_spawn(
+    cfg: &GatewayConfig,
+    key: &str,
+    releases: &crate::releases::Layout,
+) -> Result<process::SpawnSpec, String> {
     let name = cfg
         .command
         .first()
         .ok_or_else(|| "gateway.command is empty".to_owned())?;
-    let program = process::resolve_program(name, cfg.venv.as_deref()).ok_or_else(|| {
-        format!("gateway command `{name}` not found (set gateway.command or gateway.venv)")
-    })?;
+    // An active agent release wins over gateway.venv/command: its own
+    // `bin/hermes`, never one found on PATH. Resolved to its real
+    // directory now, so a later switch never moves a running gateway.
+    let release = releases.current_venv();
+    let (program, args, venv) = match release {
+        Some((version, dir)) => {
+            let hermes = dir.join("bin/hermes");
+            if !process::is_executable(&hermes) {
+                return Err(format!("agent release {version} has no bin/hermes"));
+            }
+            let args = if std::path::Path::new(name).file_name() == Some("hermes".as_ref()) {
+                cfg.command[1..].to_vec()
+            } else {
+                HERMES_ARGS.iter().map(|a| (*a).to_owned()).collect()
+            };
+            (hermes, args, Some(dir))
+        }
+        None => {
+            let program = process::resolve_program(name, cfg.venv.as_deref()).ok_or_else(|| {
+                format!("gateway command `{name}` not found (set gateway.command or gateway.venv)")
+            })?;
+            (program, cfg.command[1..].to_vec(), cfg.venv.clone())
+        }
+    };
     // Created if missing (the planned-stop marker goes there), as the agent
     // (it is the agent's directory); an existing home keeps its permissions.
     as_agent(|| std::fs::create_dir_all(&cfg.hermes_home))
@@ -64,7 +98,7 @@ pub(super) fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::S
             env.push(("LOGNAME".to_owned(), name.clone()));
         }
     }
-    if let Some(venv) = &cfg.venv {
+    if let Some(venv) = &venv {
         env.push(("VIRTUAL_ENV".to_owned(), venv.display().to_string()));
         let mut paths = vec![venv.join("bin")];
         if let Some(p) = std::env::var_os("PATH") {
@@ -76,7 +110,7 @@ pub(super) fn prepare_spawn(cfg: &GatewayConfig, key: &str) -> Result<process::S
     }
     Ok(process::SpawnSpec {
         program,
-        args: cfg.command[1..].to_vec(),
+        args,
         env,
         remove_prefixes: vec![crate::config::ENV_PREFIX.to_owned()],
         run_as: agent.is_separate().then_some((agent.uid, agent.gid)),

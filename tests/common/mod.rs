@@ -59,6 +59,28 @@ impl TestDaemon {
     /// As `start_with`, with the process's `RLIMIT_NOFILE` (soft and hard)
     /// set to `nofile` before exec.
     pub async fn start_with_nofile(opts: Options, nofile: Option<u64>) -> TestDaemon {
+        Self::spawn(opts, nofile, false, &[]).await
+    }
+
+    /// As `start_with`, with the binary run by `wrapper` (for example
+    /// `setpriv` switching to an unprivileged user with ambient
+    /// capabilities: the production shape).
+    pub async fn start_wrapped(opts: Options, wrapper: &[String]) -> TestDaemon {
+        Self::spawn(opts, None, false, wrapper).await
+    }
+
+    /// As `start_with`, as `run --dev --config FILE`: the generated file
+    /// still wins, `--dev` supplies the other defaults.
+    pub async fn start_dev(opts: Options) -> TestDaemon {
+        Self::spawn(opts, None, true, &[]).await
+    }
+
+    async fn spawn(
+        opts: Options,
+        nofile: Option<u64>,
+        dev: bool,
+        wrapper: &[String],
+    ) -> TestDaemon {
         let (tmp, dir) = match &opts.dir {
             Some(d) => (None, d.clone()),
             None => {
@@ -79,9 +101,19 @@ impl TestDaemon {
             extra = opts.config_extra,
         );
         std::fs::write(&config, text).expect("write config");
-        let mut cmd = Command::new(binary());
-        cmd.arg("run")
-            .arg("--config")
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        cmd.arg("run");
+        if dev {
+            cmd.arg("--dev");
+        }
+        cmd.arg("--config")
             .arg(&config)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -415,6 +447,13 @@ impl Default for GatewayWorld {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `expect_problem` for a `400 invalid_argument` whose message names `field`.
+pub async fn expect_invalid_field(resp: reqwest::Response, field: &str) {
+    let p = expect_problem(resp, 400, "invalid_argument").await;
+    let m = p["message"].as_str().unwrap_or_default();
+    assert!(m.contains(field), "the message should name `{field}`: {p}");
 }
 
 /// `POST /runs`, expecting `202`; the accepted run.

@@ -112,19 +112,74 @@ def main() -> int:
         json.dump(results, f)
     os.replace(tmp, os.path.join(home, "selftest.json"))
 
+    runs = {}
+
     class Health(BaseHTTPRequestHandler):
+        def send_json(self, code, doc):
+            body = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_GET(self):  # noqa: N802 - http.server API
             if self.path in ("/health", "/v1/health"):
-                body = json.dumps({"status": "ok", "platform": "hermes-agent", "version": version}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_json(200, {"status": "ok", "platform": "hermes-agent", "version": version})
+            elif self.path == "/v1/capabilities":
+                # The parts of hermes-agent 0.19.0's document the daemon reads.
+                self.send_json(200, {
+                    "object": "hermes.api_server.capabilities", "platform": "hermes-agent",
+                    "features": {"chat_completions": True, "run_submission": True, "run_events_sse": True},
+                    "endpoints": {"runs": {"method": "POST", "path": "/v1/runs"}},
+                })
+            elif self.path.startswith("/v1/runs/") and self.path.endswith("/events"):
+                self.run_events(self.path[len("/v1/runs/"):-len("/events")])
             else:
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+        def do_POST(self):  # noqa: N802 - http.server API
+            # A run of the runs API: "slow:N" in its input makes it last N
+            # seconds (one delta a second), for the upgrade-with-a-run scenario.
+            if self.path != "/v1/runs":
+                self.send_json(404, {"error": {"message": "not found", "code": "not_found"}})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            text = body.get("input") if isinstance(body.get("input"), str) else json.dumps(body.get("input"))
+            secs = 0
+            if "slow:" in text:
+                secs = int("".join(c for c in text.split("slow:", 1)[1][:4] if c.isdigit()) or 0)
+            run_id = "run_" + os.urandom(8).hex()
+            runs[run_id] = secs
+            self.send_json(202, {"run_id": run_id, "status": "started"})
+
+        def run_events(self, run_id):
+            secs = runs.pop(run_id, None)
+            if secs is None:
+                self.send_json(404, {"error": {"message": "run not found", "code": "run_not_found"}})
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+
+            def event(name, **fields):
+                doc = {"event": name, "run_id": run_id, "timestamp": time.time(), **fields}
+                self.wfile.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
+                self.wfile.flush()
+
+            try:
+                for i in range(secs):
+                    event("message.delta", delta=f"d{i} ")
+                    time.sleep(1)
+                event("run.completed", output=f"done after {secs} s",
+                      usage={"input_tokens": 1, "output_tokens": secs, "total_tokens": secs + 1})
+                self.wfile.write(b": stream closed\n\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
         def log_message(self, *a):
             pass

@@ -43,31 +43,45 @@ wait_until() {
 recap_changed() { grep -E "^ *[0-9.]+ $2 +:" "$1" | sed -E 's/.*changed=([0-9]+).*/\1/'; }
 recap_failed() { grep -E "^ *[0-9.]+ $2 +:" "$1" | sed -E 's/.*failed=([0-9]+).*/\1/'; }
 
+# The inventory is ansible/inventory.example.yml itself, unmodified: what an
+# operator copies is what runs here, so its variable names cannot drift
+# from the role's again. On top of it, only what a real site adds:
+# /tmp/inventory.yml, this machine as the host (local connection) with its
+# tenant and credential; /tmp/release.yml, the release under test (given
+# with -e like the documented upgrade command) and the site's wheel mirror
+# for the agent. The example's own hosts are left out with --limit.
 cat >/tmp/inventory.yml <<EOF
-hermes_tenants:
+all:
   vars:
     ansible_connection: local
     ansible_python_interpreter: /usr/bin/python3
+hermes_tenants:
+  vars:
     hermes_tenantd_tenant_id: $TENANT
     hermes_tenantd_credential: $CRED
-    hermes_tenantd_version: "$V0"
-    hermes_tenantd_binary_src: /stage/v0/hermes-tenantd
-    hermes_tenantd_binary_sha256: $SHA_V0
-    # The agent: stand-in hermes-agent wheels (tests/deploy/make_fake_agent_wheel.py)
-    # whose hermes command is fake_gateway.py; gateway.command follows the venv.
-    hermes_tenantd_agent_version: "0.19.0"
-    hermes_tenantd_agent_pip_packages: [hermes-agent]
-    hermes_tenantd_agent_pip_args: [--no-index, --find-links, /stage/wheels]
-    hermes_tenantd_gate_retries: 15
-    hermes_tenantd_gate_delay: 1
   hosts:
     tenant-vm:
+EOF
+cat >/tmp/release.yml <<EOF
+hermes_tenantd_version: "$V0"
+# From the controller instead of the example's download URL.
+hermes_tenantd_binary_url: ""
+hermes_tenantd_binary_src: /stage/v0/hermes-tenantd
+hermes_tenantd_binary_sha256: $SHA_V0
+# The example's hermes_tenantd_agent_version (0.19.0) is installed from
+# stand-in wheels (tests/deploy/make_fake_agent_wheel.py) whose hermes
+# command is fake_gateway.py.
+hermes_tenantd_agent_pip_packages: [hermes-agent]
+hermes_tenantd_agent_pip_args: [--no-index, --find-links, /stage/wheels]
+hermes_tenantd_gate_retries: 15
+hermes_tenantd_gate_delay: 1
 EOF
 play() { # play LOG PLAYBOOK ARGS...
   local log=$1 pb=$2
   shift 2
   # Each output line is prefixed with seconds since start, to see where time goes.
-  (cd "$REPO/ansible" && "$PLAYBOOK" -i /tmp/inventory.yml "$pb" "$@" 2>&1) |
+  (cd "$REPO/ansible" && "$PLAYBOOK" -i inventory.example.yml -i /tmp/inventory.yml --limit 'all:!*.example.com' \
+    -e @/tmp/release.yml "$pb" "$@" 2>&1) |
     python3 -u -c 'import sys,time
 t=time.time()
 for l in sys.stdin: sys.stdout.write("%6.1f %s" % (time.time()-t, l))' >"/out/logs/$log"
@@ -318,11 +332,47 @@ systemctl daemon-reload
 systemctl restart $UNIT
 journalctl -u $UNIT --no-pager >/out/logs/journal-systemd-phase.log
 
-# ---- Ansible: upgrade to a good release -----------------------------------------
+# ---- Ansible: upgrade to a good release, with a run in flight --------------------
+# upgrade.yml drains first: the run started before it completes and is
+# recorded; the restart comes after it (fake gateway: "slow:N" lasts N s).
+AUTH=(-H "Authorization: Bearer $CRED")
+TAPI=$API/v1/tenant-runtime/$TENANT
+agent_running() {
+  curl -fsS -m 2 "${AUTH[@]}" "$TAPI/agent" |
+    python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["state"] != "running")' 2>/dev/null
+}
+run_status() {
+  curl -fsS -m 2 "${AUTH[@]}" "$TAPI/runs/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' 2>/dev/null
+}
+run_is() { [[ $(run_status "$1") == "$2" ]]; }
+curl -fsS -X POST "${AUTH[@]}" "$TAPI/agent/start" >/dev/null 2>&1
+UPGRADE_RUN=none
+if wait_until 60 agent_running; then
+  ok "GET /agent: the daemon's gateway is running (the port check, run as the agent, accepts it)"
+  UPGRADE_RUN=$(curl -fsS -m 5 -X POST "${AUTH[@]}" -H 'Content-Type: application/json' \
+    -d '{"input":"a long answer slow:8"}' "$TAPI/runs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
+  check "upgrade with a run in flight: the run is running before the upgrade" wait_until 30 run_is "$UPGRADE_RUN" running
+else
+  # Before the nested-as_agent fix the port check ran half as the daemon,
+  # which ProtectProc=invisible hides the gateway from: never running.
+  notok "GET /agent: the daemon's gateway is running" "$(curl -fsS -m 2 "${AUTH[@]}" "$TAPI/agent" | head -c 300)"
+fi
+P_BEFORE=$(prop MainPID)
 V1_ARGS=(-e "hermes_tenantd_version=$V1" -e hermes_tenantd_binary_src=/stage/v1/hermes-tenantd -e "hermes_tenantd_binary_sha256=$SHA_V1")
 T0=$SECONDS
-play upgrade-good.log upgrade.yml "${V1_ARGS[@]}"
+play upgrade-good.log upgrade.yml "${V1_ARGS[@]}" -e hermes_tenantd_drain_deadline=60s
 rc=$?
+check "upgrade with a run in flight: drained before the restart" grep -q "Drain the daemon so the restart cuts no run" /out/logs/upgrade-good.log
+check "upgrade with a run in flight: the daemon restarted" test "$(prop MainPID)" != "$P_BEFORE"
+if [[ $UPGRADE_RUN != none ]]; then
+  check "upgrade with a run in flight: the run completed and is recorded (status $(run_status "$UPGRADE_RUN"))" \
+    run_is "$UPGRADE_RUN" completed
+fi
+not_draining() {
+  curl -fsS -m 5 "${AUTH[@]}" "$TAPI/agent" |
+    python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["drain"]["state"] != "off")' 2>/dev/null
+}
+check "upgrade with a run in flight: the new daemon is not draining" not_draining
 check "upgrade to $V1: passes the health gate (rc=$rc, $((SECONDS - T0)) s)" test "$rc" = 0
 check "upgrade to $V1: /version reports $V1" test "$(version_seen)" = "$V1"
 check "upgrade to $V1: previous release kept beside it" test -x "/opt/hermes-tenantd/releases/$V0/hermes-tenantd"

@@ -3,10 +3,11 @@
 #
 #   sudo tests/deploy/run.sh          # everything (a few minutes)
 #   sudo tests/deploy/run.sh --fast   # no ansible-lint, no canary, no watchdog test
+#   tests/deploy/run.sh --needs       # say what a run would install here; installs nothing
 #
 # Needs root (systemd-nspawn). Installs what it lacks: apt `systemd`,
-# `systemd-container`, `python3-venv`; a venv with ansible-core and
-# ansible-lint (target/deploy-venv, or $DEPLOY_VENV).
+# `systemd-container`, `python3-venv`, `curl`, `binutils`; a venv with
+# ansible-core and ansible-lint (target/deploy-venv, or $DEPLOY_VENV).
 # Binary: $HERMES_TENANTD_BIN, else `cargo build` (debug, reused when warm),
 # stripped into a staging directory.
 #
@@ -20,13 +21,30 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 FAST=0
+NEEDS=0
 for a in "$@"; do
   case $a in
     --fast) FAST=1 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --needs) NEEDS=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
+# ---- prerequisites ----------------------------------------------------------
+apt_missing=()
+command -v systemd-nspawn >/dev/null || apt_missing+=(systemd-container)
+command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
+command -v curl >/dev/null || apt_missing+=(curl)
+command -v strip >/dev/null || apt_missing+=(binutils)
+VENV=${DEPLOY_VENV:-$REPO/target/deploy-venv}
+if ((NEEDS)); then
+  # What a run would install, said before anything needs root (scripts/test-all).
+  ((${#apt_missing[@]})) && echo "apt-get install ${apt_missing[*]} (as root)"
+  [[ -x $VENV/bin/ansible-playbook && -x $VENV/bin/ansible-lint ]] ||
+    echo "a Python venv with ansible-core and ansible-lint in $VENV (pip, about 1 minute)"
+  exit 0
+fi
 if [[ $(id -u) != 0 ]]; then
   # CI runs this as root and must not skip; elsewhere a skip is not a failure.
   if [[ ${CI:-} == true ]]; then echo "run.sh: needs root (systemd-nspawn)" >&2; exit 2; fi
@@ -42,20 +60,12 @@ say() { printf '== %s\n' "$*"; }
 ok() { echo "ok $1"; echo "ok $1" >>"$OUT/host-results"; }
 notok() { echo "not ok $1 # ${2:-}"; echo "not ok $1 # ${2:-}" >>"$OUT/host-results"; FAILS=$((FAILS + 1)); }
 
-# ---- prerequisites ----------------------------------------------------------
-apt_missing=()
-command -v systemd-nspawn >/dev/null || apt_missing+=(systemd-container)
-command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
-/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
-command -v curl >/dev/null || apt_missing+=(curl)
-command -v strip >/dev/null || apt_missing+=(binutils)
 if ((${#apt_missing[@]})); then
   say "apt-get install ${apt_missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
 # /usr/bin/python3: the container sees the host's /usr only.
-VENV=${DEPLOY_VENV:-$REPO/target/deploy-venv}
 if [[ ! -x $VENV/bin/ansible-playbook || ! -x $VENV/bin/ansible-lint ]]; then
   say "creating $VENV (ansible-core, ansible-lint)"
   /usr/bin/python3 -m venv "$VENV"

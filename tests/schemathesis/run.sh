@@ -16,7 +16,7 @@ say() { printf '== schemathesis: %s\n' "$*"; }
 
 VENV=${SCHEMATHESIS_VENV:-$REPO/target/schemathesis-venv}
 # Pinned: a new release may add checks or change generation, and the run
-# must be repeatable (README says which version was checked).
+# must be repeatable (docs/testing.md says which version was checked).
 ST_VERSION=4.32.5
 if [[ ! -x $VENV/bin/st || $("$VENV/bin/st" --version 2>/dev/null) != *" $ST_VERSION" ]]; then
   say "installing schemathesis $ST_VERSION into $VENV"
