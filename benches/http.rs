@@ -7,7 +7,12 @@
 //!    32 keep-alive connections for `BENCH_HTTP_SECONDS` (default 5) each;
 //!    wrk is pinned to the last CPU and the daemon to the others when there
 //!    is more than one. Without wrk the throughput rows are skipped (said).
-//! 3. Memory after the load (VmRSS, VmHWM).
+//! 3. The limit: an axum hello-world with the same bearer check
+//!    ([`hello`], this file; the bench starts its own binary again as that
+//!    server, so both are built by the same profile), measured against
+//!    `GET /version`, interleaved, `BENCH_HTTP_ROUNDS` (default 3) times,
+//!    same wrk flags, both servers on the same CPU; prints each ratio.
+//! 4. Memory after the load (VmRSS, VmHWM).
 //!
 //! `cargo bench --bench http`. Figures, not pass/fail.
 
@@ -31,8 +36,12 @@ fn memory_row(pid: u32) -> String {
     )
 }
 
-/// `wrk`'s Requests/sec and latency line for one URL.
+/// `wrk`'s Requests/sec and latency line for one URL, 32 connections.
 fn wrk(url: &str, seconds: u64, cpu: Option<usize>) -> Option<(f64, String)> {
+    wrk_with(url, seconds, cpu, 32)
+}
+
+fn wrk_with(url: &str, seconds: u64, cpu: Option<usize>, conns: usize) -> Option<(f64, String)> {
     let mut cmd = match cpu {
         Some(c) => {
             let mut cmd = Command::new("taskset");
@@ -42,7 +51,13 @@ fn wrk(url: &str, seconds: u64, cpu: Option<usize>) -> Option<(f64, String)> {
         None => Command::new("wrk"),
     };
     let out = cmd
-        .args(["-t1", "-c32", &format!("-d{seconds}s"), "--latency", "-H"])
+        .args([
+            "-t1",
+            &format!("-c{conns}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-H",
+        ])
         .arg(format!("Authorization: Bearer {TOKEN}"))
         .arg(url)
         .output()
@@ -73,7 +88,73 @@ fn wrk(url: &str, seconds: u64, cpu: Option<usize>) -> Option<(f64, String)> {
     ))
 }
 
+/// The limit for an authenticated GET: axum's hello-world behind the same
+/// `Authorization: Bearer` check as the daemon's (constant-time compare),
+/// on a runtime shaped like the daemon's (two workers).
+mod hello {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use subtle::ConstantTimeEq;
+
+    async fn version(headers: HeaderMap) -> (StatusCode, &'static str) {
+        let ok = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|t| bool::from(t.ct_eq(super::TOKEN.as_bytes())));
+        if ok {
+            (StatusCode::OK, "Hello, World!")
+        } else {
+            (StatusCode::UNAUTHORIZED, "")
+        }
+    }
+
+    pub fn serve() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let app = axum::Router::new().route(
+                "/v1/tenant-runtime/{tenant_id}/version",
+                axum::routing::get(version),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            println!("{}", listener.local_addr().expect("addr"));
+            axum::serve(listener, app).await.expect("serve");
+        });
+    }
+}
+
+/// Start this bench binary again as the hello-world server; its address.
+fn spawn_hello() -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .env("BENCH_HELLO_SERVE", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn hello");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("hello address");
+    (child, line.trim().to_owned())
+}
+
+/// Pin every thread of `pid` to `cpus` (a taskset list).
+fn pin(pid: u32, cpus: &str) {
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus])
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .status();
+}
+
 fn main() {
+    if std::env::var_os("BENCH_HELLO_SERVE").is_some() {
+        return hello::serve();
+    }
     let seconds: u64 = std::env::var("BENCH_HTTP_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -95,13 +176,11 @@ fn main() {
     .expect("config");
     let (mut child, addr) = spawn_daemon(&config);
     let pid = child.id();
+    let (mut hello, hello_addr) = spawn_hello();
     if cpus > 1 {
-        // The daemon (every thread) on all CPUs but the last, which is wrk's.
-        let _ = Command::new("taskset")
-            .args(["-a", "-p", "-c", &format!("0-{}", cpus - 2)])
-            .arg(pid.to_string())
-            .stdout(Stdio::null())
-            .status();
+        // The servers (every thread) on all CPUs but the last, which is wrk's.
+        pin(pid, &format!("0-{}", cpus - 2));
+        pin(hello.id(), &format!("0-{}", cpus - 2));
     }
     std::thread::sleep(Duration::from_secs(2));
     println!("hermes-tenantd HTTP bench ({cpus} CPUs)");
@@ -171,10 +250,41 @@ fn main() {
                 None => println!("    {name:<48} wrk failed"),
             }
         }
+        let rounds: usize = common::env_or("BENCH_HTTP_ROUNDS", 3);
+        println!(
+            "  the limit: hello-world (axum, same bearer check) vs GET /version, interleaved, wrk -t1 -c8 -d{seconds}s:"
+        );
+        let mut ratios = Vec::new();
+        for round in 1..=rounds {
+            let limit = wrk_with(
+                &format!("http://{hello_addr}/v1/tenant-runtime/{TENANT}/version"),
+                seconds,
+                wrk_cpu,
+                8,
+            );
+            let daemon = wrk_with(&format!("{base}/version"), seconds, wrk_cpu, 8);
+            match (limit, daemon) {
+                (Some((l, llat)), Some((d, dlat))) => {
+                    println!(
+                        "    round {round}: hello-world {l:>9.0} req/s ({llat}), daemon {d:>9.0} req/s ({dlat}): {:.2} x",
+                        d / l
+                    );
+                    ratios.push(d / l);
+                }
+                _ => println!("    round {round}: wrk failed"),
+            }
+        }
+        ratios.sort_by(f64::total_cmp);
+        if let Some(median) = ratios.get(ratios.len() / 2) {
+            println!("    median ratio daemon / hello-world: {median:.2} x");
+        }
         println!("  after the load:       {}", memory_row(pid));
+        println!("  hello-world process:  {}", memory_row(hello.id()));
     } else {
         println!("  wrk not found (apt-get install wrk): throughput rows skipped");
     }
     let _ = child.kill();
     let _ = child.wait();
+    let _ = hello.kill();
+    let _ = hello.wait();
 }

@@ -348,3 +348,60 @@ async fn inputs_the_document_calls_valid_are_taken() {
         assert_eq!(r.status(), 400, "{path}");
     }
 }
+
+#[tokio::test]
+async fn search_sort_recent_pages_newest_first_and_bad_sort_is_a_400() {
+    let d = TestDaemon::start().await;
+    let messages: Vec<Value> = (0..23)
+        .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": format!("needle {}", "hay ".repeat(i % 4))}))
+        .collect();
+    let appended = append(&d, "s1", json!({"platform": "web", "messages": messages})).await;
+    let mut stored: Vec<i64> = appended["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.as_i64().expect("id"))
+        .collect();
+    stored.reverse();
+    for extra in ["", "&platform=web", "&role=user"] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let q = match &cursor {
+                Some(c) => format!("q=needle&sort=recent&limit=5{extra}&cursor={c}"),
+                None => format!("q=needle&sort=recent&limit=5{extra}"),
+            };
+            let v = search(&d, &q).await;
+            for it in v["items"].as_array().expect("items") {
+                assert!(
+                    it["snippet"]
+                        .as_str()
+                        .expect("snippet")
+                        .contains("<mark>needle</mark>"),
+                    "{it}"
+                );
+                assert!(it["score"].is_null(), "no bm25 in recent order: {it}");
+                seen.push(it["message_id"].as_i64().expect("id"));
+            }
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        let want: Vec<i64> = if extra == "&role=user" {
+            // Even positions in request order were the user's.
+            let mut ids: Vec<i64> = stored.iter().rev().step_by(2).copied().collect();
+            ids.reverse();
+            ids
+        } else {
+            stored.clone()
+        };
+        assert_eq!(seen, want, "{extra}");
+    }
+    let r = d
+        .get("/conversations/search?q=needle&sort=oldest")
+        .send()
+        .await
+        .expect("send");
+    expect_problem(r, 400, "invalid_argument").await;
+}

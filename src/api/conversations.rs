@@ -9,8 +9,8 @@ use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{AppState, page_size};
 use crate::error::ApiError;
 use crate::store::conversations::{
-    self, AppendMessages, Appended, Message, Page, Role, SearchFilter, SearchHit, Session,
-    parse_time_text,
+    self, AppendMessages, Appended, Message, Page, Role, SearchFilter, SearchHit, SearchSort,
+    Session, parse_time_text,
 };
 
 #[derive(Deserialize)]
@@ -88,6 +88,8 @@ pub struct SearchQuery {
     session_id: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    /// `relevance` (default): best bm25 first; `recent`: newest first.
+    sort: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
@@ -110,6 +112,12 @@ pub async fn search(
         )));
     }
     let plain = parse_mode(q.mode.as_deref())?;
+    let sort = match q.sort.as_deref() {
+        None => SearchSort::Relevance,
+        Some(s) => SearchSort::parse(s).ok_or_else(|| {
+            ApiError::InvalidArgument("`sort` must be `relevance` or `recent`".into())
+        })?,
+    };
     let role = match q.role.as_deref() {
         None => None,
         Some(r) => Some(Role::parse(r).ok_or_else(|| {
@@ -138,6 +146,7 @@ pub async fn search(
             .as_deref()
             .map(|t| parse_time_text(t, "until"))
             .transpose()?,
+        sort,
         limit,
         cursor: q.cursor,
     };

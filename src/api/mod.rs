@@ -9,10 +9,11 @@ mod cron;
 mod env;
 pub mod extract;
 mod files;
+mod front;
 mod memory;
-mod releases;
 mod ops;
 mod policy;
+mod releases;
 mod runs;
 mod settings;
 mod skills;
@@ -21,13 +22,10 @@ mod system;
 mod usage;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
+use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use tokio::sync::Semaphore;
 
@@ -35,7 +33,7 @@ use crate::agent::AgentHandle;
 use crate::auth::Credentials;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Prefix of every route the hub calls for this tenant.
@@ -244,37 +242,40 @@ pub fn route_list() -> Vec<(String, String)> {
 /// The main router. `/metrics` is left out when it has its own listener.
 pub fn router(state: AppState) -> Router {
     let with_metrics = state.config.listen.metrics_addr.is_none();
+    let mut served = Vec::new();
     let mut tenant = Router::new();
     for route in tenant_routes() {
-        tenant = tenant.route(&format!("{TENANT_PREFIX}{}", route.path), route.handler);
+        let path = format!("{TENANT_PREFIX}{}", route.path);
+        tenant = tenant.route(&path, route.handler);
+        served.push((route.method, path));
     }
-    let tenant = tenant.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut public = Router::new();
     for route in public_routes(with_metrics) {
         public = public.route(route.path, route.handler);
+        served.push((route.method, route.path.to_owned()));
     }
-    finish(public.merge(tenant), state)
+    finish(public.merge(tenant), state, &served)
 }
 
 /// A router with `/metrics` only, for `listen.metrics_addr`.
 pub fn metrics_router(state: AppState) -> Router {
-    finish(Router::new().route("/metrics", get(system::metrics)), state)
+    finish(
+        Router::new().route("/metrics", get(system::metrics)),
+        state,
+        &[(Method::GET, "/metrics".to_owned())],
+    )
 }
 
-fn finish(router: Router<AppState>, state: AppState) -> Router {
+/// Fallbacks, then the one middleware ([`front`]: shedding, credential,
+/// body limit, timeout, metrics) around every route and fallback, and the
+/// panic catcher outside it all.
+fn finish(router: Router<AppState>, state: AppState, served: &[(Method, String)]) -> Router {
     let limit = state.config.limits.body_bytes;
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(front::FrontLayer::new(state.clone(), served))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn(
-            move |mut req: Request, next: Next| async move {
-                req.extensions_mut().insert(extract::BodyLimit(limit));
-                next.run(req).await
-            },
-        ))
-        .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 tracing::error!("handler panicked");
@@ -282,99 +283,6 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
             },
         ))
         .with_state(state)
-}
-
-/// Request count and latency by route template (never the raw path, which
-/// would make one series per session id).
-async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let resp = next.run(req).await;
-    let elapsed = start.elapsed().as_secs_f64();
-    state
-        .metrics
-        .request_seconds
-        .get_or_create(&RouteLabels {
-            method: method.clone(),
-            route: route.clone(),
-        })
-        .observe(elapsed);
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            method,
-            route,
-            status: resp.status().as_u16(),
-        })
-        .inc();
-    resp
-}
-
-/// Liveness, readiness and metrics: cheap, and what tells an operator (or
-/// systemd, or the hub) that the daemon is alive while it sheds load.
-const NEVER_SHED: &[&str] = &["/v1/healthz", "/v1/readyz", "/metrics"];
-
-/// Concurrency limit (shed, not queue) and request timeout. The timeout
-/// covers producing the response head; a stream then runs on its own.
-async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let _permit = if NEVER_SHED.contains(&req.uri().path()) {
-        None
-    } else {
-        match state.inflight.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                return ApiError::TooManyRequests {
-                    message: "too many requests in flight; retry shortly".into(),
-                    retry_after_s: 1,
-                }
-                .into_response();
-            }
-        }
-    };
-    let limit = state.config.limits.request_timeout;
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => ApiError::Timeout(limit).into_response(),
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
-    let (scheme, token) = value.split_at(value.iter().position(|b| *b == b' ')?);
-    scheme
-        .eq_ignore_ascii_case(b"bearer")
-        .then(|| token.trim_ascii())
-}
-
-/// The credential check, then the tenant check: a request for another
-/// tenant is `404` (and only after authentication, so it reveals nothing).
-async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = bearer(req.headers()).is_some_and(|t| state.credentials.verify(t));
-    if !ok {
-        state.metrics.auth_failures.inc();
-        tracing::debug!(
-            path = req.uri().path(),
-            "refused: missing or wrong credential"
-        );
-        return ApiError::Unauthenticated.into_response();
-    }
-    let tenant = req
-        .uri()
-        .path()
-        .strip_prefix("/v1/tenant-runtime/")
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default();
-    if tenant != state.config.tenant_id {
-        return ApiError::NotFound("no such tenant on this host".into()).into_response();
-    }
-    state.ops.activity.hub_called();
-    next.run(req).await
 }
 
 /// Clamp a client's page size to the configured maximum (default 50).

@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{StoreError, StoreResult, cursor, ms_to_rfc3339, now_ms};
 
+// Search lives in its own module; these paths are the ones callers know.
+pub use super::message_search::{
+    SEARCH_SQL, SearchFilter, SearchHit, SearchSort, classify_fts_error, plain_query,
+    render_snippet, search,
+};
+
 /// Most messages accepted in one append.
 pub const MAX_BATCH: usize = 1000;
 /// Largest message content accepted, in bytes.
@@ -179,33 +185,6 @@ pub struct Message {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct SearchFilter {
-    pub query: String,
-    /// Quote every word instead of reading FTS5 syntax.
-    pub plain: bool,
-    pub platform: Option<String>,
-    pub role: Option<Role>,
-    pub session_id: Option<String>,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    pub limit: u32,
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SearchHit {
-    pub message_id: i64,
-    pub session_id: String,
-    pub platform: String,
-    pub role: String,
-    /// HTML-escaped excerpt with `<mark>` around the matched terms.
-    pub snippet: String,
-    pub created_at: String,
-    /// bm25 score: lower is a better match.
-    pub score: f64,
 }
 
 pub fn validate_session_id(id: &str) -> StoreResult<()> {
@@ -480,133 +459,9 @@ pub fn list_messages(
     Ok(cursor::page(items, limit, |m| m.id.to_string()))
 }
 
-/// Turn free text into an FTS5 query that matches every word literally.
-pub fn plain_query(text: &str) -> String {
-    text.split_whitespace()
-        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// SQLite reports a bad MATCH expression as a plain `SQLITE_ERROR` while
-/// stepping an already-prepared statement (busy, corrupt and I/O failures
-/// have codes of their own): recognise it so the client gets a 400, not a
-/// 500. Call only on errors of executing a prepared search.
-pub fn classify_fts_error(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
-        if f.extended_code == rusqlite::ffi::SQLITE_ERROR {
-            let msg = msg.as_deref().unwrap_or("syntax error");
-            return StoreError::InvalidQuery(msg.trim_start_matches("fts5: ").to_owned());
-        }
-    }
-    StoreError::from(e)
-}
-
-const MARK_OPEN: char = '\u{1}';
-const MARK_CLOSE: char = '\u{2}';
-
-/// Escape a snippet for HTML and turn the private markers into `<mark>`.
-pub fn render_snippet(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len() + 16);
-    for c in raw.chars() {
-        match c {
-            MARK_OPEN => out.push_str("<mark>"),
-            MARK_CLOSE => out.push_str("</mark>"),
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The SQL of a message search; shared with the benchmark so it measures
-/// the same query the API runs.
-///
-/// Two steps: rank every match by bm25 and keep one page (`top`), then
-/// build snippets for that page only. `snippet()` re-tokenizes the whole
-/// message, so computing it before the sort (one query) costs a tokenizer
-/// pass per *match*: ten times slower for a common word. `CROSS JOIN`
-/// fixes the join order (SQLite does not reorder it): the FTS index drives
-/// the ranking, and the page drives the snippet lookups.
-pub const SEARCH_SQL: &str = "WITH top AS MATERIALIZED (
-   SELECT m.id AS id, bm25(messages_fts) AS score
-     FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
-    WHERE messages_fts MATCH ?1
-      AND (?2 IS NULL OR m.platform = ?2)
-      AND (?3 IS NULL OR m.role = ?3)
-      AND (?4 IS NULL OR m.created_at >= ?4)
-      AND (?5 IS NULL OR m.created_at < ?5)
-      AND (?6 IS NULL OR m.session_id = ?6)
-    ORDER BY score, m.id
-    LIMIT ?7 OFFSET ?8)
- SELECT m.id, m.session_id, m.platform, m.role, m.created_at,
-        snippet(messages_fts, 0, char(1), char(2), '…', 16), top.score
-   FROM top
-   CROSS JOIN messages m ON m.id = top.id
-   CROSS JOIN messages_fts ON messages_fts.rowid = top.id AND messages_fts MATCH ?1
-  ORDER BY top.score, top.id";
-
-/// Full-text search over message content, best match first.
-pub fn search(conn: &Connection, f: &SearchFilter) -> StoreResult<Page<SearchHit>> {
-    let query = if f.plain {
-        plain_query(&f.query)
-    } else {
-        f.query.clone()
-    };
-    if query.trim().is_empty() {
-        return Err(StoreError::Invalid("`q` must not be empty".into()));
-    }
-    let offset = cursor::int(f.cursor.as_deref(), 0)?;
-    let mut stmt = conn.prepare_cached(SEARCH_SQL)?;
-    let rows = stmt
-        .query_map(
-            params![
-                query,
-                f.platform,
-                f.role.map(Role::as_str),
-                f.since_ms,
-                f.until_ms,
-                f.session_id,
-                f.limit as i64 + 1,
-                offset
-            ],
-            |r| {
-                Ok(SearchHit {
-                    message_id: r.get(0)?,
-                    session_id: r.get(1)?,
-                    platform: r.get(2)?,
-                    role: r.get(3)?,
-                    created_at: ms_to_rfc3339(r.get(4)?),
-                    snippet: render_snippet(&r.get::<_, String>(5)?),
-                    score: r.get(6)?,
-                })
-            },
-        )
-        .map_err(classify_fts_error)?;
-    let mut items = Vec::with_capacity(f.limit as usize + 1);
-    for row in rows {
-        items.push(row.map_err(classify_fts_error)?);
-    }
-    Ok(cursor::page(items, f.limit, |_| {
-        (offset + f.limit as i64).to_string()
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snippet_is_escaped_and_marked() {
-        assert_eq!(
-            render_snippet("a <b> \u{1}hit\u{2} & 'c'"),
-            "a &lt;b&gt; <mark>hit</mark> &amp; &#39;c&#39;"
-        );
-    }
 
     #[test]
     fn tokens_used_is_any_integral_number() {
@@ -633,44 +488,6 @@ mod tests {
         assert_eq!(parse_time_text("1.5", "since").expect("frac"), 1500);
         for bad in ["1e9", "inf", "NaN", "+5", "-5", ".5", "5.", "\u{0661}"] {
             assert!(parse_time_text(bad, "since").is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn plain_query_quotes_words() {
-        assert_eq!(plain_query(r#"foo-bar "x"#), r#""foo-bar" """x""#);
-    }
-}
-
-#[cfg(test)]
-mod search_tests {
-    use super::*;
-
-    #[test]
-    fn every_bad_fts_query_is_an_invalid_query() {
-        let mut c = Connection::open_in_memory().expect("open");
-        crate::store::migrations::apply(&mut c).expect("migrate");
-        for bad in [
-            "\"unterminated",
-            "AND",
-            "foo AND",
-            "(foo",
-            "nosuchcol:foo",
-            "NEAR(",
-            "*",
-            "a:b:c",
-            "^",
-            "-x",
-        ] {
-            let f = SearchFilter {
-                query: bad.into(),
-                limit: 10,
-                ..Default::default()
-            };
-            match search(&c, &f) {
-                Err(StoreError::InvalidQuery(_)) => {}
-                other => panic!("{bad}: {other:?}"),
-            }
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod cron;
 pub mod cursor;
 pub mod hub;
 pub mod memory;
+pub mod message_search;
 pub mod migrations;
 pub mod policy;
 pub mod runs;
@@ -99,7 +100,9 @@ struct Inner {
     path: PathBuf,
     writer: Arc<AsyncMutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per reader connection, opened or not yet opened.
     reader_slots: Arc<Semaphore>,
+    synchronous: Synchronous,
     schema_version: i64,
     /// The last write failed for lack of space.
     write_blocked: AtomicBool,
@@ -146,23 +149,18 @@ impl Store {
         let schema_version = migrations::apply(&mut writer)?;
         restrict_mode(path);
 
-        let mut readers = Vec::with_capacity(opts.readers);
-        for _ in 0..opts.readers.max(1) {
-            let conn = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )?;
-            configure(&conn, opts.synchronous, true)?;
-            readers.push(conn);
-        }
+        // One reader now (a store that cannot be read fails the start);
+        // the others are opened when concurrent reads first need them, so
+        // an idle daemon does not keep four connections' schema and caches
+        // (~190 KiB each, BENCHMARKS.md "Idle memory").
+        let readers = vec![open_reader(path, opts.synchronous)?];
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 writer: Arc::new(AsyncMutex::new(writer)),
-                reader_slots: Arc::new(Semaphore::new(readers.len())),
+                reader_slots: Arc::new(Semaphore::new(opts.readers.max(1))),
                 readers: Mutex::new(readers),
+                synchronous: opts.synchronous,
                 schema_version,
                 write_blocked: AtomicBool::new(false),
             }),
@@ -234,7 +232,13 @@ impl Store {
             // Declared before the lease so it is released after the
             // connection is back in the pool.
             let _permit = permit;
-            let conn = lock_pool(&inner.readers).pop().ok_or(StoreError::Busy)?;
+            // With a permit, an empty pool means every opened reader is in
+            // use and fewer than `readers` exist: open one more.
+            let pooled = lock_pool(&inner.readers).pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_reader(&inner.path, inner.synchronous)?,
+            };
             // Returns the connection on return and on unwind alike: a
             // panicking closure must not shrink the pool.
             let lease = ReaderLease {
@@ -321,6 +325,17 @@ impl Store {
     }
 }
 
+fn open_reader(path: &Path, sync: Synchronous) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    configure(&conn, sync, true)?;
+    Ok(conn)
+}
+
 /// The reader pool's lock is held only for a push or a pop, which cannot
 /// panic; should it ever be poisoned, the pool itself is still sound.
 fn lock_pool(pool: &Mutex<Vec<Connection>>) -> std::sync::MutexGuard<'_, Vec<Connection>> {
@@ -387,6 +402,43 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Readers are opened on demand, never more than `readers`: one at
+    /// start, all three once three reads run at once (each waits for the
+    /// others, so none could finish on a shared connection), and a fourth
+    /// read then waits for a free one instead of opening a fourth.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_open_on_demand_up_to_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = StoreOptions {
+            readers: 3,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_blocking(&dir.path().join("t.db"), &opts).expect("open");
+        assert_eq!(lock_pool(&store.inner.readers).len(), 1);
+        let all_in = Arc::new(std::sync::Barrier::new(3));
+        let reads: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, all_in) = (store.clone(), all_in.clone());
+                tokio::spawn(async move {
+                    store
+                        .read(move |c| {
+                            all_in.wait();
+                            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for r in reads {
+            assert_eq!(r.await.expect("join").expect("read"), 1);
+        }
+        assert_eq!(lock_pool(&store.inner.readers).len(), 3);
+        for _ in 0..5 {
+            store.ping().await.expect("ping");
+        }
+        assert_eq!(lock_pool(&store.inner.readers).len(), 3, "never a fourth");
+    }
 
     #[tokio::test]
     async fn a_panicking_closure_returns_its_connection() {
