@@ -78,10 +78,10 @@ fn down_time(seen: &[(Instant, Option<String>)], old: &str, new: &str) -> Option
     Some(seen[first_new].0 - seen[last_old].0)
 }
 
-fn stats(name: &str, mut v: Vec<Duration>) {
+fn stats(name: &str, mut v: Vec<Duration>) -> Option<Duration> {
     if v.is_empty() {
         println!("{name}: no sample");
-        return;
+        return None;
     }
     v.sort();
     let p = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_millis();
@@ -92,6 +92,45 @@ fn stats(name: &str, mut v: Vec<Duration>) {
         p(0.9),
         p(1.0)
     );
+    Some(v[(v.len() - 1) / 2])
+}
+
+/// The limit: the same fake release started directly (no daemon), from
+/// spawn to its first `/health` answer, with the 5 ms curl probe the
+/// switch is measured with. A switch cannot beat a cold start of the new
+/// release; what it adds is the stop of the old one and the daemon's work.
+fn direct_start(release_dir: &Path, home: &Path) -> Option<Duration> {
+    let port = common::free_port();
+    let t0 = Instant::now();
+    let mut child = std::process::Command::new(release_dir.join("bin/hermes"))
+        .env("HERMES_HOME", home)
+        .env("API_SERVER_PORT", port.to_string())
+        .env("API_SERVER_HOST", "127.0.0.1")
+        .env("API_SERVER_ENABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut up = None;
+    while t0.elapsed() < Duration::from_secs(30) {
+        let ok = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "-m",
+                "0.2",
+                &format!("http://127.0.0.1:{port}/health"),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            up = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    up
 }
 
 fn main() {
@@ -154,8 +193,27 @@ async fn run() {
         }
         active = target.to_owned();
     }
-    stats("switch: gateway down time", downs);
+    // The limit, measured in this run between the same releases.
+    let direct_home = tmp.path().join("direct-home");
+    std::fs::create_dir_all(&direct_home).expect("mkdir");
+    let direct: Vec<Duration> = (0..switches)
+        .filter_map(|i| {
+            let v = if i % 2 == 0 { "1.0.0" } else { "2.0.0" };
+            direct_start(&releases.join(v), &direct_home)
+        })
+        .collect();
+    let limit = stats(
+        "limit: the release started directly -> first /health",
+        direct,
+    );
+    let down = stats("switch: gateway down time", downs);
     stats("switch: POST activate -> active", totals);
+    if let (Some(limit), Some(down)) = (limit, down) {
+        println!(
+            "switch down time / direct start (p50): {:.2}",
+            down.as_secs_f64() / limit.as_secs_f64().max(1e-6)
+        );
+    }
 
     let mut backs = Vec::new();
     let mut rb_downs = Vec::new();
@@ -194,9 +252,15 @@ async fn run() {
             }
         }
     }
-    stats(
+    let back = stats(
         "rollback: POST activate (exits 78) -> old release running again",
         backs,
     );
+    if let (Some(limit), Some(back)) = (limit, back) {
+        println!(
+            "rollback / direct start (p50): {:.2}",
+            back.as_secs_f64() / limit.as_secs_f64().max(1e-6)
+        );
+    }
     stats("rollback: gateway down time", rb_downs);
 }

@@ -221,6 +221,9 @@ async fn a_gateway_that_could_not_bind_never_lets_the_port_holder_pass_for_it() 
     let agent = wait_last_error(&d, FOREIGN).await;
     assert_eq!(agent["state"], "starting", "{agent}");
     assert!(agent["pid"].is_number(), "{agent}");
+    // The status can be read before the log line reaches the test's reader.
+    d.wait_for_log("not talking to the gateway port", Duration::from_secs(10))
+        .await;
     let logs = d.logs();
     let refusals = logs
         .iter()
@@ -251,5 +254,15 @@ async fn an_impostor_on_the_port_after_the_gateway_died_gets_no_key() {
     let run = wait_ended(&d, &id).await;
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(impostor.keys_seen(), 0, "{:?}", impostor.heads());
-    assert_eq!(impostor.connections(), 0, "{:?}", impostor.heads());
+    // What may reach it: one keyless health probe whose port check passed
+    // just before the gateway died (the documented moment between a check
+    // and its connection; a loaded CI box widens it). Never a run request.
+    let heads = impostor.heads();
+    assert!(impostor.connections() <= 1, "{heads:?}");
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.starts_with("GET /health ") || h.starts_with("GET /v1/health ")),
+        "only a keyless health probe may slip through: {heads:?}"
+    );
 }
