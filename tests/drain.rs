@@ -140,11 +140,17 @@ async fn drain_over_http_and_cli_status_and_bad_input() {
         .await
         .expect("post");
     expect_problem(r, 400, "invalid_argument").await;
+    // A fraction is not a number of seconds; a string is not a number.
+    for bad in [json!({ "deadline_s": 1.5 }), json!({ "deadline_s": "30" })] {
+        let r = d.post("/drain").json(&bad).send().await.expect("post");
+        expect_problem(r, 400, "invalid_argument").await;
+    }
     assert_eq!(agent(&d).await["drain"]["state"], "off");
 
+    // `30.0` is the integer 30 to JSON Schema (and to the daemon).
     let r = d
         .post("/drain")
-        .json(&json!({ "deadline_s": 30 }))
+        .json(&json!({ "deadline_s": 30.0 }))
         .send()
         .await
         .expect("post");

@@ -21,8 +21,19 @@ const DEFAULT_DEADLINE_S: u64 = 600;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainBody {
+    /// A JSON number: `600` and `600.0` are the same integer to JSON
+    /// Schema, so both are taken; a fraction is refused.
     #[serde(default)]
-    deadline_s: Option<u64>,
+    deadline_s: Option<serde_json::Number>,
+}
+
+/// `n` as a whole number of seconds, when it is one.
+fn whole_seconds(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u32::MAX as f64)
+            .map(|f| f as u64)
+    })
 }
 
 /// Start draining (or move the running drain's deadline). Returns at
@@ -32,7 +43,10 @@ pub async fn drain(
     ApiJson(body): ApiJson<DrainBody>,
 ) -> Result<(StatusCode, Json<DrainView>), ApiError> {
     let max = crate::ops::drain::MAX_DEADLINE.as_secs();
-    let deadline_s = body.deadline_s.unwrap_or(DEFAULT_DEADLINE_S);
+    let deadline_s = match &body.deadline_s {
+        None => DEFAULT_DEADLINE_S,
+        Some(n) => whole_seconds(n).unwrap_or(0),
+    };
     if deadline_s == 0 || deadline_s > max {
         return Err(ApiError::InvalidArgument(format!(
             "`deadline_s` must be 1 to {max}"
