@@ -383,20 +383,19 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<u64, String>>,
 {
-    let cpu = |p| cpu_secs(p);
     let (s0, d0, c0, m0) = (
-        cpu(pids.source),
-        cpu(pids.daemon),
-        cpu(pids.client),
+        cpu_secs(pids.source),
+        cpu_secs(pids.daemon),
+        cpu_secs(pids.client),
         machine_busy_secs(),
     );
     let t = Instant::now();
     let events = run().await?;
     let secs = t.elapsed().as_secs_f64();
     let (s, d, c, m) = (
-        cpu(pids.source) - s0,
-        cpu(pids.daemon) - d0,
-        cpu(pids.client) - c0,
+        cpu_secs(pids.source) - s0,
+        cpu_secs(pids.daemon) - d0,
+        cpu_secs(pids.client) - c0,
         machine_busy_secs() - m0,
     );
     let per = |x: f64| x * 1e6 / events.max(1) as f64;
