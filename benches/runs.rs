@@ -15,23 +15,7 @@ const TOKEN: &str = "bench-credential-0123456789abcdef";
 const TENANT: &str = "bench";
 
 mod common;
-use common::{spawn_daemon, status_kib, write_private};
-
-/// User + system CPU seconds of a process so far (`/proc/<pid>/stat`).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime, stime are fields 14 and 15 (1-based); index 11 and 12 here.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    ticks as f64 / hz as f64
-}
+use common::{cpu_secs, free_port, spawn_daemon, status_kib, write_private};
 
 fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
@@ -87,10 +71,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cred = dir.path().join("credential");
     write_private(&cred, TOKEN);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = free_port();
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
