@@ -17,6 +17,7 @@ pub mod logs;
 pub mod managed;
 pub mod probe;
 pub mod process;
+mod records;
 mod spawn;
 
 use spawn::{
@@ -29,7 +30,6 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -44,13 +44,13 @@ use crate::store::{self, Store, agent::Transition};
 use backoff::{Backoff, CrashWindow};
 use logs::GatewayLog;
 use probe::{HealthError, Prober};
+pub use records::{PROCESS_KEY, ProcessRecord};
+use records::{Record, write_records};
 
 /// `daemon_state` key of the desired state (`running` / `stopped`).
 pub const DESIRED_KEY: &str = "agent.desired";
 /// `daemon_state` key of who set it (`hub`, `run`, `cron`, `operator`).
 pub const DESIRED_BY_KEY: &str = "agent.desired_by";
-/// `daemon_state` key of the live gateway's identity (JSON), `""` when none.
-pub const PROCESS_KEY: &str = "gateway.process";
 
 /// Exit code asking for a restart now (EX_TEMPFAIL).
 pub const EXIT_RESTART: i32 = 75;
@@ -83,15 +83,6 @@ pub enum SupervisorError {
     Join(#[from] tokio::task::JoinError),
     #[error("cannot build the gateway client: {0}")]
     Client(#[source] reqwest::Error),
-}
-
-/// The identity of a spawned gateway, persisted so the next daemon can find
-/// it if this one dies.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ProcessRecord {
-    pub pid: u32,
-    pub start_time: u64,
-    pub pgid: u32,
 }
 
 /// A supervisor ready to run, with its configuration loaded.
@@ -296,11 +287,6 @@ enum Event {
     Exited(std::io::Result<ExitStatus>),
     Probe(ProbeMsg),
     Timer,
-}
-
-enum Record {
-    Transition(Transition),
-    Process(Option<ProcessRecord>),
 }
 
 struct Machine {
@@ -781,23 +767,5 @@ fn last_exit(reason: &str, code: Option<i32>, signal: Option<i32>) -> LastExit {
         code,
         signal,
         reason: reason.to_owned(),
-    }
-}
-
-/// Persist transitions and process records in order, off the state loop.
-async fn write_records(store: Store, mut rx: mpsc::Receiver<Record>) {
-    while let Some(rec) = rx.recv().await {
-        let result = match rec {
-            Record::Transition(t) => store.write(move |c| store::agent::insert(c, &t)).await,
-            Record::Process(p) => {
-                let value = p
-                    .and_then(|r| serde_json::to_string(&r).ok())
-                    .unwrap_or_default();
-                store.set_state(PROCESS_KEY, value).await
-            }
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot record an agent transition");
-        }
     }
 }
