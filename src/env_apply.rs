@@ -31,8 +31,6 @@ use crate::store::{ms_to_rfc3339, now_ms};
 
 /// Changes closer together than this make one restart.
 const SETTLE: Duration = Duration::from_millis(300);
-/// How often the runs at the gateway are counted while waiting.
-const RUNS_POLL: Duration = Duration::from_millis(100);
 /// Longest wait for the restarted gateway to be running again.
 const BACK_WITHIN: Duration = Duration::from_secs(180);
 
@@ -130,7 +128,7 @@ async fn run(
         // What the restart will carry: changes after this point need
         // another round (the notify is set again).
         let generation = this.state.borrow().changed_at.clone();
-        let applied = apply(&agent, &runs, wait_for_runs, &cancel).await;
+        let applied = apply(&agent, &runs, &link, wait_for_runs, &cancel).await;
         drop(gate);
         if cancel.is_cancelled() {
             return;
@@ -158,6 +156,7 @@ async fn run(
 async fn apply(
     agent: &AgentHandle,
     runs: &Runs,
+    link: &HubLink,
     wait_for_runs: Duration,
     cancel: &CancellationToken,
 ) -> bool {
@@ -176,34 +175,17 @@ async fn apply(
             return true;
         }
     }
-    // New runs wait (the gate is up); the runs already at the gateway
-    // finish first (at most `wait_for_runs`).
-    let deadline = Instant::now() + wait_for_runs;
-    let mut logged = false;
-    loop {
-        let at_gateway = runs.runs_at_gateway();
-        if at_gateway == 0 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(
-                runs = at_gateway,
-                "runs still in flight after hub.stop_wait_for_runs; restarting for the .env change anyway"
-            );
-            break;
-        }
-        if !logged {
-            logged = true;
-            tracing::info!(
-                runs = at_gateway,
-                "an .env change waits for the runs in flight before the gateway restarts"
-            );
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return false,
-            _ = tokio::time::sleep(RUNS_POLL) => {}
-        }
-    }
+    // New runs wait (the caller holds the gate); the runs already at the
+    // gateway finish first (at most `wait_for_runs`): the daemon's one wait.
+    let _hold = tokio::select! {
+        _ = cancel.cancelled() => return false,
+        hold = crate::hub::decision::quiesce_counting(
+            link,
+            wait_for_runs,
+            "an .env change restarts the gateway",
+            || runs.runs_at_gateway() as u64,
+        ) => hold,
+    };
     let before = agent.status();
     if before.state != AgentState::Running || before.desired == Desired::Stopped {
         return true;
