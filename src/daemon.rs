@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppParts, AppState};
 use crate::auth::{self, Credentials};
 use crate::config::Config;
 use crate::hub::{self, HubLink};
@@ -202,7 +202,7 @@ impl Daemon {
         )
         .await
         .map_err(StartError::AgentConfig)?;
-        let state = AppState {
+        let state = AppState::new(AppParts {
             releases: releases.clone(),
             runs: runs.clone(),
             cron: cron.clone(),
@@ -220,7 +220,7 @@ impl Daemon {
             skills_status: Arc::new(crate::skills::IndexStatus::default()),
             env_apply,
             ops: ops.clone(),
-        };
+        });
         // A reserved key in the tenant's .env would override what the
         // platform sets: drop it before the agent starts.
         if let Err(e) = state.env_file.sanitize().await {
