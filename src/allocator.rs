@@ -27,8 +27,13 @@ pub fn limit_arenas() {
 }
 
 /// Hand freed heap pages back to the system every few seconds, on the
-/// blocking pool (a trim walks every arena).
-pub fn spawn_trim(cancel: CancellationToken) -> JoinHandle<()> {
+/// blocking pool (a trim walks every arena). `release` runs first, on the
+/// same thread: what idle components free (the store's idle connections)
+/// is then handed back in the same trim.
+pub fn spawn_trim<F>(release: F, cancel: CancellationToken) -> JoinHandle<()>
+where
+    F: Fn() + Clone + Send + 'static,
+{
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TRIM_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -37,7 +42,12 @@ pub fn spawn_trim(cancel: CancellationToken) -> JoinHandle<()> {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let _ = tokio::task::spawn_blocking(trim).await;
+            let release = release.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                release();
+                trim();
+            })
+            .await;
         }
     })
 }

@@ -63,6 +63,10 @@ pub struct Daemon {
 
 /// How long open connections (streams) get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How long a store connection stays unused before its memory is given
+/// back (`Store::release_idle`): long enough that a client's burst of
+/// requests keeps its caches, short enough that an idle daemon is small.
+const STORE_IDLE: Duration = Duration::from_secs(5);
 
 impl Daemon {
     /// Bring everything up. Returns once the listeners accept connections.
@@ -318,7 +322,15 @@ impl Daemon {
         );
         components.extend(agent_config_tasks);
         components.push(watchdog(store.clone(), cancel.clone()));
-        components.push(crate::allocator::spawn_trim(cancel.clone()));
+        components.push(crate::allocator::spawn_trim(
+            {
+                let store = store.clone();
+                move || {
+                    store.release_idle(STORE_IDLE);
+                }
+            },
+            cancel.clone(),
+        ));
         components.push(prune_runs(runs, cancel.clone()));
         components.extend(cron.spawn());
         components.push(crate::history_sync::spawn(

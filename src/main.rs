@@ -86,6 +86,10 @@ fn load(args: &ConfigArgs) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread or SQLite connection exists (both settings apply
+    // only to what comes after them).
+    hermes_tenantd::allocator::limit_arenas();
+    store::configure_process();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Drain {
@@ -291,6 +295,12 @@ fn run(config: Config) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
+        // Start-up spreads over many blocking threads; idle, each keeps its
+        // stack pages and malloc cache. Tokio's default keeps them 10 s,
+        // and periodic blocking work (the heap trim, file watchers) can
+        // keep several alive for good. A thread costs tens of µs to start
+        // again.
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;

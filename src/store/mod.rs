@@ -16,9 +16,9 @@ pub mod runs;
 pub mod usage;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
@@ -99,7 +99,14 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     writer: Arc<AsyncMutex<Connection>>,
-    readers: Mutex<Vec<Connection>>,
+    /// When the writer was last handed out, in ms since `opened` (what
+    /// [`Store::release_idle`] compares with).
+    writer_used_ms: AtomicU64,
+    /// The writer's page cache was released since its last use.
+    writer_released: AtomicBool,
+    opened: Instant,
+    /// Idle readers, the most recently returned last.
+    readers: Mutex<Vec<IdleReader>>,
     /// One permit per reader connection, opened or not yet opened.
     reader_slots: Arc<Semaphore>,
     synchronous: Synchronous,
@@ -132,6 +139,34 @@ fn configure(conn: &Connection, sync: Synchronous, read_only: bool) -> rusqlite:
     Ok(())
 }
 
+/// Process-wide SQLite settings. Call once at the start of `main`, before
+/// any connection is opened: SQLite refuses them once initialised (they
+/// then simply do not apply, which changes nothing but memory).
+pub fn configure_process() {
+    // No page-cache block preallocated per connection: by default SQLite
+    // allocates 20 pages (~87 KiB) in one block at a connection's first
+    // read and keeps all of it until the connection closes, even once its
+    // cache is released (`Store::release_idle`). Pages are then allocated
+    // one by one as the cache grows.
+    // SAFETY: SQLITE_CONFIG_PAGECACHE takes a pointer (none: no static
+    // buffer) and two ints; called before SQLite is initialised, while the
+    // process has one thread, as sqlite3_config requires.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_config(
+            rusqlite::ffi::SQLITE_CONFIG_PAGECACHE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(
+            rc,
+            "SQLite page-cache setting not applied (already initialised)"
+        );
+    }
+}
+
 impl Store {
     /// Open (creating if needed) the database at `path`, switch it to WAL and
     /// apply pending migrations. Blocking: call before the runtime serves.
@@ -153,11 +188,14 @@ impl Store {
         // the others are opened when concurrent reads first need them, so
         // an idle daemon does not keep four connections' schema and caches
         // (~190 KiB each, BENCHMARKS.md "Idle memory").
-        let readers = vec![open_reader(path, opts.synchronous)?];
+        let readers = vec![IdleReader::new(open_reader(path, opts.synchronous)?)];
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 writer: Arc::new(AsyncMutex::new(writer)),
+                writer_used_ms: AtomicU64::new(0),
+                writer_released: AtomicBool::new(false),
+                opened: Instant::now(),
                 reader_slots: Arc::new(Semaphore::new(opts.readers.max(1))),
                 readers: Mutex::new(readers),
                 synchronous: opts.synchronous,
@@ -184,6 +222,7 @@ impl Store {
         R: Send + 'static,
     {
         let guard = self.inner.writer.clone().lock_owned().await;
+        self.inner.mark_writer_used();
         let result = tokio::task::spawn_blocking(move || {
             // Dropped on return and on unwind alike: the connection stays in
             // its mutex with no transaction left open.
@@ -236,7 +275,7 @@ impl Store {
             // use and fewer than `readers` exist: open one more.
             let pooled = lock_pool(&inner.readers).pop();
             let conn = match pooled {
-                Some(conn) => conn,
+                Some(idle) => idle.conn,
                 None => open_reader(&inner.path, inner.synchronous)?,
             };
             // Returns the connection on return and on unwind alike: a
@@ -251,6 +290,47 @@ impl Store {
             }
         })
         .await?
+    }
+
+    /// Give back what an idle store holds (blocking: call on the blocking
+    /// pool). Readers unused for `idle` are closed, all but the most
+    /// recently used one; that one's and the writer's page caches are
+    /// released once they have been unused for `idle` (SQLite reads the
+    /// pages again on the next use, from the OS page cache or the map).
+    /// Each reader holds ~190 KiB (schema, caches, lookaside), so a burst
+    /// of concurrent reads must not leave the pool at its peak for good.
+    /// Returns how many readers it closed.
+    pub fn release_idle(&self, idle: Duration) -> usize {
+        let inner = &self.inner;
+        let closed: Vec<IdleReader> = {
+            let mut pool = lock_pool(&inner.readers);
+            // The most recently used reader is last: keep it, close the
+            // others that have been idle long enough.
+            let keep_from = pool.len().saturating_sub(1);
+            let (old, kept): (Vec<_>, Vec<_>) = pool
+                .drain(..)
+                .enumerate()
+                .partition(|(i, r)| *i < keep_from && r.since.elapsed() >= idle);
+            pool.extend(kept.into_iter().map(|(_, r)| r));
+            if let Some(last) = pool.last_mut() {
+                last.release_if_idle(idle);
+            }
+            old.into_iter().map(|(_, r)| r).collect()
+        };
+        // Closed outside the pool's lock (sqlite3_close frees everything
+        // the connection holds).
+        let n = closed.len();
+        drop(closed);
+        // A writer in use is not idle; one waiting in its mutex is.
+        if let Ok(writer) = inner.writer.try_lock() {
+            let used = Duration::from_millis(inner.writer_used_ms.load(Ordering::Relaxed));
+            if inner.opened.elapsed().saturating_sub(used) >= idle
+                && !inner.writer_released.swap(true, Ordering::Relaxed)
+            {
+                release_cache(&writer);
+            }
+        }
+        n
     }
 
     /// Size of the database and its WAL in bytes.
@@ -336,9 +416,52 @@ fn open_reader(path: &Path, sync: Synchronous) -> StoreResult<Connection> {
     Ok(conn)
 }
 
-/// The reader pool's lock is held only for a push or a pop, which cannot
-/// panic; should it ever be poisoned, the pool itself is still sound.
-fn lock_pool(pool: &Mutex<Vec<Connection>>) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+impl Inner {
+    fn mark_writer_used(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.writer_used_ms.store(ms, Ordering::Relaxed);
+        self.writer_released.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A reader waiting in the pool.
+struct IdleReader {
+    conn: Connection,
+    /// Back in the pool since.
+    since: Instant,
+    /// Its page cache was released since it came back.
+    released: bool,
+}
+
+impl IdleReader {
+    fn new(conn: Connection) -> IdleReader {
+        IdleReader {
+            conn,
+            since: Instant::now(),
+            released: false,
+        }
+    }
+
+    fn release_if_idle(&mut self, idle: Duration) {
+        if !self.released && self.since.elapsed() >= idle {
+            release_cache(&self.conn);
+            self.released = true;
+        }
+    }
+}
+
+/// Free the pages a connection caches (`sqlite3_db_release_memory`);
+/// failure only means they stay cached.
+fn release_cache(conn: &Connection) {
+    if let Err(e) = conn.release_memory() {
+        tracing::debug!(error = %e, "cannot release an idle connection's page cache");
+    }
+}
+
+/// The reader pool's lock is held only for a push, a pop or the idle sweep,
+/// none of which can panic; should it ever be poisoned, the pool itself is
+/// still sound.
+fn lock_pool(pool: &Mutex<Vec<IdleReader>>) -> std::sync::MutexGuard<'_, Vec<IdleReader>> {
     pool.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -355,7 +478,7 @@ fn end_open_transaction(conn: &Connection) {
 
 /// A reader connection borrowed from the pool; back in the pool on drop.
 struct ReaderLease<'a> {
-    pool: &'a Mutex<Vec<Connection>>,
+    pool: &'a Mutex<Vec<IdleReader>>,
     conn: Option<Connection>,
 }
 
@@ -363,7 +486,7 @@ impl Drop for ReaderLease<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             end_open_transaction(&conn);
-            lock_pool(self.pool).push(conn);
+            lock_pool(self.pool).push(IdleReader::new(conn));
         }
     }
 }
@@ -403,21 +526,23 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
 mod tests {
     use super::*;
 
-    /// Readers are opened on demand, never more than `readers`: one at
-    /// start, all three once three reads run at once (each waits for the
-    /// others, so none could finish on a shared connection), and a fourth
-    /// read then waits for a free one instead of opening a fourth.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn readers_open_on_demand_up_to_the_limit() {
+    /// A fresh store with at most `readers` read connections (and the
+    /// directory that holds it).
+    fn store_with_readers(readers: usize) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let opts = StoreOptions {
-            readers: 3,
+            readers,
             ..StoreOptions::default()
         };
         let store = Store::open_blocking(&dir.path().join("t.db"), &opts).expect("open");
-        assert_eq!(lock_pool(&store.inner.readers).len(), 1);
-        let all_in = Arc::new(std::sync::Barrier::new(3));
-        let reads: Vec<_> = (0..3)
+        (dir, store)
+    }
+
+    /// `n` reads at once, each waiting for the others inside its
+    /// connection, so none can finish on a shared one.
+    async fn concurrent_reads(store: &Store, n: usize) {
+        let all_in = Arc::new(std::sync::Barrier::new(n));
+        let reads: Vec<_> = (0..n)
             .map(|_| {
                 let (store, all_in) = (store.clone(), all_in.clone());
                 tokio::spawn(async move {
@@ -433,6 +558,17 @@ mod tests {
         for r in reads {
             assert_eq!(r.await.expect("join").expect("read"), 1);
         }
+    }
+
+    /// Readers are opened on demand, never more than `readers`: one at
+    /// start, all three once three reads run at once (each waits for the
+    /// others, so none could finish on a shared connection), and a fourth
+    /// read then waits for a free one instead of opening a fourth.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_open_on_demand_up_to_the_limit() {
+        let (_dir, store) = store_with_readers(3);
+        assert_eq!(lock_pool(&store.inner.readers).len(), 1);
+        concurrent_reads(&store, 3).await;
         assert_eq!(lock_pool(&store.inner.readers).len(), 3);
         for _ in 0..5 {
             store.ping().await.expect("ping");
@@ -440,14 +576,36 @@ mod tests {
         assert_eq!(lock_pool(&store.inner.readers).len(), 3, "never a fourth");
     }
 
+    /// After a burst of concurrent reads, the idle sweep closes the extra
+    /// readers (never the last one, never one not yet idle long enough),
+    /// and the store reads and writes as before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_readers_past_the_first_are_closed() {
+        let (_dir, store) = store_with_readers(3);
+        concurrent_reads(&store, 3).await;
+        assert_eq!(lock_pool(&store.inner.readers).len(), 3);
+        // Not idle long enough: nothing closed.
+        assert_eq!(store.release_idle(Duration::from_secs(3600)), 0);
+        assert_eq!(lock_pool(&store.inner.readers).len(), 3);
+        store.set_state("k", "v".into()).await.expect("write");
+        assert_eq!(store.release_idle(Duration::ZERO), 2);
+        assert_eq!(lock_pool(&store.inner.readers).len(), 1, "the last stays");
+        assert_eq!(store.release_idle(Duration::ZERO), 0);
+        // Released caches are read again.
+        assert_eq!(
+            store.get_state("k").await.expect("read").as_deref(),
+            Some("v")
+        );
+        store.set_state("k", "w".into()).await.expect("write");
+        assert_eq!(
+            store.get_state("k").await.expect("read").as_deref(),
+            Some("w")
+        );
+    }
+
     #[tokio::test]
     async fn a_panicking_closure_returns_its_connection() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let opts = StoreOptions {
-            readers: 2,
-            ..StoreOptions::default()
-        };
-        let store = Store::open_blocking(&dir.path().join("t.db"), &opts).expect("open");
+        let (_dir, store) = store_with_readers(2);
         for _ in 0..5 {
             let r: StoreResult<()> = store.read(|_| panic!("boom")).await;
             assert!(matches!(r, Err(StoreError::Join(_))));
