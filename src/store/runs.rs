@@ -1,5 +1,8 @@
 //! Runs and their event logs.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -146,20 +149,46 @@ pub fn list(
     }))
 }
 
-/// One event of a run's log.
+/// One event of a run's log, as the relay numbers it, the log keeps it and
+/// subscribers get it. Cheap to clone: the name is usually a static string
+/// ([`event_name`]) and the text is shared.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub seq: i64,
-    pub name: String,
-    pub data: String,
+    pub name: Cow<'static, str>,
+    pub data: Arc<str>,
+}
+
+/// Event names the gateway and the daemon send, kept as static strings so
+/// a relayed event's name costs no allocation.
+const KNOWN_NAMES: &[&str] = &[
+    "message.delta",
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
+    "tool.started",
+    "tool.completed",
+    "tool.progress",
+    "approval.request",
+    "approval.responded",
+    "approval.expired",
+    "message",
+];
+
+/// An event's name: the static string when it is a known one.
+pub fn event_name(name: &str) -> Cow<'static, str> {
+    match KNOWN_NAMES.iter().find(|k| **k == name) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(name.to_owned()),
+    }
 }
 
 /// Append events (already numbered) and move `last_seq`, in one
 /// transaction.
-pub fn append_events(
+pub fn append_events<'a>(
     conn: &mut Connection,
     run_id: &str,
-    events: &[StoredEvent],
+    events: impl IntoIterator<Item = &'a StoredEvent>,
 ) -> StoreResult<()> {
     let tx = conn.transaction()?;
     append_events_in(&tx, run_id, events)?;
@@ -168,20 +197,26 @@ pub fn append_events(
 }
 
 /// [`append_events`] inside the caller's transaction.
-pub fn append_events_in(tx: &Connection, run_id: &str, events: &[StoredEvent]) -> StoreResult<()> {
-    let Some(last) = events.last() else {
-        return Ok(());
-    };
+pub fn append_events_in<'a>(
+    tx: &Connection,
+    run_id: &str,
+    events: impl IntoIterator<Item = &'a StoredEvent>,
+) -> StoreResult<()> {
     let now = now_ms();
     let mut stmt = tx.prepare_cached(
         "INSERT INTO run_events (run_id, seq, name, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
+    let mut last = None;
     for e in events {
-        stmt.execute(params![run_id, e.seq, e.name, e.data, now])?;
+        stmt.execute(params![run_id, e.seq, &*e.name, &*e.data, now])?;
+        last = Some(e.seq);
     }
+    let Some(last) = last else {
+        return Ok(());
+    };
     tx.execute(
         "UPDATE runs SET last_seq = ?2, updated_at = ?3 WHERE id = ?1",
-        params![run_id, last.seq, now],
+        params![run_id, last, now],
     )?;
     Ok(())
 }
@@ -200,8 +235,8 @@ pub fn events_after(
         .query_map(params![run_id, after_seq, limit as i64], |r| {
             Ok(StoredEvent {
                 seq: r.get(0)?,
-                name: r.get(1)?,
-                data: r.get(2)?,
+                name: event_name(r.get_ref(1)?.as_str()?),
+                data: Arc::from(r.get_ref(2)?.as_str()?),
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
