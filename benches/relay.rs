@@ -680,7 +680,7 @@ fn main() {
             log_alone::BATCH,
             log_alone::WRITER_MOST
         );
-        let (mut ratios, mut log_ratios) = (Vec::new(), Vec::new());
+        let (mut ratios, mut log_ratios, mut wide_ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut daemon_us, mut log_us, mut log_bytes) = (Vec::new(), Vec::new(), Vec::new());
         let (mut direct_rates, mut via_rates, mut log_rates) = (Vec::new(), Vec::new(), Vec::new());
         let (mut packed_rates, mut log_wide_rates) = (Vec::new(), Vec::new());
@@ -728,6 +728,7 @@ fn main() {
             log_wide_rates.push(lw.rate());
             ratios.push(v.rate() / d.rate());
             log_ratios.push(v.rate() / l.rate());
+            wide_ratios.push(v.rate() / lw.rate());
             daemon_us.push(v.daemon_us);
             log_us.push(l.client_us);
             log_bytes.push(per(written));
@@ -738,20 +739,24 @@ fn main() {
         let direct_rate = median(direct_rates);
         let bytes = median(log_bytes);
         println!(
-            "  median: direct {:.0} events/s, through the daemon {:.0} events/s, log alone {:.0} events/s; ratio daemon / direct {:.2} x, daemon / log alone {:.2} x; CPU per event: daemon {:.2} µs, log alone {:.2} µs",
+            "  median: direct {:.0} events/s, through the daemon {:.0} events/s, log alone {:.0} events/s ({} a transaction) and {:.0} ({}); a packed log (a sketch) {:.0} events/s",
             direct_rate,
             median(via_rates),
             median(log_rates),
-            median(ratios),
-            median(log_ratios),
-            median(daemon_us),
-            median(log_us)
+            log_alone::BATCH,
+            median(log_wide_rates),
+            log_alone::WRITER_MOST,
+            median(packed_rates)
         );
         println!(
-            "  log alone with {} events a transaction {:.0} events/s; a packed log (one row per batch, a sketch) {:.0} events/s",
+            "  median ratios: daemon / direct {:.2} x; daemon / log alone {:.2} x ({} a transaction), {:.2} x ({}); CPU per event: daemon {:.2} µs, log alone {:.2} µs",
+            median(ratios),
+            median(log_ratios),
+            log_alone::BATCH,
+            median(wide_ratios),
             log_alone::WRITER_MOST,
-            median(log_wide_rates),
-            median(packed_rates)
+            median(daemon_us),
+            median(log_us)
         );
         println!(
             "  0.8 x direct is {:.0} events/s: the log alone would write {:.0} MB/s at that rate ({bytes:.0} B per event)",

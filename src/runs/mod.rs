@@ -117,9 +117,9 @@ pub use crate::store::runs::StoredEvent as LiveEvent;
 pub type EventBatch = Arc<[LiveEvent]>;
 
 /// Batches the live broadcast keeps for subscribers that lag (one that
-/// falls further behind is caught up from the log). With
-/// `relay::BATCH_EVENTS` this bounds the events it holds.
-pub(crate) const LIVE_BATCHES: usize = 128;
+/// falls further behind is caught up from the log): 64 events at token
+/// rate, at most 16384 (64 × `sequencer::BATCH_EVENTS`) at full speed.
+pub(crate) const LIVE_BATCHES: usize = 64;
 
 pub fn is_terminal_event(name: &str) -> bool {
     matches!(name, "run.completed" | "run.failed" | "run.cancelled")

@@ -12,8 +12,9 @@ use super::{ActiveRun, EventBatch, LiveEvent};
 use crate::store::Store;
 use crate::store::runs as run_store;
 
-/// Batches waiting for the writer; the reader waits when it is full.
-const WRITE_QUEUE: usize = 64;
+/// Batches waiting for the writer; the reader waits when it is full. At
+/// most 4096 events, as before batches: what a crash can lose unlogged.
+const WRITE_QUEUE: usize = 16;
 /// Most batches per transaction (each at most [`BATCH_EVENTS`] events).
 const WRITE_BATCHES: usize = 8;
 /// Most events in one batch: a chunk holding more is sent in several.
