@@ -21,8 +21,10 @@
 //! - A third phase each round is the relay's own floor, the event log
 //!   alone ([`log_alone`]): the same number of events, shaped as the relay
 //!   logs them, appended through the daemon's `Store::write` +
-//!   `store::runs::append_events` one batch per transaction, on a fresh
-//!   data dir. The bench prints the daemon's ratio to both limits.
+//!   `store::runs::append_events` (blocks of 256 events), 256 and 2048
+//!   events a transaction (what the relay's writer commits when it keeps up
+//!   and the most it takes when it lags), on a fresh data dir. The bench
+//!   prints the daemon's ratio to both limits.
 //!
 //! `cargo bench --bench relay` (`BENCH_EVENTS` per run, default 200000;
 //! `BENCH_ROUNDS`, default 5). Figures, not pass/fail.
@@ -490,56 +492,9 @@ mod log_alone {
         }
     }
 
-    /// How the events are logged.
-    #[derive(Clone, Copy, PartialEq)]
-    pub enum Layout {
-        /// The daemon's: one `run_events` row per event.
-        Rows,
-        /// What a packed log would cost (not the daemon's, a sketch for
-        /// the figures): one row per batch, its events length-prefixed in
-        /// one blob, in a table the bench makes.
-        Packed,
-    }
-
-    fn append_packed(c: &mut rusqlite::Connection, events: &[StoredEvent]) -> rusqlite::Result<()> {
-        let tx = c.transaction()?;
-        tx.execute(
-            "CREATE TABLE IF NOT EXISTS run_event_blocks (run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-             first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, events BLOB NOT NULL, created_at INTEGER NOT NULL,
-             PRIMARY KEY (run_id, first_seq)) WITHOUT ROWID",
-            [],
-        )?;
-        for batch in events.chunks(BATCH as usize) {
-            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-                continue;
-            };
-            let mut blob = Vec::with_capacity(batch.iter().map(|e| e.data.len() + 24).sum());
-            for e in batch {
-                for part in [e.name.as_bytes(), e.data.as_bytes()] {
-                    blob.extend_from_slice(&(part.len() as u32).to_le_bytes());
-                    blob.extend_from_slice(part);
-                }
-            }
-            tx.execute(
-                "INSERT INTO run_event_blocks (run_id, first_seq, last_seq, events, created_at) VALUES (?1, ?2, ?3, ?4, 0)",
-                rusqlite::params![RUN, first.seq, last.seq, blob],
-            )?;
-            tx.execute(
-                "UPDATE runs SET last_seq = ?2, updated_at = 0 WHERE id = ?1",
-                rusqlite::params![RUN, last.seq],
-            )?;
-        }
-        tx.commit()
-    }
-
     /// Append `events` deltas and the run's end, `per_tx` events per
     /// transaction; the number of events logged.
-    pub async fn append(
-        store: &Store,
-        events: u64,
-        layout: Layout,
-        per_tx: u64,
-    ) -> Result<u64, String> {
+    pub async fn append(store: &Store, events: u64, per_tx: u64) -> Result<u64, String> {
         let mut seq = 0u64;
         while seq <= events {
             let to = (seq + per_tx).min(events + 1);
@@ -559,10 +514,7 @@ mod log_alone {
                 })
                 .collect();
             store
-                .write(move |c| match layout {
-                    Layout::Rows => run_store::append_events(c, RUN, &batch),
-                    Layout::Packed => Ok(append_packed(c, &batch)?),
-                })
+                .write(move |c| run_store::append_events(c, RUN, &batch))
                 .await
                 .map_err(|e| e.to_string())?;
             seq = to;
@@ -578,13 +530,12 @@ async fn log_phase(
     dir: &std::path::Path,
     round: usize,
     events: u64,
-    layout: log_alone::Layout,
     per_tx: u64,
 ) -> Result<(Phase, u64), String> {
     let log_dir = dir.join(format!("log-{round}"));
     let store = log_alone::open(&log_dir).await?;
     let w0 = written_bytes();
-    let phase = measure(pids, || log_alone::append(&store, events, layout, per_tx)).await?;
+    let phase = measure(pids, || log_alone::append(&store, events, per_tx)).await?;
     let written = written_bytes() - w0;
     drop(store);
     let _ = std::fs::remove_dir_all(&log_dir);
@@ -683,7 +634,7 @@ fn main() {
         let (mut ratios, mut log_ratios, mut wide_ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut daemon_us, mut log_us, mut log_bytes) = (Vec::new(), Vec::new(), Vec::new());
         let (mut direct_rates, mut via_rates, mut log_rates) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut packed_rates, mut log_wide_rates) = (Vec::new(), Vec::new());
+        let mut log_wide_rates = Vec::new();
         for round in 1..=rounds {
             let input = format!("events:{events}");
             let d = measure(&pids, || direct(input.clone())).await?;
@@ -694,11 +645,10 @@ fn main() {
                     d.events, v.events
                 ));
             }
-            use log_alone::{BATCH, Layout, WRITER_MOST};
-            let (l, written) = log_phase(&pids, dir.path(), round, events, Layout::Rows, BATCH).await?;
-            let (lw, _) = log_phase(&pids, dir.path(), round, events, Layout::Rows, WRITER_MOST).await?;
-            let (p, _) = log_phase(&pids, dir.path(), round, events, Layout::Packed, WRITER_MOST).await?;
-            if [l.events, lw.events, p.events].iter().any(|n| *n != d.events) {
+            use log_alone::{BATCH, WRITER_MOST};
+            let (l, written) = log_phase(&pids, dir.path(), round, events, BATCH).await?;
+            let (lw, _) = log_phase(&pids, dir.path(), round, events, WRITER_MOST).await?;
+            if [l.events, lw.events].iter().any(|n| *n != d.events) {
                 return Err(format!("logged {} events, direct read {}", l.events, d.events));
             }
             let per = |x: u64| x as f64 / l.events as f64;
@@ -713,18 +663,11 @@ fn main() {
                 written as f64 / l.secs / 1e6
             );
             println!(
-                "             packed  {:>9.0} events/s; CPU per event {:.2} µs (a sketch: one row per {BATCH} events, {WRITER_MOST} a transaction)",
-                p.rate(),
-                p.client_us,
-            );
-            println!(
-                "             ratio daemon / direct: {:.2} x; daemon / log alone: {:.2} x ({:.2} x with {WRITER_MOST}); packed log / direct: {:.2} x",
+                "             ratio daemon / direct: {:.2} x; daemon / log alone: {:.2} x ({:.2} x with {WRITER_MOST})",
                 v.rate() / d.rate(),
                 v.rate() / l.rate(),
                 v.rate() / lw.rate(),
-                p.rate() / d.rate()
             );
-            packed_rates.push(p.rate());
             log_wide_rates.push(lw.rate());
             ratios.push(v.rate() / d.rate());
             log_ratios.push(v.rate() / l.rate());
@@ -739,14 +682,13 @@ fn main() {
         let direct_rate = median(direct_rates);
         let bytes = median(log_bytes);
         println!(
-            "  median: direct {:.0} events/s, through the daemon {:.0} events/s, log alone {:.0} events/s ({} a transaction) and {:.0} ({}); a packed log (a sketch) {:.0} events/s",
+            "  median: direct {:.0} events/s, through the daemon {:.0} events/s, log alone {:.0} events/s ({} a transaction) and {:.0} ({})",
             direct_rate,
             median(via_rates),
             median(log_rates),
             log_alone::BATCH,
             median(log_wide_rates),
             log_alone::WRITER_MOST,
-            median(packed_rates)
         );
         println!(
             "  median ratios: daemon / direct {:.2} x; daemon / log alone {:.2} x ({} a transaction), {:.2} x ({}); CPU per event: daemon {:.2} µs, log alone {:.2} µs",

@@ -23,6 +23,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_releases",
         include_str!("../../schema/0009_releases.sql"),
     ),
+    (
+        "0010_run_event_blocks",
+        include_str!("../../schema/0010_run_event_blocks.sql"),
+    ),
 ];
 
 /// The schema version this build writes.
