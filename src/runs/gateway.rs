@@ -329,7 +329,12 @@ impl SseParser {
         if line.starts_with(b":") {
             return Ok(());
         }
-        let line = String::from_utf8_lossy(line);
+        // Valid UTF-8 (the gateway's JSON) takes the fast check; only a
+        // line that is not gets its bad bytes replaced.
+        let line = match std::str::from_utf8(line) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         let (field, value) = match line.split_once(':') {
             Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
             None => (&*line, ""),
