@@ -254,7 +254,6 @@ mod tests {
     use crate::runs::EventBatch;
     use crate::runs::sequencer::spawn_writer;
     use crate::store::StoreOptions;
-    use crate::store::runs::NewRun;
     use tokio::sync::{Semaphore, broadcast, watch};
 
     const RUN: &str = "run_fedcba9876543210fedcba9876543210";
@@ -266,23 +265,7 @@ mod tests {
         let store =
             Store::open_blocking(&dir.path().join("t.db"), &StoreOptions::default()).expect("open");
         store
-            .write(|c| {
-                c.execute(
-                    "INSERT INTO sessions (id, platform, title, created_at, updated_at, message_count)
-                     VALUES ('s1', 'api', NULL, 0, 0, 0)",
-                    [],
-                )?;
-                run_store::insert(
-                    c,
-                    &NewRun {
-                        id: RUN.into(),
-                        session_id: "s1".into(),
-                        platform: "api".into(),
-                        input: json!("hi"),
-                        instructions: None,
-                    },
-                )
-            })
+            .write(|c| run_store::tests::session_and_run(c, RUN))
             .await
             .expect("run row");
         let active = Arc::new(ActiveRun {

@@ -475,7 +475,7 @@ pub fn prune(conn: &Connection, before_ms: i64) -> StoreResult<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::{Store, StoreOptions};
 
@@ -526,7 +526,8 @@ mod tests {
         assert!(run.finished_at.is_some());
     }
 
-    fn session_and_run(c: &Connection, id: &str) -> StoreResult<Run> {
+    /// A session `s1` and a queued run `id` in it (for tests elsewhere too).
+    pub(crate) fn session_and_run(c: &Connection, id: &str) -> StoreResult<Run> {
         c.execute(
             "INSERT OR IGNORE INTO sessions (id, platform, title, created_at, updated_at, message_count)
              VALUES ('s1', 'api', NULL, 0, 0, 0)",
