@@ -175,7 +175,9 @@ macro_rules! page_scan_of {
 }
 
 /// The filter columns of a match, checked inside the ranking loop when a
-/// filter is given (each a no-op when its parameter is NULL).
+/// filter is given (each a no-op when its parameter is NULL). They are read
+/// from the covering index `messages_search_facets` (migration 0010, about
+/// 50 bytes an entry), never from the message row and its content.
 macro_rules! filters {
     () => {
         "AND (?2 IS NULL OR m.platform = ?2)
@@ -183,6 +185,34 @@ macro_rules! filters {
       AND (?4 IS NULL OR m.created_at >= ?4)
       AND (?5 IS NULL OR m.created_at < ?5)
       AND (?6 IS NULL OR m.session_id = ?6)"
+    };
+}
+
+/// A match joined to its filter columns; `INDEXED BY` makes it an error,
+/// not a silent slow plan, if the index were ever missing.
+macro_rules! facets {
+    () => {
+        "messages_fts CROSS JOIN messages m INDEXED BY messages_search_facets
+         ON m.id = messages_fts.rowid"
+    };
+}
+
+/// The lowest and highest id of the session named by ?6 (one seek each in
+/// `messages_by_session`): FTS5 then walks only that span of its doclists.
+/// Without a session the span is every id; a session without messages
+/// gives an empty span. Only narrows the walk: the filter still decides.
+macro_rules! session_lo {
+    () => {
+        "coalesce((SELECT id FROM messages WHERE session_id = ?6 ORDER BY id LIMIT 1),
+                  CASE WHEN ?6 IS NULL THEN 0 ELSE 1 END)"
+    };
+}
+
+/// See [`session_lo`].
+macro_rules! session_hi {
+    () => {
+        "coalesce((SELECT id FROM messages WHERE session_id = ?6 ORDER BY id DESC LIMIT 1),
+                  CASE WHEN ?6 IS NULL THEN 9223372036854775807 ELSE 0 END)"
     };
 }
 
@@ -198,14 +228,23 @@ macro_rules! top_relevance {
     };
 }
 
-/// Relevance with a filter: a match's filter columns live in `messages`,
-/// so the join is inside the ranking loop; it reads only the row.
+/// Relevance with a filter: the join to the filter columns is inside the
+/// ranking loop, but reads a small index entry, and only within the
+/// session's span of ids when a session is named.
 macro_rules! top_relevance_filtered {
     () => {
         concat!(
             "SELECT m.id AS id, bm25(messages_fts) AS score
-       FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
-      WHERE messages_fts MATCH ?1 ",
+       FROM ",
+            facets!(),
+            "
+      WHERE messages_fts MATCH ?1
+        AND messages_fts.rowid >= ",
+            session_lo!(),
+            "
+        AND messages_fts.rowid <= ",
+            session_hi!(),
+            " ",
             filters!(),
             "
       ORDER BY score, m.id
@@ -236,13 +275,23 @@ pub const SEARCH_RECENT_SQL: &str = page_scan_of!(
     "top.id DESC"
 );
 
-/// Newest first with a filter: the same walk, each match checked against
-/// its row until a page is full.
+/// Newest first with a filter: the same walk (from the cursor or the
+/// session's last id, whichever is lower), each match checked against its
+/// filter columns until a page is full. One upper bound: FTS5 uses only the
+/// first `<` it is given.
 pub const SEARCH_RECENT_FILTERED_SQL: &str = page_scan_of!(
     concat!(
         "SELECT m.id AS id, NULL AS score
-       FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
-      WHERE messages_fts MATCH ?1 AND messages_fts.rowid < ?8 ",
+       FROM ",
+        facets!(),
+        "
+      WHERE messages_fts MATCH ?1
+        AND messages_fts.rowid <= min(?8 - 1, ",
+        session_hi!(),
+        ")
+        AND messages_fts.rowid >= ",
+        session_lo!(),
+        " ",
         filters!(),
         "
       ORDER BY messages_fts.rowid DESC
@@ -425,6 +474,11 @@ mod tests {
     fn corpus() -> Connection {
         let mut c = Connection::open_in_memory().expect("open");
         crate::store::migrations::apply(&mut c).expect("migrate");
+        fill(&mut c);
+        c
+    }
+
+    fn fill(c: &mut Connection) {
         let words = ["alpha", "beta", "gamma", "delta", "<b>", "o'neil", "zeta"];
         for s in 0..6 {
             let messages = (0..40)
@@ -449,9 +503,23 @@ mod tests {
                 title: None,
                 messages,
             };
-            append(&mut c, &format!("s{s}"), &req).expect("append");
+            append(c, &format!("s{s}"), &req).expect("append");
         }
-        c
+        // A session whose ids span the others' (its span holds matches of
+        // every session).
+        let req = AppendMessages {
+            platform: Some("web".into()),
+            title: None,
+            messages: vec![NewMessage {
+                role: Role::User,
+                content: "alpha beta del delta zeta".into(),
+                tool_calls: None,
+                tokens_used: None,
+                created_at: Some(TimeInput::Seconds(1_700_000_100.0)),
+                external_id: None,
+            }],
+        };
+        append(c, "s0", &req).expect("append");
     }
 
     fn filters() -> Vec<SearchFilter> {
@@ -483,6 +551,14 @@ mod tests {
                 ..q.clone()
             });
             out.push(SearchFilter {
+                session_id: Some("s0".into()),
+                ..q.clone()
+            });
+            out.push(SearchFilter {
+                session_id: Some("no-such-session".into()),
+                ..q.clone()
+            });
+            out.push(SearchFilter {
                 since_ms: Some(1_700_000_050_000),
                 until_ms: Some(1_700_000_200_000),
                 ..q.clone()
@@ -495,14 +571,48 @@ mod tests {
     /// and snippets as the reference query at the same offset.
     #[test]
     fn relevance_plans_return_what_the_reference_query_returns() {
-        let c = corpus();
+        assert_relevance_matches_reference(&corpus());
+    }
+
+    /// A store written by the previous schema (0009, no facets index) and
+    /// then upgraded searches exactly as one created at 0010.
+    #[test]
+    fn an_upgraded_store_searches_as_a_new_one() {
+        let mut c = Connection::open_in_memory().expect("open");
+        let before = crate::store::migrations::MIGRATIONS.len() - 1;
+        for (version, (_, sql)) in crate::store::migrations::MIGRATIONS[..before]
+            .iter()
+            .enumerate()
+        {
+            c.execute_batch(sql).expect("old migration");
+            c.pragma_update(None, "user_version", version as i64 + 1)
+                .expect("version");
+        }
+        fill(&mut c);
+        assert_eq!(
+            crate::store::migrations::apply(&mut c).expect("upgrade"),
+            crate::store::migrations::latest()
+        );
+        let entries: i64 = c
+            .query_row(
+                "SELECT count(*) FROM messages INDEXED BY messages_search_facets",
+                [],
+                |r| r.get(0),
+            )
+            .expect("index");
+        assert_eq!(entries, 241);
+        assert_relevance_matches_reference(&c);
+        assert_recent_matches_reference(&c);
+    }
+
+    fn assert_relevance_matches_reference(c: &Connection) {
         let mut later_pages = 0;
         for f in filters() {
             let mut offset = 0;
             let mut f = f.clone();
             loop {
-                let page = search(&c, &f).expect("search");
-                let want = reference(&c, &f, offset);
+                let page = search(c, &f).expect("search");
+                let want = reference(c, &f, offset);
                 let got: Vec<(i64, String, f64)> = page
                     .items
                     .iter()
@@ -526,13 +636,16 @@ mod tests {
     /// pages, with the same snippets, and no score.
     #[test]
     fn recent_returns_every_hit_newest_first() {
-        let c = corpus();
+        assert_recent_matches_reference(&corpus());
+    }
+
+    fn assert_recent_matches_reference(c: &Connection) {
         for f in filters() {
             let everything = SearchFilter {
                 limit: 10_000,
                 ..f.clone()
             };
-            let mut want: Vec<(i64, String)> = reference(&c, &everything, 0)
+            let mut want: Vec<(i64, String)> = reference(c, &everything, 0)
                 .into_iter()
                 .map(|(id, snippet, _)| (id, snippet))
                 .collect();
@@ -543,7 +656,7 @@ mod tests {
                 ..f
             };
             loop {
-                let page = search(&c, &f).expect("search");
+                let page = search(c, &f).expect("search");
                 assert!(page.items.len() <= 7);
                 assert!(page.items.iter().all(|h| h.score.is_none()));
                 got.extend(page.items.iter().map(|h| (h.message_id, h.snippet.clone())));
