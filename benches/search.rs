@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use hermes_tenantd::store::conversations::Role;
-use hermes_tenantd::store::message_search::{SearchFilter, SearchSort, plan};
+use hermes_tenantd::store::message_search::{REFERENCE_SQL, SearchFilter, SearchSort, plan};
 use hermes_tenantd::store::search_index;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -109,27 +109,6 @@ const LIMIT_RECENT_SQL: &str = "SELECT rowid, NULL FROM messages_fts
 const LIMIT_SPAN_SQL: &str = "SELECT rowid, bm25(messages_fts) FROM messages_fts
   WHERE messages_fts MATCH ?1 AND rowid >= ?3 AND rowid <= ?4
   ORDER BY bm25(messages_fts) LIMIT ?2";
-
-/// What a filtered search ran before migration 0010 (every match joined
-/// to its message row inside the ranking loop): shown beside the plan that
-/// replaced it, same parameters as `message_search::plan`'s statements.
-const BEFORE_FILTERED_SQL: &str = "WITH top AS MATERIALIZED (
-   SELECT m.id AS id, bm25(messages_fts) AS score
-     FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
-    WHERE messages_fts MATCH ?1
-      AND (?2 IS NULL OR m.platform = ?2)
-      AND (?3 IS NULL OR m.role = ?3)
-      AND (?4 IS NULL OR m.created_at >= ?4)
-      AND (?5 IS NULL OR m.created_at < ?5)
-      AND (?6 IS NULL OR m.session_id = ?6)
-    ORDER BY score, m.id
-    LIMIT ?7 OFFSET ?8)
- SELECT m.id, m.session_id, m.platform, m.role, m.created_at,
-        snippet(messages_fts, 0, char(1), char(2), '…', 16), top.score
-   FROM top
-   CROSS JOIN messages m ON m.id = top.id
-   CROSS JOIN messages_fts ON messages_fts.rowid = top.id AND messages_fts MATCH ?1
-  ORDER BY top.score, top.id";
 
 /// The number of matches a row's search has (filters included).
 const COUNT_SQL: &str = "SELECT count(*)
@@ -489,7 +468,9 @@ impl Search<'_> {
         println!(
             "  The limit is FTS5 alone for the same query without its filter (a session: over the session's span of ids);"
         );
-        println!("  `before` is the filtered statement this build replaced:");
+        println!(
+            "  `before` is the filtered statement this build replaced (message_search::REFERENCE_SQL):"
+        );
         println!(
             "    {:<28} {:>8} {:>16} {:>16} {:>16} {:>16} {:>7} {:>7} {:>7}",
             "query",
@@ -530,7 +511,7 @@ impl Search<'_> {
                 .expect("prepare");
             let mut daemon_stmt = conn.prepare_cached(plan(&case.filter)).expect("prepare");
             let mut before_stmt = (case.filtered() && case.filter.sort == SearchSort::Relevance)
-                .then(|| conn.prepare_cached(BEFORE_FILTERED_SQL).expect("prepare"));
+                .then(|| conn.prepare_cached(REFERENCE_SQL).expect("prepare"));
             let (mut lim, mut sql, mut api, mut before) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..iterations {
