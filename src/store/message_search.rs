@@ -5,8 +5,10 @@
 //! before `LIMIT` keeps a page. Anything added to that loop is paid once per
 //! *match* (72,000 times for a common word at a million messages), so the
 //! plans below keep it to the FTS5 table alone whenever they can and touch
-//! `messages` only for the page they return. See BENCHMARKS.md ("Search at
-//! the limit") for the figures against FTS5 alone.
+//! `messages` only for the page they return; a filter is checked in the
+//! covering index `messages_search_facets`, never in the message row. See
+//! BENCHMARKS.md ("Search at a million messages") for the figures against
+//! FTS5 alone.
 
 use rusqlite::Connection;
 use serde::Serialize;
@@ -130,7 +132,9 @@ pub fn render_snippet(raw: &str) -> String {
 /// (recent); a plan ignores what it does not use.
 ///
 /// `snippet()` needs an FTS5 cursor on the MATCH. [`page_of`] opens one per
-/// page row (a seek in each term's doclist: cheap for words, but a prefix
+/// page row (a seek in each term's doclist in every segment of the index,
+/// which is why `search_index` keeps it to one segment; cheap for words,
+/// but a prefix
 /// query expands its prefix again each time: 21 × 250 ms for a prefix
 /// matching 380,000 messages). [`page_scan_of`] walks one cursor over the
 /// matches between the page's lowest and highest id and keeps the page's
