@@ -13,7 +13,9 @@
 use std::time::{Duration, Instant};
 
 use hermes_tenantd::store::conversations::Role;
-use hermes_tenantd::store::message_search::{REFERENCE_SQL, SearchFilter, SearchSort, plan};
+use hermes_tenantd::store::message_search::{
+    MATCH_COUNT_SQL, REFERENCE_SQL, SearchFilter, SearchSort, plan,
+};
 use hermes_tenantd::store::search_index;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -109,16 +111,6 @@ const LIMIT_RECENT_SQL: &str = "SELECT rowid, NULL FROM messages_fts
 const LIMIT_SPAN_SQL: &str = "SELECT rowid, bm25(messages_fts) FROM messages_fts
   WHERE messages_fts MATCH ?1 AND rowid >= ?3 AND rowid <= ?4
   ORDER BY bm25(messages_fts) LIMIT ?2";
-
-/// The number of matches a row's search has (filters included).
-const COUNT_SQL: &str = "SELECT count(*)
-     FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
-    WHERE messages_fts MATCH ?1
-      AND (?2 IS NULL OR m.platform = ?2)
-      AND (?3 IS NULL OR m.role = ?3)
-      AND (?4 IS NULL OR m.created_at >= ?4)
-      AND (?5 IS NULL OR m.created_at < ?5)
-      AND (?6 IS NULL OR m.session_id = ?6)";
 
 /// Where the corpus of `n` messages is kept between runs.
 fn corpus_dir(n: usize) -> std::path::PathBuf {
@@ -491,7 +483,7 @@ impl Search<'_> {
             );
             let matches: i64 = conn
                 .query_row(
-                    COUNT_SQL,
+                    MATCH_COUNT_SQL,
                     rusqlite::params![
                         case.filter.query,
                         case.filter.platform,

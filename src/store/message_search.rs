@@ -365,6 +365,16 @@ pub const REFERENCE_SQL: &str = "WITH top AS MATERIALIZED (
    CROSS JOIN messages_fts ON messages_fts.rowid = top.id AND messages_fts MATCH ?1
   ORDER BY top.score, top.id";
 
+/// How many messages a search matches, its filters included (the
+/// benchmark's "matches"; ?1–?6 as in the plans).
+#[doc(hidden)]
+pub const MATCH_COUNT_SQL: &str = concat!(
+    "SELECT count(*) FROM ",
+    facets!(),
+    " WHERE messages_fts MATCH ?1 ",
+    filters!()
+);
+
 /// The statement for a search.
 pub fn plan(f: &SearchFilter) -> &'static str {
     let session = f.session_id.is_some();
@@ -696,6 +706,21 @@ mod tests {
                 .map(|(id, snippet, _)| (id, snippet))
                 .collect();
             want.sort_by_key(|h| std::cmp::Reverse(h.0));
+            let count: i64 = c
+                .query_row(
+                    MATCH_COUNT_SQL,
+                    rusqlite::params![
+                        f.query,
+                        f.platform,
+                        f.role.map(Role::as_str),
+                        f.since_ms,
+                        f.until_ms,
+                        f.session_id
+                    ],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(count as usize, want.len(), "{f:?}");
             let mut got = Vec::new();
             let mut f = SearchFilter {
                 sort: SearchSort::Recent,
