@@ -2,13 +2,17 @@
 //! measure search latency against its limit, FTS5 alone (the bare ranking
 //! statement on a read-only connection), beside the daemon's own SQL run
 //! directly and the HTTP round trip, interleaved query by query so the
-//! load of a shared machine falls on all three alike. Prints p50s and the
-//! ratios to the limit; asserts nothing.
+//! load of a shared machine falls on all three alike; filtered rows also run
+//! the statement they replaced (and assert it returns the same hits). Prints
+//! p50s and the ratios to the limit. When the index has more segments than
+//! the daemon's upkeep allows, runs that upkeep (timing each step) and the
+//! table again.
 //!
 //! `cargo bench --bench search` (N = 1,000,000; `BENCH_MESSAGES=100000` for a
 //! quick run). The corpus is built once through the API into
 //! `target/bench-search/<N>/` and reused by later runs (minutes at 1 M);
-//! delete that directory to rebuild it.
+//! delete that directory to rebuild it (a reused corpus was merged by the
+//! run that built it, so only a fresh one shows the table before upkeep).
 
 use std::time::{Duration, Instant};
 
