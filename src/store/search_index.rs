@@ -9,7 +9,10 @@
 //! than ranking every match (BENCHMARKS.md, "Search at a million
 //! messages"). With one segment every seek, and the ranking itself, is
 //! cheaper. FTS5's incremental `merge` does the work in bounded steps, one
-//! write transaction each, so appends wait for one step at most.
+//! write transaction each, so appends wait for one step at most. Each step
+//! deletes the input pages it has consumed (`fts5TrimSegments`), so the
+//! merge needs about a step's worth of free space, not a second index
+//! (at a million messages the database and its WAL grew 962 → 970 MiB).
 
 use rusqlite::Connection;
 
