@@ -134,11 +134,11 @@ pub fn render_snippet(raw: &str) -> String {
 /// `snippet()` needs an FTS5 cursor on the MATCH. [`page_of`] opens one per
 /// page row (a seek in each term's doclist in every segment of the index,
 /// which is why `search_index` keeps it to one segment; cheap for words,
-/// but a prefix
-/// query expands its prefix again each time: 21 × 250 ms for a prefix
-/// matching 380,000 messages). [`page_scan_of`] walks one cursor over the
-/// matches between the page's lowest and highest id and keeps the page's
-/// rows: for prefix queries, and for `recent`, whose page is one run of ids.
+/// but a prefix query expands its prefix again each time: 21 × 250 ms for
+/// a prefix matching 380,000 messages). [`page_scan_of`] walks one cursor
+/// over the matches between the page's lowest and highest id and keeps the
+/// page's rows: for prefix queries, and for `recent`, whose page is one run
+/// of ids.
 macro_rules! page_of {
     ($top:expr, $order:expr) => {
         concat!(
@@ -180,8 +180,9 @@ macro_rules! page_scan_of {
 
 /// The filter columns of a match, checked inside the ranking loop when a
 /// filter is given (each a no-op when its parameter is NULL). They are read
-/// from the covering index `messages_search_facets` (migration 0010, about
-/// 50 bytes an entry), never from the message row and its content.
+/// from the covering index `messages_search_facets` (migration 0010, 36
+/// bytes a message at a million), never from the message row and its
+/// content.
 macro_rules! filters {
     () => {
         "AND (?2 IS NULL OR m.platform = ?2)
