@@ -23,6 +23,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_releases",
         include_str!("../../schema/0009_releases.sql"),
     ),
+    (
+        "0010_search_facets",
+        include_str!("../../schema/0010_search_facets.sql"),
+    ),
 ];
 
 /// The schema version this build writes.
