@@ -39,9 +39,29 @@ use crate::store::Store;
 /// Prefix of every route the hub calls for this tenant.
 pub const TENANT_PREFIX: &str = "/v1/tenant-runtime/{tenant_id}";
 
-/// What handlers share; cheap to clone.
+/// What handlers share. axum clones the state for every request that
+/// extracts it, so it is one `Arc` (one atomic increment) rather than the
+/// parts themselves (about 25 reference counts up and down per request:
+/// 4 % of the daemon's CPU on `GET /version`, BENCHMARKS.md).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppParts {
     /// The supervised gateway: status, commands, endpoint.
     pub agent: AgentHandle,
     pub config: Arc<Config>,

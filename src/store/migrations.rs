@@ -24,8 +24,12 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../schema/0009_releases.sql"),
     ),
     (
-        "0010_run_event_blocks",
-        include_str!("../../schema/0010_run_event_blocks.sql"),
+        "0010_search_facets",
+        include_str!("../../schema/0010_search_facets.sql"),
+    ),
+    (
+        "0011_run_event_blocks",
+        include_str!("../../schema/0011_run_event_blocks.sql"),
     ),
 ];
 

@@ -13,6 +13,7 @@ pub mod message_search;
 pub mod migrations;
 pub mod policy;
 pub mod runs;
+pub mod search_index;
 pub mod usage;
 
 use std::path::{Path, PathBuf};

@@ -607,7 +607,7 @@ pub(crate) mod tests {
         );
     }
 
-    /// A store written before 0010 keeps its `run_events` rows: a run
+    /// A store written before 0011 keeps its `run_events` rows: a run
     /// caught by the upgrade reads them, then what this build logged.
     #[test]
     fn an_upgraded_store_reads_old_rows_then_blocks() {
