@@ -49,10 +49,17 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A database newer than this build whose compatibility floor
+    /// (`migrations`, module documentation) does not let this build run.
     #[error(
-        "the database schema version is {found} but this build knows only up to {supported}: it was written by a newer hermes-tenantd; upgrade the binary or restore a backup"
+        "the database schema version is {found}, written by a newer hermes-tenantd; this build writes schema {supported} and runs on a newer database only when its compatibility floor is {supported} or lower, but {}: deploy the newer release again, or stop the daemon and restore the database from a backup taken before the upgrade",
+        migrations::describe_floor(.floor)
     )]
-    TooNew { found: i64, supported: i64 },
+    TooNew {
+        found: i64,
+        supported: i64,
+        floor: Option<i64>,
+    },
     #[error("migration {name} failed: {source}")]
     Migration {
         name: &'static str,
