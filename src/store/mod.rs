@@ -179,7 +179,8 @@ impl Store {
         &self.inner.path
     }
 
-    /// The `user_version` after migrations.
+    /// The schema version this build writes (`migrations::latest`), also on
+    /// a newer store it runs on unmigrated (that one keeps its own).
     pub fn schema_version(&self) -> i64 {
         self.inner.schema_version
     }
