@@ -232,15 +232,21 @@ fn floor_at(schema: &[Migration], version: i64) -> i64 {
 }
 
 fn recorded_floor(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    let text: Option<String> = conn
+    // Anything but text holding a positive decimal number is no floor:
+    // refuse, not guess.
+    let floor = conn
         .query_row(
             "SELECT value FROM daemon_state WHERE key = ?1",
             [FLOOR_KEY],
-            |r| r.get(0),
+            |r| {
+                Ok(r.get_ref(0)?
+                    .as_str()
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok()))
+            },
         )
         .optional()?;
-    // Anything but a positive decimal number is no floor: refuse, not guess.
-    Ok(text.and_then(|t| t.parse::<i64>().ok()).filter(|f| *f >= 1))
+    Ok(floor.flatten().filter(|f| *f >= 1))
 }
 
 fn record_floor(conn: &Connection, floor: i64) -> rusqlite::Result<()> {
@@ -404,11 +410,14 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("it records no floor"), "{err}");
-        for garbage in ["", "eleven", "0", "-3", "1e1"] {
+        let texts =
+            ["", "eleven", "0", "-3", "1e1"].map(|t| rusqlite::types::Value::Text(t.to_owned()));
+        let blob = rusqlite::types::Value::Blob(b"11".to_vec());
+        for garbage in texts.into_iter().chain([blob]) {
             c.execute(
                 "INSERT INTO daemon_state (key, value, updated_at) VALUES (?1, ?2, 0)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [FLOOR_KEY, garbage],
+                rusqlite::params![FLOOR_KEY, garbage],
             )
             .expect("garbage floor");
             let err = apply(&mut c).unwrap_err();
