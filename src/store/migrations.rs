@@ -23,8 +23,9 @@
 //! or below its own [`latest`]: it then runs **without migrating** (every
 //! write it does is valid on the newer schema: that is what the floor
 //! promises) and logs one warning. Otherwise (no floor recorded, or a
-//! higher one) it refuses with [`StoreError::TooNew`]. Builds from before
-//! this mechanism (schema 9 and older) refuse any newer database.
+//! higher one) it refuses with [`StoreError::TooNew`]. Builds without this
+//! mechanism (schema 9 and older, and any other build from before it)
+//! refuse every newer database.
 
 use rusqlite::{Connection, OptionalExtension};
 
