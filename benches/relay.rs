@@ -18,6 +18,14 @@
 //!   processes used per event in that phase (utime + stime, `/proc/PID/stat`)
 //!   and how busy the machine's cores were.
 //!
+//! - A third phase each round is the relay's own floor, the event log
+//!   alone ([`log_alone`]): the same number of events, shaped as the relay
+//!   logs them, appended through the daemon's `Store::write` +
+//!   `store::runs::append_events` (blocks of 256 events), 256 and 2048
+//!   events a transaction (what the relay's writer commits when it keeps up
+//!   and the most it takes when it lags), on a fresh data dir. The bench
+//!   prints the daemon's ratio to both limits.
+//!
 //! `cargo bench --bench relay` (`BENCH_EVENTS` per run, default 200000;
 //! `BENCH_ROUNDS`, default 5). Figures, not pass/fail.
 
@@ -410,6 +418,130 @@ where
     })
 }
 
+/// Bytes this process has passed to write(2) so far (`/proc/self/io`
+/// `wchar`; in the log-alone phase that is SQLite's WAL and database).
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The relay's own durable-write floor: the event log alone.
+mod log_alone {
+    use std::borrow::Cow;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use hermes_tenantd::store::runs::{self as run_store, NewRun, StoredEvent};
+    use hermes_tenantd::store::{Store, StoreOptions};
+
+    /// Events in one of the relay's batches (`runs::sequencer`): the
+    /// source writes 256 frames per body chunk. The relay's writer commits
+    /// one batch per transaction when it keeps up, up to 8 when it lags.
+    pub const BATCH: u64 = 256;
+    pub const WRITER_MOST: u64 = 8 * BATCH;
+    const RUN: &str = "run_fedcba9876543210fedcba9876543210";
+    const GATEWAY_RUN: &str = "run_000000000000000000000000deadbeef";
+
+    /// A fresh store (the daemon's default options) holding one run.
+    pub async fn open(dir: &Path) -> Result<Store, String> {
+        let path = dir.join("tenantd.db");
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let store = tokio::task::spawn_blocking(move || {
+            Store::open_blocking(&path, &StoreOptions::default())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        store
+            .write(|c| {
+                c.execute(
+                    "INSERT INTO sessions (id, platform, title, created_at, updated_at, message_count)
+                     VALUES ('s1', 'api', NULL, 0, 0, 0)",
+                    [],
+                )?;
+                run_store::insert(
+                    c,
+                    &NewRun {
+                        id: RUN.into(),
+                        session_id: "s1".into(),
+                        platform: "api".into(),
+                        input: serde_json::json!("bench"),
+                        instructions: None,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(store)
+    }
+
+    /// A delta as the relay logs it: the source's frame, `gateway_run_id`
+    /// first and the daemon's run id in `run_id`.
+    fn delta(seq: u64) -> StoredEvent {
+        let t = super::now_secs();
+        StoredEvent {
+            seq: seq as i64,
+            name: Cow::Borrowed("message.delta"),
+            data: Arc::from(format!(
+                "{{\"gateway_run_id\":\"{GATEWAY_RUN}\",\"event\": \"message.delta\", \"run_id\": \"{RUN}\", \"timestamp\": {t}, \"delta\": \"d{seq} \", \"sent_at\": {t}}}"
+            )),
+        }
+    }
+
+    /// Append `events` deltas and the run's end, `per_tx` events per
+    /// transaction; the number of events logged.
+    pub async fn append(store: &Store, events: u64, per_tx: u64) -> Result<u64, String> {
+        let mut seq = 0u64;
+        while seq <= events {
+            let to = (seq + per_tx).min(events + 1);
+            let batch: Vec<StoredEvent> = (seq + 1..=to)
+                .map(|s| {
+                    if s == events + 1 {
+                        StoredEvent {
+                            seq: s as i64,
+                            name: Cow::Borrowed("run.completed"),
+                            data: Arc::from(format!(
+                                "{{\"gateway_run_id\":\"{GATEWAY_RUN}\",\"event\": \"run.completed\", \"run_id\": \"{RUN}\", \"output\": \"{events} deltas\"}}"
+                            )),
+                        }
+                    } else {
+                        delta(s)
+                    }
+                })
+                .collect();
+            store
+                .write(move |c| run_store::append_events(c, RUN, &batch))
+                .await
+                .map_err(|e| e.to_string())?;
+            seq = to;
+        }
+        Ok(seq)
+    }
+}
+
+/// One log-alone phase on a fresh data dir (removed after); the phase and
+/// the bytes written.
+async fn log_phase(
+    pids: &Pids,
+    dir: &std::path::Path,
+    round: usize,
+    events: u64,
+    per_tx: u64,
+) -> Result<(Phase, u64), String> {
+    let log_dir = dir.join(format!("log-{round}"));
+    let store = log_alone::open(&log_dir).await?;
+    let w0 = written_bytes();
+    let phase = measure(pids, || log_alone::append(&store, events, per_tx)).await?;
+    let written = written_bytes() - w0;
+    drop(store);
+    let _ = std::fs::remove_dir_all(&log_dir);
+    Ok((phase, written))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -494,9 +626,15 @@ fn main() {
         println!(
             "  {events} message.delta events per run, as fast as the Rust event source emits; rounds alternate direct / through the daemon:"
         );
-        let mut ratios = Vec::new();
-        let mut daemon_us = Vec::new();
-        let (mut direct_rates, mut via_rates) = (Vec::new(), Vec::new());
+        println!(
+            "  and the event log alone: the same events appended through the daemon's Store::write + store::runs::append_events, {} (and {}) per transaction, fresh data dir, default store options:",
+            log_alone::BATCH,
+            log_alone::WRITER_MOST
+        );
+        let (mut ratios, mut log_ratios, mut wide_ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut daemon_us, mut log_us, mut log_bytes) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut direct_rates, mut via_rates, mut log_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let mut log_wide_rates = Vec::new();
         for round in 1..=rounds {
             let input = format!("events:{events}");
             let d = measure(&pids, || direct(input.clone())).await?;
@@ -507,20 +645,65 @@ fn main() {
                     d.events, v.events
                 ));
             }
+            use log_alone::{BATCH, WRITER_MOST};
+            let (l, written) = log_phase(&pids, dir.path(), round, events, BATCH).await?;
+            let (lw, _) = log_phase(&pids, dir.path(), round, events, WRITER_MOST).await?;
+            if [l.events, lw.events].iter().any(|n| *n != d.events) {
+                return Err(format!("logged {} events, direct read {}", l.events, d.events));
+            }
+            let per = |x: u64| x as f64 / l.events as f64;
             println!("    round {round}: direct  {}", d.row());
             println!("             daemon  {}", v.row());
-            println!("             ratio daemon / direct: {:.2} x", v.rate() / d.rate());
+            println!(
+                "             log     {:>9.0} events/s ({BATCH} a transaction; {:>9.0} with {WRITER_MOST}); CPU per event (this process: making and logging them) {:.2} µs; {:.0} B written per event ({:.0} MB/s)",
+                l.rate(),
+                lw.rate(),
+                l.client_us,
+                per(written),
+                written as f64 / l.secs / 1e6
+            );
+            println!(
+                "             ratio daemon / direct: {:.2} x; daemon / log alone: {:.2} x ({:.2} x with {WRITER_MOST})",
+                v.rate() / d.rate(),
+                v.rate() / l.rate(),
+                v.rate() / lw.rate(),
+            );
+            log_wide_rates.push(lw.rate());
             ratios.push(v.rate() / d.rate());
+            log_ratios.push(v.rate() / l.rate());
+            wide_ratios.push(v.rate() / lw.rate());
             daemon_us.push(v.daemon_us);
+            log_us.push(l.client_us);
+            log_bytes.push(per(written));
             direct_rates.push(d.rate());
             via_rates.push(v.rate());
+            log_rates.push(l.rate());
         }
+        let direct_rate = median(direct_rates);
+        let bytes = median(log_bytes);
         println!(
-            "  median: direct {:.0} events/s, through the daemon {:.0} events/s, ratio {:.2} x; daemon CPU {:.2} µs per relayed event",
-            median(direct_rates),
+            "  median: direct {:.0} events/s, through the daemon {:.0} events/s, log alone {:.0} events/s ({} a transaction) and {:.0} ({})",
+            direct_rate,
             median(via_rates),
+            median(log_rates),
+            log_alone::BATCH,
+            median(log_wide_rates),
+            log_alone::WRITER_MOST,
+        );
+        println!(
+            "  median ratios: daemon / direct {:.2} x; daemon / log alone {:.2} x ({} a transaction), {:.2} x ({}); CPU per event: daemon {:.2} µs, log alone {:.2} µs",
             median(ratios),
-            median(daemon_us)
+            median(log_ratios),
+            log_alone::BATCH,
+            median(wide_ratios),
+            log_alone::WRITER_MOST,
+            median(daemon_us),
+            median(log_us)
+        );
+        println!(
+            "  0.8 x direct is {:.0} events/s: the log alone would write {:.0} MB/s at that rate ({bytes:.0} B per event)",
+            0.8 * direct_rate,
+            0.8 * direct_rate * bytes / 1e6
         );
         Ok(())
     });

@@ -2,17 +2,25 @@
 //! measure search latency against its limit, FTS5 alone (the bare ranking
 //! statement on a read-only connection), beside the daemon's own SQL run
 //! directly and the HTTP round trip, interleaved query by query so the
-//! load of a shared machine falls on all three alike. Prints p50s and the
-//! ratios to the limit; asserts nothing.
+//! load of a shared machine falls on all three alike; filtered rows also run
+//! the statement they replaced (and assert it returns the same hits). Prints
+//! p50s and the ratios to the limit. When the index has more segments than
+//! the daemon's upkeep allows, runs that upkeep (timing each step) and the
+//! table again.
 //!
 //! `cargo bench --bench search` (N = 1,000,000; `BENCH_MESSAGES=100000` for a
 //! quick run). The corpus is built once through the API into
 //! `target/bench-search/<N>/` and reused by later runs (minutes at 1 M);
-//! delete that directory to rebuild it.
+//! delete that directory to rebuild it (a reused corpus was merged by the
+//! run that built it, so only a fresh one shows the table before upkeep).
 
 use std::time::{Duration, Instant};
 
-use hermes_tenantd::store::message_search::{SearchFilter, SearchSort, plan};
+use hermes_tenantd::store::conversations::Role;
+use hermes_tenantd::store::message_search::{
+    MATCH_COUNT_SQL, REFERENCE_SQL, SearchFilter, SearchSort, plan,
+};
+use hermes_tenantd::store::search_index;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -102,6 +110,12 @@ const LIMIT_SQL: &str = "SELECT rowid, bm25(messages_fts) FROM messages_fts
 const LIMIT_RECENT_SQL: &str = "SELECT rowid, NULL FROM messages_fts
   WHERE messages_fts MATCH ?1 ORDER BY rowid DESC LIMIT ?2";
 
+/// The limit of a search within one session: FTS5 alone over the
+/// session's span of ids (?3..=?4), which is all a plan could walk.
+const LIMIT_SPAN_SQL: &str = "SELECT rowid, bm25(messages_fts) FROM messages_fts
+  WHERE messages_fts MATCH ?1 AND rowid >= ?3 AND rowid <= ?4
+  ORDER BY bm25(messages_fts) LIMIT ?2";
+
 /// Where the corpus of `n` messages is kept between runs.
 fn corpus_dir(n: usize) -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -110,16 +124,138 @@ fn corpus_dir(n: usize) -> std::path::PathBuf {
     target.join("bench-search").join(n.to_string())
 }
 
-/// One query of the table: the API's query string, the statement the
-/// daemon runs for it (`message_search::plan`, as the API picks it) and
-/// its limit.
+/// One query of the table: the API's query string, the search as the API
+/// parses it (its statement is `message_search::plan`'s, as the API picks
+/// it) and its limit.
 struct Case {
     name: &'static str,
-    q: String,
-    extra: &'static str,
-    daemon_sql: &'static str,
-    platform: Option<&'static str>,
-    limit_sql: &'static str,
+    /// The URL's query string after `q=…&limit=20`.
+    extra: String,
+    filter: SearchFilter,
+    limit: Limit,
+}
+
+fn id_score(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Option<f64>)> {
+    Ok((r.get(0)?, r.get(1)?))
+}
+
+/// What a row is compared with.
+enum Limit {
+    /// The issue's statement (or its newest-first form) for the same query
+    /// without any filter.
+    Unfiltered(&'static str),
+    /// FTS5 alone over the ids `lo..=hi` (a session's span).
+    Span(i64, i64),
+}
+
+impl Case {
+    fn new(name: &'static str, q: String) -> Case {
+        Case {
+            name,
+            extra: String::new(),
+            filter: SearchFilter {
+                query: q,
+                limit: 20,
+                ..Default::default()
+            },
+            limit: Limit::Unfiltered(LIMIT_SQL),
+        }
+    }
+
+    fn recent(mut self) -> Case {
+        self.extra.push_str("&sort=recent");
+        self.filter.sort = SearchSort::Recent;
+        self.limit = Limit::Unfiltered(LIMIT_RECENT_SQL);
+        self
+    }
+
+    fn platform(mut self, p: &str) -> Case {
+        self.extra.push_str(&format!("&platform={p}"));
+        self.filter.platform = Some(p.to_owned());
+        self
+    }
+
+    fn role(mut self, r: Role) -> Case {
+        self.extra.push_str(&format!("&role={}", r.as_str()));
+        self.filter.role = Some(r);
+        self
+    }
+
+    /// `since..until` in seconds after the corpus's first message.
+    fn window(mut self, from: i64, to: i64) -> Case {
+        let (since, until) = (1_700_000_000 + from, 1_700_000_000 + to);
+        self.extra
+            .push_str(&format!("&since={since}&until={until}"));
+        self.filter.since_ms = Some(since * 1000);
+        self.filter.until_ms = Some(until * 1000);
+        self
+    }
+
+    fn session(mut self, s: &str, conn: &rusqlite::Connection) -> Case {
+        self.extra.push_str(&format!("&session_id={s}"));
+        self.filter.session_id = Some(s.to_owned());
+        let (lo, hi) = conn
+            .query_row(
+                "SELECT min(id), max(id) FROM messages WHERE session_id = ?1",
+                [s],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("session span");
+        self.limit = Limit::Span(lo, hi);
+        self
+    }
+
+    fn filtered(&self) -> bool {
+        self.filter.platform.is_some()
+            || self.filter.role.is_some()
+            || self.filter.session_id.is_some()
+            || self.filter.since_ms.is_some()
+            || self.filter.until_ms.is_some()
+    }
+
+    /// Runs the limit once; returns the rows.
+    fn run_limit(&self, stmt: &mut rusqlite::CachedStatement<'_>) -> usize {
+        let q = &self.filter.query;
+        let rows: Vec<(i64, Option<f64>)> = match self.limit {
+            Limit::Unfiltered(_) => stmt.query_map(rusqlite::params![q, 21], id_score),
+            Limit::Span(lo, hi) => stmt.query_map(rusqlite::params![q, 21, lo, hi], id_score),
+        }
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+        std::hint::black_box(rows).len()
+    }
+
+    /// Runs one of the daemon's statements (or the one it replaced) with
+    /// the daemon's parameters; returns the ids.
+    fn run_search(&self, stmt: &mut rusqlite::CachedStatement<'_>) -> Vec<i64> {
+        let f = &self.filter;
+        let position = match f.sort {
+            SearchSort::Relevance => 0,
+            SearchSort::Recent => i64::MAX,
+        };
+        let rows: Vec<(i64, String)> = stmt
+            .query_map(
+                rusqlite::params![
+                    f.query,
+                    f.platform,
+                    f.role.map(Role::as_str),
+                    f.since_ms,
+                    f.until_ms,
+                    f.session_id,
+                    21,
+                    position
+                ],
+                |r| Ok((r.get(0)?, r.get(5)?)),
+            )
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        std::hint::black_box(rows)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
 }
 
 fn main() {
@@ -194,42 +330,6 @@ fn main() {
     let loaded_rss = rss_kib(pid);
     let loaded_anon = anon_kib(pid);
 
-    let cases = [
-        ("rare word", vocab[4990].clone(), ""),
-        ("uncommon word", vocab[3000].clone(), ""),
-        ("medium word", vocab[300].clone(), ""),
-        ("frequent word", vocab[60].clone(), ""),
-        ("common word", vocab[20].clone(), ""),
-        ("two words", format!("{} {}", vocab[100], vocab[400]), ""),
-        (
-            "prefix",
-            format!("{}*", &vocab[700][..3.min(vocab[700].len())]),
-            "",
-        ),
-        ("commonest, recent", vocab[0].clone(), "&sort=recent"),
-        ("common, platform", vocab[20].clone(), "&platform=web"),
-    ]
-    .map(|(name, q, extra)| Case {
-        name,
-        q: q.clone(),
-        extra,
-        daemon_sql: plan(&SearchFilter {
-            query: q,
-            platform: (extra == "&platform=web").then(|| "web".to_owned()),
-            sort: if extra == "&sort=recent" {
-                SearchSort::Recent
-            } else {
-                SearchSort::Relevance
-            },
-            ..Default::default()
-        }),
-        platform: (extra == "&platform=web").then_some("web"),
-        limit_sql: if extra == "&sort=recent" {
-            LIMIT_RECENT_SQL
-        } else {
-            LIMIT_SQL
-        },
-    });
     let conn = rusqlite::Connection::open_with_flags(
         dir.join("data/tenantd.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -240,6 +340,25 @@ fn main() {
         .expect("pragma");
     conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)
         .expect("pragma");
+    let w = |rank: usize| vocab[rank].clone();
+    let cases = [
+        Case::new("rare word", w(4990)),
+        Case::new("uncommon word", w(3000)),
+        Case::new("medium word", w(300)),
+        Case::new("frequent word", w(60)),
+        Case::new("common word", w(20)),
+        Case::new("two words", format!("{} {}", w(100), w(400))),
+        Case::new("prefix", format!("{}*", &w(700)[..3.min(w(700).len())])),
+        Case::new("commonest, recent", w(0)).recent(),
+        Case::new("common, platform", w(20)).platform("web"),
+        Case::new("common, role", w(20)).role(Role::User),
+        Case::new("common, 10% window", w(20)).window(500_000, 600_000),
+        Case::new("medium, session", w(300)).session("s7", &conn),
+        Case::new("rare, platform", w(4990)).platform("web"),
+        Case::new("commonest, recent, platform", w(0))
+            .recent()
+            .platform("discord"),
+    ];
     let db_bytes: u64 = ["tenantd.db", "tenantd.db-wal"]
         .iter()
         .map(|f| {
@@ -274,94 +393,46 @@ fn main() {
         loaded_rss as f64 / 1024.0,
         loaded_anon as f64 / 1024.0
     );
-    println!(
-        "  search, limit 20, {iterations} rounds of (FTS5 alone, daemon SQL, HTTP) interleaved; p50 ms (p99):"
-    );
-    println!(
-        "    {:<18} {:>8} {:>17} {:>17} {:>17} {:>7} {:>7}",
-        "query", "matches", "FTS5 alone", "daemon SQL", "HTTP", "SQL/lim", "HTTP/lim"
-    );
-    for case in &cases {
-        let url = format!(
-            "{base}/conversations/search?q={}&limit=20{}",
-            urlencode(&case.q),
-            case.extra
-        );
-        let matches: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?1",
-                [&case.q],
-                |r| r.get(0),
-            )
-            .expect("count");
-        let mut limit_stmt = conn.prepare(case.limit_sql).expect("prepare");
-        let mut daemon_stmt = conn.prepare(case.daemon_sql).expect("prepare");
-        let (mut lim, mut sql, mut api) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..iterations {
+    let segments = || search_index::segments(&conn).expect("segments");
+    let found = segments();
+    println!("  search index: {found} segments (FTS5), as found");
+    let search = Search {
+        conn: &conn,
+        rt: &rt,
+        client: &client,
+        base: &base,
+        iterations,
+    };
+    search.table(&cases);
+    if found > search_index::SEGMENTS_MAX {
+        // The daemon's hourly upkeep, run here at once on the bench's own
+        // connection (the daemon is idle), timing every step: each holds
+        // the writer, so the longest is what an append can wait.
+        let writer = rusqlite::Connection::open(dir.join("data/tenantd.db")).expect("open writer");
+        writer.busy_timeout(Duration::from_secs(10)).expect("busy");
+        let started = Instant::now();
+        let mut steps = Vec::new();
+        loop {
             let t = Instant::now();
-            let rows: Vec<(i64, Option<f64>)> = limit_stmt
-                .query_map(rusqlite::params![case.q, 21], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows");
-            std::hint::black_box(rows);
-            lim.push(t.elapsed().as_secs_f64() * 1000.0);
-
-            let t = Instant::now();
-            let rows: Vec<(i64, String)> = daemon_stmt
-                .query_map(
-                    rusqlite::params![
-                        case.q,
-                        case.platform,
-                        None::<String>,
-                        None::<i64>,
-                        None::<i64>,
-                        None::<String>,
-                        21,
-                        if case.extra == "&sort=recent" {
-                            i64::MAX
-                        } else {
-                            0
-                        }
-                    ],
-                    |r| Ok((r.get(0)?, r.get(5)?)),
-                )
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows");
-            std::hint::black_box(rows);
-            sql.push(t.elapsed().as_secs_f64() * 1000.0);
-
-            let t = Instant::now();
-            rt.block_on(async {
-                let r = client
-                    .get(&url)
-                    .bearer_auth(TOKEN)
-                    .send()
-                    .await
-                    .expect("search");
-                assert_eq!(r.status(), 200, "search failed");
-                let _ = r.bytes().await.expect("body");
-            });
-            api.push(t.elapsed().as_secs_f64() * 1000.0);
+            let worked = search_index::merge_step(&writer).expect("merge step");
+            steps.push(t.elapsed().as_secs_f64() * 1000.0);
+            if !worked {
+                break;
+            }
         }
-        for v in [&mut lim, &mut sql, &mut api] {
-            v.sort_by(f64::total_cmp);
-        }
-        let cell = |v: &[f64]| format!("{:.2} ({:.2})", percentile(v, 0.5), percentile(v, 0.99));
-        let l50 = percentile(&lim, 0.5).max(1e-9);
+        let total = started.elapsed().as_secs_f64();
+        steps.sort_by(f64::total_cmp);
         println!(
-            "    {:<18} {:>8} {:>17} {:>17} {:>17} {:>7.2} {:>7.2}",
-            case.name,
-            matches,
-            cell(&lim),
-            cell(&sql),
-            cell(&api),
-            percentile(&sql, 0.5) / l50,
-            percentile(&api, 0.5) / l50,
+            "  upkeep (search_index::merge_step until done, {} pages a step): {found} -> {} segments in {total:.1} s, {} steps, step p50 {:.0} ms, longest {:.0} ms",
+            search_index::STEP_PAGES,
+            segments(),
+            steps.len(),
+            percentile(&steps, 0.5),
+            percentile(&steps, 1.0),
         );
+        drop(writer);
+        println!("  the same queries after the upkeep:");
+        search.table(&cases);
     }
     println!(
         "  RSS after searches:  {:.1} MiB (anon {:.1}; the rest is mapped database pages)",
@@ -370,6 +441,136 @@ fn main() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// What a table of search timings needs.
+struct Search<'a> {
+    conn: &'a rusqlite::Connection,
+    rt: &'a tokio::runtime::Runtime,
+    client: &'a reqwest::Client,
+    base: &'a str,
+    iterations: usize,
+}
+
+impl Search<'_> {
+    /// Every case, `iterations` rounds of (limit, daemon SQL, HTTP[,
+    /// before]) interleaved; prints p50 (p99) and the ratios to the limit.
+    fn table(&self, cases: &[Case]) {
+        let (conn, rt, client, base, iterations) =
+            (self.conn, self.rt, self.client, self.base, self.iterations);
+        println!(
+            "  search, limit 20, {iterations} rounds of (limit, daemon SQL, HTTP[, before]) interleaved; p50 ms (p99)."
+        );
+        println!(
+            "  The limit is FTS5 alone for the same query without its filter (a session: over the session's span of ids);"
+        );
+        println!(
+            "  `before` is the filtered statement this build replaced (message_search::REFERENCE_SQL):"
+        );
+        println!(
+            "    {:<28} {:>8} {:>16} {:>16} {:>16} {:>16} {:>7} {:>7} {:>7}",
+            "query",
+            "matches",
+            "limit",
+            "daemon SQL",
+            "HTTP",
+            "before",
+            "SQL/lim",
+            "HTTP/lim",
+            "bef/lim"
+        );
+        for case in cases {
+            let url = format!(
+                "{base}/conversations/search?q={}&limit=20{}",
+                urlencode(&case.filter.query),
+                case.extra
+            );
+            let matches: i64 = conn
+                .query_row(
+                    MATCH_COUNT_SQL,
+                    rusqlite::params![
+                        case.filter.query,
+                        case.filter.platform,
+                        case.filter.role.map(Role::as_str),
+                        case.filter.since_ms,
+                        case.filter.until_ms,
+                        case.filter.session_id
+                    ],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            let mut limit_stmt = conn
+                .prepare_cached(match case.limit {
+                    Limit::Unfiltered(sql) => sql,
+                    Limit::Span(..) => LIMIT_SPAN_SQL,
+                })
+                .expect("prepare");
+            let mut daemon_stmt = conn.prepare_cached(plan(&case.filter)).expect("prepare");
+            let mut before_stmt = (case.filtered() && case.filter.sort == SearchSort::Relevance)
+                .then(|| conn.prepare_cached(REFERENCE_SQL).expect("prepare"));
+            let (mut lim, mut sql, mut api, mut before) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..iterations {
+                let t = Instant::now();
+                case.run_limit(&mut limit_stmt);
+                lim.push(t.elapsed().as_secs_f64() * 1000.0);
+
+                let t = Instant::now();
+                let got = case.run_search(&mut daemon_stmt);
+                sql.push(t.elapsed().as_secs_f64() * 1000.0);
+
+                let t = Instant::now();
+                rt.block_on(async {
+                    let r = client
+                        .get(&url)
+                        .bearer_auth(TOKEN)
+                        .send()
+                        .await
+                        .expect("search");
+                    assert_eq!(r.status(), 200, "search failed");
+                    let _ = r.bytes().await.expect("body");
+                });
+                api.push(t.elapsed().as_secs_f64() * 1000.0);
+
+                if let Some(stmt) = before_stmt.as_mut() {
+                    let t = Instant::now();
+                    let old = case.run_search(stmt);
+                    before.push(t.elapsed().as_secs_f64() * 1000.0);
+                    assert_eq!(old, got, "{}: the plans return different hits", case.name);
+                }
+            }
+            for v in [&mut lim, &mut sql, &mut api, &mut before] {
+                v.sort_by(f64::total_cmp);
+            }
+            let cell = |v: &[f64]| {
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2} ({:.2})", percentile(v, 0.5), percentile(v, 0.99))
+                }
+            };
+            let l50 = percentile(&lim, 0.5).max(1e-9);
+            let ratio = |v: &[f64]| {
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}", percentile(v, 0.5) / l50)
+                }
+            };
+            println!(
+                "    {:<28} {:>8} {:>16} {:>16} {:>16} {:>16} {:>7} {:>7} {:>7}",
+                case.name,
+                matches,
+                cell(&lim),
+                cell(&sql),
+                cell(&api),
+                cell(&before),
+                ratio(&sql),
+                ratio(&api),
+                ratio(&before),
+            );
+        }
+    }
 }
 
 fn urlencode(s: &str) -> String {

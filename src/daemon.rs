@@ -332,6 +332,7 @@ impl Daemon {
             cancel.clone(),
         ));
         components.push(prune_runs(runs, cancel.clone()));
+        components.push(merge_search_index(store.clone(), cancel.clone()));
         components.extend(cron.spawn());
         components.push(crate::history_sync::spawn(
             store.clone(),
@@ -434,6 +435,54 @@ fn prune_runs(runs: Arc<Runs>, cancel: CancellationToken) -> JoinHandle<()> {
                 Ok(n) => tracing::info!(runs = n, "pruned finished runs past retention"),
                 Err(e) => tracing::warn!(error = %e, "cannot prune runs"),
             }
+        }
+    })
+}
+
+/// Hourly (the first an hour after start): when the message search index
+/// has more than `search_index::SEGMENTS_MAX` segments, merge them into one,
+/// one bounded write transaction per step, so an append waits one step at
+/// most (the writer lock is fair).
+fn merge_search_index(store: Store, cancel: CancellationToken) -> JoinHandle<()> {
+    use crate::store::search_index;
+    tokio::spawn(async move {
+        let period = Duration::from_secs(3600);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let before = match store.read(search_index::segments).await {
+                Ok(n) if n > search_index::SEGMENTS_MAX => n,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the search index's segments");
+                    continue;
+                }
+            };
+            let started = std::time::Instant::now();
+            let (mut steps, mut longest) = (0usize, Duration::ZERO);
+            while steps < search_index::MAX_STEPS && !cancel.is_cancelled() {
+                let step = std::time::Instant::now();
+                match store.write(|c| search_index::merge_step(c)).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot merge the search index");
+                        break;
+                    }
+                }
+                steps += 1;
+                longest = longest.max(step.elapsed());
+            }
+            tracing::info!(
+                segments_before = before,
+                steps,
+                seconds = started.elapsed().as_secs_f64(),
+                longest_step_ms = longest.as_secs_f64() * 1000.0,
+                "merged the message search index"
+            );
         }
     })
 }

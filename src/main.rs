@@ -100,10 +100,10 @@ fn main() -> ExitCode {
             status,
         } => return drain(&cfg, wait, deadline, cancel, status),
         Command::Version => {
+            let schema = store::migrations::latest();
             println!(
-                "hermes-tenantd {} (schema {})",
+                "hermes-tenantd {} (schema {schema}; runs on a newer database whose compatibility floor is {schema} or lower)",
                 hermes_tenantd::VERSION,
-                store::migrations::latest()
             );
             Ok(())
         }
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
                 readers: 1,
             };
             store::Store::open_blocking(&c.data_dir.join("tenantd.db"), &opts)
-                .map(|s| println!("schema version {}", s.schema_version()))
+                .and_then(|s| migrated(&s))
                 .map_err(|e| e.to_string())
         }),
         Command::Search {
@@ -144,6 +144,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `migrate` prints: the schema this build writes (what `version` and
+/// `GET /version` report) and, on a newer database it may run on, that one.
+fn migrated(s: &store::Store) -> Result<(), store::StoreError> {
+    let conn = rusqlite::Connection::open_with_flags(
+        s.path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let found = store::migrations::on_disk(&conn)?;
+    let writes = s.schema_version();
+    if found.version > writes {
+        println!(
+            "schema version {writes}; the database has schema {}, written by a newer hermes-tenantd, and its compatibility floor {} lets this build run on it: no migration applied",
+            found.version,
+            found.floor.unwrap_or_default()
+        );
+    } else {
+        println!("schema version {writes}");
+    }
+    Ok(())
 }
 
 fn drain(

@@ -72,6 +72,14 @@ async fn restart_applies_no_migration_twice_and_a_newer_schema_is_refused() {
 
     let conn = rusqlite::Connection::open(dir.join("data/tenantd.db")).expect("open");
     conn.pragma_update(None, "user_version", 999).expect("bump");
+    // A newer build whose change this one cannot run beside (its floor).
+    let floors = conn
+        .execute(
+            "UPDATE daemon_state SET value = '999' WHERE key = 'schema.compat_floor'",
+            [],
+        )
+        .expect("floor");
+    assert_eq!(floors, 1);
     drop(conn);
     let out = std::process::Command::new(binary())
         .args(["run", "--config"])

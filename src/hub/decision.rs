@@ -193,8 +193,10 @@ impl Decisions {
         let link = self.link.clone();
         let store = self.store.clone();
         let stop_wait = self.stop_wait;
+        // Taken now, not when the task first runs: a decision made between
+        // the two (an operator's start) must count as newer than this one.
+        let before = agent.status();
         let task = tokio::spawn(async move {
-            let before = agent.status();
             // Held from the last look at the open runs until the Stop is
             // accepted (cleared on every exit, an abort included).
             let _committing = if want == Desired::Stopped {

@@ -6,12 +6,17 @@
 //! the frame's text: no JSON tree, the gateway's other fields and their
 //! order kept byte for byte.
 
-/// Both ids of one run, prepared for [`RunIds::translate`].
+use memchr::memmem::Finder;
+
+/// Both ids of one run, prepared for [`RunIds::translate`]: the searchers
+/// are built once per run, not once per event.
 pub(super) struct RunIds {
     /// `"<daemon id>"`, quotes included.
     daemon_quoted: String,
-    /// `"<gateway id>"`, quotes included.
-    gateway_quoted: String,
+    /// Finds `"<gateway id>"`, quotes included.
+    gateway_quoted: Finder<'static>,
+    /// Finds a `"gateway_run_id"` key.
+    has_gateway_key: Finder<'static>,
     /// `{"gateway_run_id":"<gateway id>"`: what a translated frame opens with.
     head: String,
 }
@@ -20,21 +25,25 @@ impl RunIds {
     pub(super) fn new(run_id: &str, gateway_run_id: &str) -> RunIds {
         RunIds {
             daemon_quoted: format!("\"{run_id}\""),
-            gateway_quoted: format!("\"{gateway_run_id}\""),
+            gateway_quoted: Finder::new(format!("\"{gateway_run_id}\"").as_bytes()).into_owned(),
+            has_gateway_key: Finder::new(b"\"gateway_run_id\"").into_owned(),
             head: format!("{{\"gateway_run_id\":\"{gateway_run_id}\""),
         }
     }
 
-    /// One gateway frame (a JSON object as text) as clients get it: every
-    /// JSON string equal to the gateway's run id (its `run_id` field) reads
-    /// the daemon's id, and `gateway_run_id` is added first. Anything that
-    /// is not an object is returned unchanged.
-    pub(super) fn translate(&self, data: String) -> String {
+    /// One gateway frame (a JSON object as text) as clients get it, written
+    /// into `out` (cleared first): every JSON string equal to the gateway's
+    /// run id (its `run_id` field) reads the daemon's id, and
+    /// `gateway_run_id` is added first. Anything that is not an object is
+    /// copied unchanged.
+    pub(super) fn translate(&self, data: &str, out: &mut String) {
+        out.clear();
         let Some(rest) = data.trim_start().strip_prefix('{') else {
-            return data;
+            out.push_str(data);
+            return;
         };
-        let mut out = String::with_capacity(self.head.len() + 1 + data.len());
-        if data.contains("\"gateway_run_id\"") {
+        out.reserve(self.head.len() + 1 + data.len());
+        if self.has_gateway_key.find(data.as_bytes()).is_some() {
             // Never two keys of one name: a frame that has one keeps it.
             out.push('{');
         } else {
@@ -43,22 +52,24 @@ impl RunIds {
                 out.push(',');
             }
         }
-        let start = out.len();
-        out.push_str(rest);
         // An unescaped `"` opens or closes a string, and a closing one is
         // never followed by a letter in valid JSON: so an unescaped match
         // of `"run_…"` is a whole string token equal to the gateway's id.
-        let mut from = start;
-        while let Some(pos) = out[from..].find(&self.gateway_quoted) {
+        let bytes = rest.as_bytes();
+        let needle = self.gateway_quoted.needle().len();
+        let (mut copied, mut from) = (0, 0);
+        while let Some(pos) = self.gateway_quoted.find(&bytes[from..]) {
             let at = from + pos;
-            if escaped(out.as_bytes(), at) {
+            if escaped(bytes, at) {
                 from = at + 1;
                 continue;
             }
-            out.replace_range(at..at + self.gateway_quoted.len(), &self.daemon_quoted);
-            from = at + self.daemon_quoted.len();
+            out.push_str(&rest[copied..at]);
+            out.push_str(&self.daemon_quoted);
+            copied = at + needle;
+            from = copied;
         }
-        out
+        out.push_str(&rest[copied..]);
     }
 }
 
@@ -81,9 +92,14 @@ mod tests {
     const GW: &str = "run_0123456789abcdef0123456789abcdef";
     const OURS: &str = "run_fedcba9876543210fedcba9876543210";
 
+    fn translate(ids: &RunIds, data: &str) -> String {
+        let mut out = String::from("left over from the last frame");
+        ids.translate(data, &mut out);
+        out
+    }
+
     fn tr(data: &str) -> Value {
-        let out = RunIds::new(OURS, GW).translate(data.to_owned());
-        serde_json::from_str(&out).expect("still JSON")
+        serde_json::from_str(&translate(&RunIds::new(OURS, GW), data)).expect("still JSON")
     }
 
     #[test]
@@ -114,14 +130,16 @@ mod tests {
         let own = tr(&format!(r#"{{"run_id":"{GW}","gateway_run_id":"x"}}"#));
         assert_eq!(own, json!({"run_id": OURS, "gateway_run_id": "x"}));
         let ids = RunIds::new(OURS, GW);
-        assert_eq!(ids.translate("[1]".into()), "[1]");
-        assert_eq!(ids.translate("not json".into()), "not json");
+        assert_eq!(translate(&ids, "[1]"), "[1]");
+        assert_eq!(translate(&ids, "not json"), "not json");
     }
 
     #[test]
     fn ids_of_different_lengths_are_replaced_whole() {
-        let out = RunIds::new("run_short", GW)
-            .translate(format!(r#"{{"run_id":"{GW}","other":"{GW}"}}"#));
+        let out = translate(
+            &RunIds::new("run_short", GW),
+            &format!(r#"{{"run_id":"{GW}","other":"{GW}"}}"#),
+        );
         let v: Value = serde_json::from_str(&out).expect("json");
         assert_eq!(
             v,

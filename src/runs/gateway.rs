@@ -255,62 +255,106 @@ pub struct SseFrame {
     pub data: String,
 }
 
-/// Incremental SSE parser with a bounded line buffer.
+/// Incremental SSE parser with a bounded line buffer and a bounded frame.
 #[derive(Default)]
 pub struct SseParser {
-    line: Vec<u8>,
-    data: Vec<String>,
+    /// The start of a line split across chunks.
+    carry: Vec<u8>,
+    /// The frame's `data` lines so far, joined by `\n`.
+    data: String,
+    /// `data` lines in the frame so far (an empty one still makes a frame).
+    data_lines: usize,
     event: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("an event stream line is longer than {MAX_LINE_BYTES} bytes")]
+#[error("an event stream line or event is longer than {MAX_LINE_BYTES} bytes")]
 pub struct LineTooLong;
 
 impl SseParser {
-    /// Feed bytes; complete frames are pushed to `out`.
+    /// Feed bytes; complete frames are pushed to `out`. Lines complete in
+    /// `chunk` are read in place; only a line split across chunks is
+    /// copied.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseFrame>) -> Result<(), LineTooLong> {
-        for &b in chunk {
-            if b == b'\n' {
-                let mut line = std::mem::take(&mut self.line);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                self.line_done(&String::from_utf8_lossy(&line), out);
-            } else {
-                if self.line.len() >= MAX_LINE_BYTES {
+        let mut rest = chunk;
+        if !self.carry.is_empty() {
+            let Some(end) = memchr::memchr(b'\n', rest) else {
+                if self.carry.len() + rest.len() > MAX_LINE_BYTES {
                     return Err(LineTooLong);
                 }
-                self.line.push(b);
+                self.carry.extend_from_slice(rest);
+                return Ok(());
+            };
+            if self.carry.len() + end > MAX_LINE_BYTES {
+                return Err(LineTooLong);
             }
+            let mut line = std::mem::take(&mut self.carry);
+            line.extend_from_slice(&rest[..end]);
+            let done = self.line_done(&line, out);
+            line.clear();
+            self.carry = line;
+            done?;
+            rest = &rest[end + 1..];
         }
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', rest) {
+            let line = &rest[start..end];
+            if line.len() > MAX_LINE_BYTES {
+                return Err(LineTooLong);
+            }
+            self.line_done(line, out)?;
+            start = end + 1;
+        }
+        let tail = &rest[start..];
+        if tail.len() > MAX_LINE_BYTES {
+            return Err(LineTooLong);
+        }
+        self.carry.extend_from_slice(tail);
         Ok(())
     }
 
-    fn line_done(&mut self, line: &str, out: &mut Vec<SseFrame>) {
+    fn line_done(&mut self, line: &[u8], out: &mut Vec<SseFrame>) -> Result<(), LineTooLong> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            if !self.data.is_empty() {
+            if self.data_lines > 0 {
                 out.push(SseFrame {
                     event: self.event.take(),
-                    data: self.data.join("\n"),
+                    data: std::mem::take(&mut self.data),
                 });
-                self.data.clear();
+                self.data_lines = 0;
             }
             self.event = None;
-            return;
+            return Ok(());
         }
-        if line.starts_with(':') {
-            return;
+        if line.starts_with(b":") {
+            return Ok(());
         }
+        // Valid UTF-8 (the gateway's JSON) takes the fast check; only a
+        // line that is not gets its bad bytes replaced.
+        let line = match std::str::from_utf8(line) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         let (field, value) = match line.split_once(':') {
             Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
+            None => (&*line, ""),
         };
         match field {
-            "data" => self.data.push(value.to_owned()),
+            "data" => {
+                // Many short `data` lines add up to one frame: bounded too.
+                if self.data.len() + 1 + value.len() > MAX_LINE_BYTES {
+                    return Err(LineTooLong);
+                }
+                if self.data_lines > 0 {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.data_lines += 1;
+            }
             "event" => self.event = Some(value.to_owned()),
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -377,5 +421,22 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_frame_of_many_short_data_lines_is_bounded_like_a_line() {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        let lines =
+            "data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n".repeat(1024);
+        let mut refused = false;
+        for _ in 0..(2 * MAX_LINE_BYTES / lines.len() + 1) {
+            if p.feed(lines.as_bytes(), &mut out).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "an endless frame is refused");
+        assert!(out.is_empty());
     }
 }

@@ -5,9 +5,11 @@
 //! it never slows the reader or another subscriber.
 
 mod event_ids;
+mod frames;
 pub mod gateway;
 mod record;
 mod relay;
+mod sequencer;
 pub mod sse;
 mod subscribe;
 
@@ -105,13 +107,19 @@ pub struct StartRun {
     pub queue: bool,
 }
 
-/// One relayed event in memory.
-#[derive(Debug, Clone)]
-pub struct LiveEvent {
-    pub seq: i64,
-    pub name: String,
-    pub data: Arc<str>,
-}
+/// One relayed event in memory: the log's own type, so the relay hands
+/// the writer and subscribers the same shared text.
+pub use crate::store::runs::StoredEvent as LiveEvent;
+
+/// Events relayed together, in seq order with no gap: what one body chunk
+/// of the gateway's stream held. One broadcast, one writer-queue send and
+/// one subscriber wake-up carry a whole batch.
+pub type EventBatch = Arc<[LiveEvent]>;
+
+/// Batches the live broadcast keeps for subscribers that lag (one that
+/// falls further behind is caught up from the log): 64 events at token
+/// rate, at most 16384 (64 × `sequencer::BATCH_EVENTS`) at full speed.
+pub(crate) const LIVE_BATCHES: usize = 64;
 
 pub fn is_terminal_event(name: &str) -> bool {
     matches!(name, "run.completed" | "run.failed" | "run.cancelled")
@@ -119,7 +127,7 @@ pub fn is_terminal_event(name: &str) -> bool {
 
 /// A run whose relay is alive.
 pub(crate) struct ActiveRun {
-    pub(crate) events: broadcast::Sender<LiveEvent>,
+    pub(crate) events: broadcast::Sender<EventBatch>,
     /// Highest sequence number committed to SQLite.
     pub(crate) committed: watch::Sender<i64>,
     /// `true` once the run's end (status, output, usage) is recorded: an
@@ -368,7 +376,7 @@ impl Runs {
             })
             .await?;
 
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(LIVE_BATCHES);
         let active = Arc::new(ActiveRun {
             events,
             committed: watch::channel(0).0,

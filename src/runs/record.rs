@@ -228,7 +228,7 @@ pub(super) async fn write_terminal_failure(
                 &[StoredEvent {
                     seq: last_seq + 1,
                     name: "run.failed".into(),
-                    data: data.to_string(),
+                    data: data.to_string().into(),
                 }],
             )?;
             tx.commit()?;

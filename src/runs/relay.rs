@@ -1,92 +1,22 @@
 //! The relay of one run: wake the agent, submit, read the gateway's event
 //! stream, number and log every event, fan it out, and record the result.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::event_ids::RunIds;
+use super::frames::{FrameRelay, observe, update};
 use super::gateway::{GatewayError, SseParser, capabilities_have_runs};
 use super::record::{self, MAX_OUTPUT_BYTES, Outcome, now_secs};
-use super::{ActiveRun, LiveEvent, Runs, StartRun, is_terminal_event};
+use super::sequencer::{Sequencer, spawn_writer};
+use super::{ActiveRun, Runs, StartRun};
 use crate::agent::{AgentCommand, AgentState, Desired, DesiredBy};
-use crate::store::Store;
-use crate::store::runs::{self as run_store, RunUpdate, StoredEvent, push_capped};
-
-/// Events waiting for the writer; the reader waits when it is full.
-const WRITE_QUEUE: usize = 4096;
-/// Most events per transaction.
-const WRITE_BATCH: usize = 512;
-
-/// The two fields the relay reads from every gateway frame.
-#[derive(Default, serde::Deserialize)]
-struct FrameHead<'a> {
-    #[serde(borrow, default)]
-    event: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    delta: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// The per-run sequencer: numbers events, broadcasts them, queues them for
-/// the writer.
-struct Sequencer {
-    seq: i64,
-    active: Arc<ActiveRun>,
-    writer: mpsc::Sender<LiveEvent>,
-}
-
-impl Sequencer {
-    async fn emit(&mut self, name: String, data: String) {
-        self.seq += 1;
-        let ev = LiveEvent {
-            seq: self.seq,
-            name,
-            data: Arc::from(data),
-        };
-        // Live subscribers first (no receivers is fine), then the log.
-        let _ = self.active.events.send(ev.clone());
-        if self.writer.send(ev).await.is_err() {
-            tracing::error!("run event writer stopped; events are no longer logged");
-        }
-    }
-}
-
-fn spawn_writer(
-    store: Store,
-    run_id: String,
-    active: Arc<ActiveRun>,
-) -> (mpsc::Sender<LiveEvent>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<LiveEvent>(WRITE_QUEUE);
-    let handle = tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(WRITE_BATCH);
-        while rx.recv_many(&mut buf, WRITE_BATCH).await > 0 {
-            let events: Vec<StoredEvent> = buf
-                .drain(..)
-                .map(|e| StoredEvent {
-                    seq: e.seq,
-                    name: e.name,
-                    data: e.data.to_string(),
-                })
-                .collect();
-            let last = events.last().map(|e| e.seq).unwrap_or(0);
-            let id = run_id.clone();
-            match store
-                .write(move |c| run_store::append_events(c, &id, &events))
-                .await
-            {
-                Ok(()) => {
-                    active.committed.send_replace(last);
-                }
-                Err(e) => tracing::error!(run_id, error = %e, "cannot log run events"),
-            }
-        }
-    });
-    (tx, handle)
-}
+use crate::store::runs::{RunUpdate, push_capped};
 
 pub(super) async fn drive(
     runs: Arc<Runs>,
@@ -97,11 +27,7 @@ pub(super) async fn drive(
     queue_permit: OwnedSemaphorePermit,
 ) {
     let (writer, writer_task) = spawn_writer(runs.store.clone(), run_id.clone(), active.clone());
-    let mut seq = Sequencer {
-        seq: 0,
-        active: active.clone(),
-        writer,
-    };
+    let mut seq = Sequencer::new(active.clone(), writer);
     let mut outcome = Outcome::default();
     let result = relay(
         &runs,
@@ -117,6 +43,7 @@ pub(super) async fn drive(
     if let Err((mut code, mut message)) = result {
         if runs.shutdown.is_cancelled() && code == "agent_restarted" {
             // The daemon is stopping; the next start closes this run.
+            seq.flush().await;
             drop(seq);
             let _ = writer_task.await;
             return;
@@ -142,7 +69,7 @@ pub(super) async fn drive(
             data["error"] = json!(message);
             data["code"] = json!(code);
         }
-        seq.emit(name.into(), data.to_string()).await;
+        seq.emit(name, data.to_string()).await;
         outcome.status = Some(if code == "cancelled" {
             "cancelled"
         } else {
@@ -222,7 +149,6 @@ async fn relay(
     };
     drop(queue_permit);
     active.gateway_run_id.send_replace(Some(gid.clone()));
-    let ids = RunIds::new(run_id, &gid);
     // A stop that came while the run was being submitted found no gateway
     // id and cancelled the token; the id is published now, so pass it on.
     if active.cancel_queued.is_cancelled() && !runs.shutdown.is_cancelled() {
@@ -250,8 +176,7 @@ async fn relay(
         )
     })?;
     let mut stream = Box::pin(stream);
-    let mut parser = SseParser::default();
-    let mut frames = Vec::new();
+    let mut frames = FrameRelay::new(&runs.store, run_id, &gid, active);
     loop {
         let chunk = tokio::select! {
             c = stream.next() => c,
@@ -259,47 +184,14 @@ async fn relay(
         };
         let Some(chunk) = chunk else { break };
         let Ok(chunk) = chunk else { break };
-        if parser.feed(&chunk, &mut frames).is_err() {
-            return Err((
-                "gateway_error".into(),
-                "the agent sent an oversized event".into(),
-            ));
-        }
-        for frame in frames.drain(..) {
-            // Most frames are `message.delta`: read only the name and the
-            // delta (borrowed, no tree); build a full value for the rest.
-            let head: FrameHead<'_> = serde_json::from_str(&frame.data).unwrap_or_default();
-            let name = head
-                .event
-                .as_deref()
-                .map(str::to_owned)
-                .or(frame.event.clone())
-                .unwrap_or_else(|| "message".into());
-            let is_delta = name == "message.delta";
-            if is_delta {
-                if let Some(d) = head.delta.as_deref() {
-                    push_capped(&mut outcome.output, d, MAX_OUTPUT_BYTES);
-                }
-            }
-            if outcome.pending_approval.is_some() && ends_the_wait(&name) {
-                if active.stop_requested.load(Ordering::Relaxed) {
-                    // Denied because the run is being stopped.
-                    outcome.pending_approval = None;
-                } else {
-                    // The gateway went on without an answer: it denied the
-                    // action itself when its approval timeout passed.
-                    expire_approval(&runs.store, run_id, &gid, seq, outcome).await;
-                }
-            }
-            let data = ids.translate(frame.data);
-            if !is_delta {
-                let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                observe(&runs.store, run_id, &name, &v, outcome).await;
-            }
-            let terminal = is_terminal_event(&name);
-            seq.emit(name, data).await;
-            if terminal {
-                return Ok(());
+        match frames.chunk(&chunk, seq, outcome).await {
+            Ok(false) => {}
+            Ok(true) => return Ok(()),
+            Err(_) => {
+                return Err((
+                    "gateway_error".into(),
+                    "the agent sent an oversized event".into(),
+                ));
             }
         }
     }
@@ -391,129 +283,6 @@ async fn wait_for_agent(runs: &Arc<Runs>, active: &Arc<ActiveRun>, by: DesiredBy
     }
 }
 
-/// Whether an event while an approval is pending means the gateway stopped
-/// waiting for the answer (not an answer, not the run's end by stop or
-/// failure).
-fn ends_the_wait(name: &str) -> bool {
-    !matches!(name, "approval.responded" | "run.cancelled" | "run.failed")
-}
-
-/// Record that the pending approval expired and tell subscribers.
-async fn expire_approval(
-    store: &Store,
-    run_id: &str,
-    gateway_run_id: &str,
-    seq: &mut Sequencer,
-    o: &mut Outcome,
-) {
-    let Some(entry) = o.refuse_pending("expired") else {
-        return;
-    };
-    let data = json!({
-        "event": "approval.expired",
-        "run_id": run_id,
-        "gateway_run_id": gateway_run_id,
-        "command": entry["command"],
-        "description": entry["description"],
-        "pattern_key": entry["pattern_key"],
-        "timestamp": now_secs(),
-    });
-    seq.emit("approval.expired".into(), data.to_string()).await;
-    approval_settled(store, run_id, o).await;
-}
-
-/// The pending approval was answered or expired: the run goes on.
-async fn approval_settled(store: &Store, run_id: &str, o: &Outcome) {
-    update(
-        store,
-        run_id,
-        RunUpdate {
-            status: Some("running"),
-            pending_approval: Some(None),
-            refused_approvals: o.refused_value(),
-            ..Default::default()
-        },
-    )
-    .await;
-}
-
-/// Update the run row from what an event says.
-async fn observe(store: &Store, run_id: &str, name: &str, v: &Value, o: &mut Outcome) {
-    match name {
-        "tool.started" => {
-            o.tools
-                .push(json!({"tool": v["tool"], "preview": v["preview"]}));
-            update(
-                store,
-                run_id,
-                RunUpdate {
-                    tool_calls: Some(o.tools.len() as i64),
-                    ..Default::default()
-                },
-            )
-            .await;
-        }
-        "tool.completed" => {
-            if let Some(t) = o
-                .tools
-                .iter_mut()
-                .rev()
-                .find(|t| t["tool"] == v["tool"] && t.get("duration").is_none())
-            {
-                t["duration"] = v["duration"].clone();
-                t["error"] = v["error"].clone();
-            }
-        }
-        "approval.request" => {
-            o.pending_approval = Some(v.clone());
-            update(
-                store,
-                run_id,
-                RunUpdate {
-                    status: Some("waiting_for_approval"),
-                    pending_approval: Some(Some(v.clone())),
-                    ..Default::default()
-                },
-            )
-            .await;
-        }
-        "approval.responded" => {
-            if v["choice"] == "deny" {
-                o.refuse_pending("denied");
-            } else {
-                o.pending_approval = None;
-            }
-            approval_settled(store, run_id, o).await;
-        }
-        "run.completed" => {
-            o.status = Some("completed");
-            o.final_output = v["output"].as_str().map(str::to_owned);
-            o.usage = v.get("usage").filter(|u| u.is_object()).cloned();
-        }
-        "run.failed" => {
-            o.status = Some("failed");
-            let message = match &v["error"] {
-                Value::String(s) => s.clone(),
-                Value::Null => "the agent reported a failure".into(),
-                other => other["message"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| other.to_string()),
-            };
-            o.error = Some(("agent_error".into(), message));
-        }
-        "run.cancelled" => o.status = Some("cancelled"),
-        _ => {}
-    }
-}
-
-async fn update(store: &Store, run_id: &str, u: RunUpdate) {
-    let id = run_id.to_owned();
-    if let Err(e) = store.write(move |c| run_store::update(c, &id, &u)).await {
-        tracing::error!(run_id, error = %e, "cannot update run");
-    }
-}
-
 /// Gateways without the runs API: stream `/v1/chat/completions` and emit
 /// the same event names, so clients see one contract.
 async fn chat_fallback(
@@ -586,13 +355,14 @@ async fn chat_fallback(
                 });
                 let data = json!({"event": "run.completed", "run_id": run_id, "gateway_run_id": null, "output": outcome.output, "usage": usage_out, "timestamp": now_secs()});
                 observe(&runs.store, run_id, "run.completed", &data, outcome).await;
-                seq.emit("run.completed".into(), data.to_string()).await;
+                seq.emit("run.completed", data.to_string()).await;
                 return Ok(());
             }
             let v: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
             if frame.event.as_deref() == Some("hermes.tool.progress") {
                 let data = json!({"event": "tool.progress", "run_id": run_id, "gateway_run_id": null, "progress": v, "timestamp": now_secs()});
-                seq.emit("tool.progress".into(), data.to_string()).await;
+                seq.push(Cow::Borrowed("tool.progress"), Arc::from(data.to_string()))
+                    .await;
                 continue;
             }
             if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
@@ -602,9 +372,11 @@ async fn chat_fallback(
                 if !delta.is_empty() {
                     push_capped(&mut outcome.output, delta, MAX_OUTPUT_BYTES);
                     let data = json!({"event": "message.delta", "run_id": run_id, "gateway_run_id": null, "delta": delta, "timestamp": now_secs()});
-                    seq.emit("message.delta".into(), data.to_string()).await;
+                    seq.push(Cow::Borrowed("message.delta"), Arc::from(data.to_string()))
+                        .await;
                 }
             }
         }
+        seq.flush().await;
     }
 }

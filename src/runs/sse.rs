@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
-use super::LiveEvent;
+use super::{EventBatch, LiveEvent};
 
 /// At most this many bytes of events in one chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -39,28 +39,36 @@ pub fn render(out: &mut BytesMut, ev: &LiveEvent) {
 }
 
 /// The body stream: ends when the subscription ends (after the terminal
-/// event, or when the run's relay is gone).
+/// event, or when the run's relay is gone). A batch is one chunk, and
+/// batches already waiting join it up to [`CHUNK_BYTES`].
 pub fn body(
-    rx: mpsc::Receiver<LiveEvent>,
+    rx: mpsc::Receiver<EventBatch>,
     keepalive: Duration,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
     futures_util::stream::unfold(rx, move |mut rx| async move {
         let first = match tokio::time::timeout(keepalive, rx.recv()).await {
             Err(_) => return Some((Ok(Bytes::from_static(KEEPALIVE)), rx)),
             Ok(None) => return None,
-            Ok(Some(ev)) => ev,
+            Ok(Some(batch)) => batch,
         };
         let mut out = BytesMut::new();
-        render(&mut out, &first);
+        render_batch(&mut out, &first);
         // Whatever else is already waiting goes in the same chunk.
         while out.len() < CHUNK_BYTES {
             match rx.try_recv() {
-                Ok(ev) => render(&mut out, &ev),
+                Ok(batch) => render_batch(&mut out, &batch),
                 Err(_) => break,
             }
         }
         Some((Ok(out.freeze()), rx))
     })
+}
+
+fn render_batch(out: &mut BytesMut, batch: &[LiveEvent]) {
+    out.reserve(batch.iter().map(|e| e.data.len() + e.name.len() + 32).sum());
+    for ev in batch {
+        render(out, ev);
+    }
 }
 
 #[cfg(test)]
@@ -71,7 +79,7 @@ mod tests {
     fn ev(seq: i64, name: &str, data: &str) -> LiveEvent {
         LiveEvent {
             seq,
-            name: name.into(),
+            name: name.to_owned().into(),
             data: Arc::from(data),
         }
     }
@@ -91,13 +99,23 @@ mod tests {
     #[tokio::test]
     async fn ready_events_share_a_chunk_and_idle_streams_get_a_comment() {
         use futures_util::StreamExt;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel::<EventBatch>(16);
         let mut body = Box::pin(body(rx, Duration::from_millis(50)));
-        for i in 1..=3 {
-            tx.send(ev(i, "message.delta", "{}")).await.expect("send");
-        }
+        let batch = |from: i64, to: i64| -> EventBatch {
+            (from..=to).map(|i| ev(i, "message.delta", "{}")).collect()
+        };
+        tx.send(batch(1, 2)).await.expect("send");
+        tx.send(batch(3, 3)).await.expect("send");
         let chunk = body.next().await.expect("chunk").expect("ok");
-        assert_eq!(chunk.windows(4).filter(|w| w == b"id: ").count(), 3);
+        let ids: Vec<&[u8]> = chunk
+            .split(|b| *b == b'\n')
+            .filter(|l| l.starts_with(b"id: "))
+            .collect();
+        assert_eq!(
+            ids,
+            [&b"id: 1"[..], b"id: 2", b"id: 3"],
+            "in order, one chunk"
+        );
         // Nothing for longer than the keep-alive period: a comment.
         let chunk = body.next().await.expect("chunk").expect("ok");
         assert_eq!(&chunk[..], KEEPALIVE);

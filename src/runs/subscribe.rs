@@ -6,16 +6,19 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
 
-use super::{LiveEvent, RunError, Runs, is_terminal_event};
+use super::{EventBatch, RunError, Runs, is_terminal_event};
 use crate::store::runs as run_store;
 
-/// Events for one client, ending after the terminal event.
-pub type EventStream = mpsc::Receiver<LiveEvent>;
+/// Events for one client in batches (seq order, no gap, no repeat), ending
+/// after the terminal event.
+pub type EventStream = mpsc::Receiver<EventBatch>;
 
-/// Events per SQLite read while catching up.
+/// Events per SQLite read while catching up (one batch).
 const PAGE: u32 = 500;
-/// Events buffered per client before the feeding task waits.
-const CLIENT_BUFFER: usize = 64;
+/// Batches buffered per client before the feeding task waits. A live
+/// batch is shared with the relay and every other subscriber; a page from
+/// the log is this client's own.
+const CLIENT_BUFFER: usize = 4;
 
 pub(super) async fn open(runs: Arc<Runs>, id: &str, after: i64) -> Result<EventStream, RunError> {
     // Existence first (404 for an unknown run).
@@ -66,29 +69,27 @@ async fn from_log(
     runs: &Runs,
     id: &str,
     last: &mut i64,
-    tx: &mpsc::Sender<LiveEvent>,
+    tx: &mpsc::Sender<EventBatch>,
 ) -> Result<bool, ()> {
     loop {
         let (rid, after) = (id.to_owned(), *last);
-        let page = runs
+        let mut page = runs
             .store
             .read(move |c| run_store::events_after(c, &rid, after, PAGE))
             .await
             .map_err(|_| ())?;
         let n = page.len();
-        for e in page {
+        // Nothing after the terminal event is sent.
+        let terminal = page.iter().position(|e| is_terminal_event(&e.name));
+        if let Some(t) = terminal {
+            page.truncate(t + 1);
+        }
+        if let Some(e) = page.last() {
             *last = e.seq;
-            let terminal = is_terminal_event(&e.name);
-            tx.send(LiveEvent {
-                seq: e.seq,
-                name: e.name,
-                data: Arc::from(e.data),
-            })
-            .await
-            .map_err(|_| ())?;
-            if terminal {
-                return Ok(true);
-            }
+            tx.send(EventBatch::from(page)).await.map_err(|_| ())?;
+        }
+        if terminal.is_some() {
+            return Ok(true);
         }
         if n < PAGE as usize {
             return Ok(false);
@@ -96,12 +97,34 @@ async fn from_log(
     }
 }
 
+/// The part of a live batch after `last`, up to and including a terminal
+/// event; `None` when nothing in it is new. Whether it ends the stream.
+fn unsent(batch: EventBatch, last: i64) -> Option<(EventBatch, bool)> {
+    let first = batch.first()?.seq;
+    // Seqs in a batch are consecutive.
+    let skip = usize::try_from(last + 1 - first).unwrap_or(0);
+    if skip >= batch.len() {
+        return None;
+    }
+    let terminal = batch[skip..]
+        .iter()
+        .position(|e| is_terminal_event(&e.name))
+        .map(|t| skip + t);
+    let end = terminal.map_or(batch.len(), |t| t + 1);
+    let part = if skip == 0 && end == batch.len() {
+        batch
+    } else {
+        batch[skip..end].iter().cloned().collect()
+    };
+    Some((part, terminal.is_some()))
+}
+
 /// Longest an ended stream waits for its run's record (a store that cannot
 /// write must not hold the client forever).
 const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Live = (
-    broadcast::Receiver<LiveEvent>,
+    broadcast::Receiver<EventBatch>,
     watch::Receiver<i64>,
     watch::Receiver<bool>,
 );
@@ -111,7 +134,7 @@ async fn feed(
     id: String,
     last: i64,
     live: Option<Live>,
-    tx: mpsc::Sender<LiveEvent>,
+    tx: mpsc::Sender<EventBatch>,
     _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 ) {
     let mut finished = live.as_ref().map(|l| l.2.clone());
@@ -127,7 +150,7 @@ async fn send_events(
     id: &str,
     mut last: i64,
     live: Option<Live>,
-    tx: &mpsc::Sender<LiveEvent>,
+    tx: &mpsc::Sender<EventBatch>,
 ) {
     let (runs, id) = (runs.clone(), id.to_owned());
     match from_log(&runs, &id, &mut last, tx).await {
@@ -139,13 +162,13 @@ async fn send_events(
     };
     loop {
         match live.recv().await {
-            Ok(ev) => {
-                if ev.seq <= last {
+            Ok(batch) => {
+                let Some(first) = batch.first().map(|e| e.seq) else {
                     continue;
-                }
-                if ev.seq > last + 1 {
+                };
+                if first > last + 1 {
                     // A gap: those events are in the log once committed.
-                    let need = ev.seq - 1;
+                    let need = first - 1;
                     if committed.wait_for(|c| *c >= need).await.is_err() {
                         return;
                     }
@@ -153,17 +176,16 @@ async fn send_events(
                         Ok(true) | Err(()) => return,
                         Ok(false) => {}
                     }
-                    if ev.seq <= last {
-                        continue;
-                    }
                 }
-                last = ev.seq;
-                let terminal = is_terminal_event(&ev.name);
+                let Some((part, terminal)) = unsent(batch, last) else {
+                    continue;
+                };
+                last = part.last().map_or(last, |e| e.seq);
                 if terminal {
                     // `run.completed` means the run reads as completed.
                     let _ = tokio::time::timeout(RECORD_WAIT, finished.wait_for(|d| *d)).await;
                 }
-                if tx.send(ev).await.is_err() || terminal {
+                if tx.send(part).await.is_err() || terminal {
                     return;
                 }
             }
@@ -180,5 +202,46 @@ async fn send_events(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::LiveEvent;
+
+    fn batch(from: i64, to: i64, terminal_at: Option<i64>) -> EventBatch {
+        (from..=to)
+            .map(|seq| LiveEvent {
+                seq,
+                name: if Some(seq) == terminal_at {
+                    "run.completed".into()
+                } else {
+                    "message.delta".into()
+                },
+                data: Arc::from("{}"),
+            })
+            .collect()
+    }
+
+    fn seqs(b: &EventBatch) -> Vec<i64> {
+        b.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_resume_point_inside_a_batch_sends_only_what_follows_it() {
+        let (part, end) = unsent(batch(5, 9, None), 6).expect("new events");
+        assert_eq!((seqs(&part), end), (vec![7, 8, 9], false));
+        let (part, _) = unsent(batch(5, 9, None), 4).expect("new events");
+        assert_eq!(seqs(&part), [5, 6, 7, 8, 9], "the whole batch");
+        assert!(unsent(batch(5, 9, None), 9).is_none(), "all sent already");
+        assert!(unsent(batch(5, 9, None), 12).is_none());
+        assert!(unsent(EventBatch::from(Vec::new()), 0).is_none());
+    }
+
+    #[test]
+    fn nothing_after_a_terminal_event_is_sent() {
+        let (part, end) = unsent(batch(1, 6, Some(4)), 2).expect("new events");
+        assert_eq!((seqs(&part), end), (vec![3, 4], true));
     }
 }

@@ -5,8 +5,10 @@
 //! before `LIMIT` keeps a page. Anything added to that loop is paid once per
 //! *match* (72,000 times for a common word at a million messages), so the
 //! plans below keep it to the FTS5 table alone whenever they can and touch
-//! `messages` only for the page they return. See BENCHMARKS.md ("Search at
-//! the limit") for the figures against FTS5 alone.
+//! `messages` only for the page they return; a filter is checked in the
+//! covering index `messages_search_facets`, never in the message row. See
+//! BENCHMARKS.md ("Search at a million messages") for the figures against
+//! FTS5 alone.
 
 use rusqlite::Connection;
 use serde::Serialize;
@@ -130,11 +132,13 @@ pub fn render_snippet(raw: &str) -> String {
 /// (recent); a plan ignores what it does not use.
 ///
 /// `snippet()` needs an FTS5 cursor on the MATCH. [`page_of`] opens one per
-/// page row (a seek in each term's doclist: cheap for words, but a prefix
-/// query expands its prefix again each time: 21 × 250 ms for a prefix
-/// matching 380,000 messages). [`page_scan_of`] walks one cursor over the
-/// matches between the page's lowest and highest id and keeps the page's
-/// rows: for prefix queries, and for `recent`, whose page is one run of ids.
+/// page row (a seek in each term's doclist in every segment of the index,
+/// which is why `search_index` keeps it to one segment; cheap for words,
+/// but a prefix query expands its prefix again each time: 21 × 250 ms for
+/// a prefix matching 380,000 messages). [`page_scan_of`] walks one cursor
+/// over the matches between the page's lowest and highest id and keeps the
+/// page's rows: for prefix queries, and for `recent`, whose page is one run
+/// of ids.
 macro_rules! page_of {
     ($top:expr, $order:expr) => {
         concat!(
@@ -175,7 +179,10 @@ macro_rules! page_scan_of {
 }
 
 /// The filter columns of a match, checked inside the ranking loop when a
-/// filter is given (each a no-op when its parameter is NULL).
+/// filter is given (each a no-op when its parameter is NULL). They are read
+/// from the covering index `messages_search_facets` (migration 0010, 36
+/// bytes a message at a million), never from the message row and its
+/// content.
 macro_rules! filters {
     () => {
         "AND (?2 IS NULL OR m.platform = ?2)
@@ -183,6 +190,46 @@ macro_rules! filters {
       AND (?4 IS NULL OR m.created_at >= ?4)
       AND (?5 IS NULL OR m.created_at < ?5)
       AND (?6 IS NULL OR m.session_id = ?6)"
+    };
+}
+
+/// A match joined to its filter columns; `INDEXED BY` makes it an error,
+/// not a silent slow plan, if the index were ever missing.
+macro_rules! facets {
+    () => {
+        "messages_fts CROSS JOIN messages m INDEXED BY messages_search_facets
+         ON m.id = messages_fts.rowid"
+    };
+}
+
+/// The ids of the session named by ?6 between its lowest and highest (one
+/// seek each in `messages_by_session`; a session without messages gives an
+/// empty span): FTS5 then walks only that span of its doclists. Only
+/// narrows the walk: the filter still decides. Only in the session plans:
+/// a rowid range costs FTS5 about half again on a walk it does not narrow
+/// (5.6 against 8.3 ms, a word in 1,700 of a million messages).
+macro_rules! session_span {
+    () => {
+        concat!(
+            "AND messages_fts.rowid >= ",
+            session_lo!(),
+            " AND messages_fts.rowid <= ",
+            session_hi!()
+        )
+    };
+}
+
+/// See [`session_span`].
+macro_rules! session_lo {
+    () => {
+        "coalesce((SELECT id FROM messages WHERE session_id = ?6 ORDER BY id LIMIT 1), 1)"
+    };
+}
+
+/// See [`session_span`].
+macro_rules! session_hi {
+    () => {
+        "coalesce((SELECT id FROM messages WHERE session_id = ?6 ORDER BY id DESC LIMIT 1), 0)"
     };
 }
 
@@ -198,18 +245,47 @@ macro_rules! top_relevance {
     };
 }
 
-/// Relevance with a filter: a match's filter columns live in `messages`,
-/// so the join is inside the ranking loop; it reads only the row.
+/// Relevance with a filter: the join to the filter columns is inside the
+/// ranking loop, but reads a small index entry; `$span` narrows the walk
+/// (a session's span, or nothing).
 macro_rules! top_relevance_filtered {
-    () => {
+    ($span:expr) => {
         concat!(
             "SELECT m.id AS id, bm25(messages_fts) AS score
-       FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
+       FROM ",
+            facets!(),
+            "
       WHERE messages_fts MATCH ?1 ",
+            $span,
+            " ",
             filters!(),
             "
       ORDER BY score, m.id
       LIMIT ?7 OFFSET ?8"
+        )
+    };
+}
+
+/// Newest first with a filter: the walk down from `$below` (an id,
+/// excluded), each match checked against its filter columns until a page
+/// is full; `$span` narrows it from below. One upper bound only: FTS5 takes
+/// the first it is given.
+macro_rules! top_recent_filtered {
+    ($below:expr, $span:expr) => {
+        concat!(
+            "SELECT m.id AS id, NULL AS score
+       FROM ",
+            facets!(),
+            "
+      WHERE messages_fts MATCH ?1 AND messages_fts.rowid < ",
+            $below,
+            " ",
+            $span,
+            " ",
+            filters!(),
+            "
+      ORDER BY messages_fts.rowid DESC
+      LIMIT ?7"
         )
     };
 }
@@ -219,11 +295,21 @@ macro_rules! top_relevance_filtered {
 pub const SEARCH_SQL: &str = page_of!(top_relevance!(), "top.score, top.id");
 /// Relevance, no filter, prefix queries.
 pub const SEARCH_PREFIX_SQL: &str = page_scan_of!(top_relevance!(), "top.score, top.id");
-/// Relevance with a filter, word queries.
-pub const SEARCH_FILTERED_SQL: &str = page_of!(top_relevance_filtered!(), "top.score, top.id");
-/// Relevance with a filter, prefix queries.
+/// Relevance with a filter but no session, word queries.
+pub const SEARCH_FILTERED_SQL: &str = page_of!(top_relevance_filtered!(""), "top.score, top.id");
+/// Relevance with a filter but no session, prefix queries.
 pub const SEARCH_FILTERED_PREFIX_SQL: &str =
-    page_scan_of!(top_relevance_filtered!(), "top.score, top.id");
+    page_scan_of!(top_relevance_filtered!(""), "top.score, top.id");
+/// Relevance within a session (other filters too), word queries.
+pub const SEARCH_SESSION_SQL: &str = page_of!(
+    top_relevance_filtered!(session_span!()),
+    "top.score, top.id"
+);
+/// Relevance within a session (other filters too), prefix queries.
+pub const SEARCH_SESSION_PREFIX_SQL: &str = page_scan_of!(
+    top_relevance_filtered!(session_span!()),
+    "top.score, top.id"
+);
 
 /// Newest first, no filter: FTS5 walks its doclists by rowid descending
 /// from the cursor and stops after one page.
@@ -236,17 +322,16 @@ pub const SEARCH_RECENT_SQL: &str = page_scan_of!(
     "top.id DESC"
 );
 
-/// Newest first with a filter: the same walk, each match checked against
-/// its row until a page is full.
-pub const SEARCH_RECENT_FILTERED_SQL: &str = page_scan_of!(
-    concat!(
-        "SELECT m.id AS id, NULL AS score
-       FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
-      WHERE messages_fts MATCH ?1 AND messages_fts.rowid < ?8 ",
-        filters!(),
-        "
-      ORDER BY messages_fts.rowid DESC
-      LIMIT ?7"
+/// Newest first with a filter but no session.
+pub const SEARCH_RECENT_FILTERED_SQL: &str =
+    page_scan_of!(top_recent_filtered!("?8", ""), "top.id DESC");
+/// Newest first within a session (other filters too).
+/// The walk starts below the cursor or past the session's last id,
+/// whichever is lower.
+pub const SEARCH_RECENT_SESSION_SQL: &str = page_scan_of!(
+    top_recent_filtered!(
+        concat!("min(?8, ", session_hi!(), " + 1)"),
+        concat!("AND messages_fts.rowid >= ", session_lo!())
     ),
     "top.id DESC"
 );
@@ -258,15 +343,52 @@ fn may_have_prefix(f: &SearchFilter) -> bool {
     !f.plain && f.query.contains('*')
 }
 
+/// The statement every search ran before the plans above (every match
+/// joined to its message row inside the ranking loop): the reference their
+/// results must equal, hit for hit, snippet for snippet (the tests), and the
+/// "before" of the benchmark. Same parameters as the plans.
+#[doc(hidden)]
+pub const REFERENCE_SQL: &str = "WITH top AS MATERIALIZED (
+   SELECT m.id AS id, bm25(messages_fts) AS score
+     FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
+    WHERE messages_fts MATCH ?1
+      AND (?2 IS NULL OR m.platform = ?2)
+      AND (?3 IS NULL OR m.role = ?3)
+      AND (?4 IS NULL OR m.created_at >= ?4)
+      AND (?5 IS NULL OR m.created_at < ?5)
+      AND (?6 IS NULL OR m.session_id = ?6)
+    ORDER BY score, m.id
+    LIMIT ?7 OFFSET ?8)
+ SELECT m.id, m.session_id, m.platform, m.role, m.created_at,
+        snippet(messages_fts, 0, char(1), char(2), '…', 16), top.score
+   FROM top
+   CROSS JOIN messages m ON m.id = top.id
+   CROSS JOIN messages_fts ON messages_fts.rowid = top.id AND messages_fts MATCH ?1
+  ORDER BY top.score, top.id";
+
+/// How many messages a search matches, its filters included (the
+/// benchmark's "matches"; ?1–?6 as in the plans).
+#[doc(hidden)]
+pub const MATCH_COUNT_SQL: &str = concat!(
+    "SELECT count(*) FROM ",
+    facets!(),
+    " WHERE messages_fts MATCH ?1 ",
+    filters!()
+);
+
 /// The statement for a search.
 pub fn plan(f: &SearchFilter) -> &'static str {
-    match (f.sort, f.has_filter(), may_have_prefix(f)) {
-        (SearchSort::Relevance, false, false) => SEARCH_SQL,
-        (SearchSort::Relevance, false, true) => SEARCH_PREFIX_SQL,
-        (SearchSort::Relevance, true, false) => SEARCH_FILTERED_SQL,
-        (SearchSort::Relevance, true, true) => SEARCH_FILTERED_PREFIX_SQL,
-        (SearchSort::Recent, false, _) => SEARCH_RECENT_SQL,
-        (SearchSort::Recent, true, _) => SEARCH_RECENT_FILTERED_SQL,
+    let session = f.session_id.is_some();
+    match (f.sort, f.has_filter(), session, may_have_prefix(f)) {
+        (SearchSort::Relevance, false, _, false) => SEARCH_SQL,
+        (SearchSort::Relevance, false, _, true) => SEARCH_PREFIX_SQL,
+        (SearchSort::Relevance, true, false, false) => SEARCH_FILTERED_SQL,
+        (SearchSort::Relevance, true, false, true) => SEARCH_FILTERED_PREFIX_SQL,
+        (SearchSort::Relevance, true, true, false) => SEARCH_SESSION_SQL,
+        (SearchSort::Relevance, true, true, true) => SEARCH_SESSION_PREFIX_SQL,
+        (SearchSort::Recent, false, _, _) => SEARCH_RECENT_SQL,
+        (SearchSort::Recent, true, false, _) => SEARCH_RECENT_FILTERED_SQL,
+        (SearchSort::Recent, true, true, _) => SEARCH_RECENT_SESSION_SQL,
     }
 }
 
@@ -356,7 +478,11 @@ mod tests {
         let mut c = Connection::open_in_memory().expect("open");
         crate::store::migrations::apply(&mut c).expect("migrate");
         for sort in [SearchSort::Relevance, SearchSort::Recent] {
-            for platform in [None, Some("web".to_owned())] {
+            for (platform, session_id) in [
+                (None, None),
+                (Some("web".to_owned()), None),
+                (None, Some("s".to_owned())),
+            ] {
                 for bad in [
                     "\"unterminated",
                     "AND",
@@ -372,39 +498,19 @@ mod tests {
                     let f = SearchFilter {
                         query: bad.into(),
                         platform: platform.clone(),
+                        session_id: session_id.clone(),
                         sort,
                         limit: 10,
                         ..Default::default()
                     };
                     match search(&c, &f) {
                         Err(StoreError::InvalidQuery(_)) => {}
-                        other => panic!("{bad} {sort:?} {platform:?}: {other:?}"),
+                        other => panic!("{bad} {sort:?} {platform:?} {session_id:?}: {other:?}"),
                     }
                 }
             }
         }
     }
-
-    /// The query every search ran before the plans above (join inside the
-    /// ranking loop for every match): the reference their results must
-    /// equal, hit for hit, snippet for snippet.
-    const REFERENCE_SQL: &str = "WITH top AS MATERIALIZED (
-   SELECT m.id AS id, bm25(messages_fts) AS score
-     FROM messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid
-    WHERE messages_fts MATCH ?1
-      AND (?2 IS NULL OR m.platform = ?2)
-      AND (?3 IS NULL OR m.role = ?3)
-      AND (?4 IS NULL OR m.created_at >= ?4)
-      AND (?5 IS NULL OR m.created_at < ?5)
-      AND (?6 IS NULL OR m.session_id = ?6)
-    ORDER BY score, m.id
-    LIMIT ?7 OFFSET ?8)
- SELECT m.id, m.session_id, m.platform, m.role, m.created_at,
-        snippet(messages_fts, 0, char(1), char(2), '…', 16), top.score
-   FROM top
-   CROSS JOIN messages m ON m.id = top.id
-   CROSS JOIN messages_fts ON messages_fts.rowid = top.id AND messages_fts MATCH ?1
-  ORDER BY top.score, top.id";
 
     fn reference(c: &Connection, f: &SearchFilter, offset: i64) -> Vec<(i64, String, f64)> {
         let mut stmt = c.prepare(REFERENCE_SQL).expect("prepare");
@@ -425,6 +531,11 @@ mod tests {
     fn corpus() -> Connection {
         let mut c = Connection::open_in_memory().expect("open");
         crate::store::migrations::apply(&mut c).expect("migrate");
+        fill(&mut c);
+        c
+    }
+
+    fn fill(c: &mut Connection) {
         let words = ["alpha", "beta", "gamma", "delta", "<b>", "o'neil", "zeta"];
         for s in 0..6 {
             let messages = (0..40)
@@ -449,9 +560,23 @@ mod tests {
                 title: None,
                 messages,
             };
-            append(&mut c, &format!("s{s}"), &req).expect("append");
+            append(c, &format!("s{s}"), &req).expect("append");
         }
-        c
+        // A session whose ids span the others' (its span holds matches of
+        // every session).
+        let req = AppendMessages {
+            platform: Some("web".into()),
+            title: None,
+            messages: vec![NewMessage {
+                role: Role::User,
+                content: "alpha beta del delta zeta".into(),
+                tool_calls: None,
+                tokens_used: None,
+                created_at: Some(TimeInput::Seconds(1_700_000_100.0)),
+                external_id: None,
+            }],
+        };
+        append(c, "s0", &req).expect("append");
     }
 
     fn filters() -> Vec<SearchFilter> {
@@ -483,6 +608,14 @@ mod tests {
                 ..q.clone()
             });
             out.push(SearchFilter {
+                session_id: Some("s0".into()),
+                ..q.clone()
+            });
+            out.push(SearchFilter {
+                session_id: Some("no-such-session".into()),
+                ..q.clone()
+            });
+            out.push(SearchFilter {
                 since_ms: Some(1_700_000_050_000),
                 until_ms: Some(1_700_000_200_000),
                 ..q.clone()
@@ -495,14 +628,48 @@ mod tests {
     /// and snippets as the reference query at the same offset.
     #[test]
     fn relevance_plans_return_what_the_reference_query_returns() {
-        let c = corpus();
+        assert_relevance_matches_reference(&corpus());
+    }
+
+    /// A store written by the previous schema (0009, no facets index) and
+    /// then upgraded searches exactly as one created at 0010.
+    #[test]
+    fn an_upgraded_store_searches_as_a_new_one() {
+        let mut c = Connection::open_in_memory().expect("open");
+        let before = crate::store::migrations::MIGRATIONS.len() - 1;
+        for (version, (_, sql)) in crate::store::migrations::MIGRATIONS[..before]
+            .iter()
+            .enumerate()
+        {
+            c.execute_batch(sql).expect("old migration");
+            c.pragma_update(None, "user_version", version as i64 + 1)
+                .expect("version");
+        }
+        fill(&mut c);
+        assert_eq!(
+            crate::store::migrations::apply(&mut c).expect("upgrade"),
+            crate::store::migrations::latest()
+        );
+        let entries: i64 = c
+            .query_row(
+                "SELECT count(*) FROM messages INDEXED BY messages_search_facets",
+                [],
+                |r| r.get(0),
+            )
+            .expect("index");
+        assert_eq!(entries, 241);
+        assert_relevance_matches_reference(&c);
+        assert_recent_matches_reference(&c);
+    }
+
+    fn assert_relevance_matches_reference(c: &Connection) {
         let mut later_pages = 0;
         for f in filters() {
             let mut offset = 0;
             let mut f = f.clone();
             loop {
-                let page = search(&c, &f).expect("search");
-                let want = reference(&c, &f, offset);
+                let page = search(c, &f).expect("search");
+                let want = reference(c, &f, offset);
                 let got: Vec<(i64, String, f64)> = page
                     .items
                     .iter()
@@ -526,24 +693,42 @@ mod tests {
     /// pages, with the same snippets, and no score.
     #[test]
     fn recent_returns_every_hit_newest_first() {
-        let c = corpus();
+        assert_recent_matches_reference(&corpus());
+    }
+
+    fn assert_recent_matches_reference(c: &Connection) {
         for f in filters() {
             let everything = SearchFilter {
                 limit: 10_000,
                 ..f.clone()
             };
-            let mut want: Vec<(i64, String)> = reference(&c, &everything, 0)
+            let mut want: Vec<(i64, String)> = reference(c, &everything, 0)
                 .into_iter()
                 .map(|(id, snippet, _)| (id, snippet))
                 .collect();
             want.sort_by_key(|h| std::cmp::Reverse(h.0));
+            let count: i64 = c
+                .query_row(
+                    MATCH_COUNT_SQL,
+                    rusqlite::params![
+                        f.query,
+                        f.platform,
+                        f.role.map(Role::as_str),
+                        f.since_ms,
+                        f.until_ms,
+                        f.session_id
+                    ],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(count as usize, want.len(), "{f:?}");
             let mut got = Vec::new();
             let mut f = SearchFilter {
                 sort: SearchSort::Recent,
                 ..f
             };
             loop {
-                let page = search(&c, &f).expect("search");
+                let page = search(c, &f).expect("search");
                 assert!(page.items.len() <= 7);
                 assert!(page.items.iter().all(|h| h.score.is_none()));
                 got.extend(page.items.iter().map(|h| (h.message_id, h.snippet.clone())));

@@ -13,6 +13,7 @@ pub mod message_search;
 pub mod migrations;
 pub mod policy;
 pub mod runs;
+pub mod search_index;
 pub mod usage;
 
 use std::path::{Path, PathBuf};
@@ -48,10 +49,17 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A database newer than this build whose compatibility floor
+    /// (`migrations`, module documentation) does not let this build run.
     #[error(
-        "the database schema version is {found} but this build knows only up to {supported}: it was written by a newer hermes-tenantd; upgrade the binary or restore a backup"
+        "the database schema version is {found}, written by a newer hermes-tenantd; this build writes schema {supported} and runs on a newer database only when its compatibility floor is {supported} or lower, but {}: deploy the newer release again, or stop the daemon and restore the database from a backup taken before the upgrade",
+        migrations::describe_floor(.floor)
     )]
-    TooNew { found: i64, supported: i64 },
+    TooNew {
+        found: i64,
+        supported: i64,
+        floor: Option<i64>,
+    },
     #[error("migration {name} failed: {source}")]
     Migration {
         name: &'static str,
@@ -209,7 +217,8 @@ impl Store {
         &self.inner.path
     }
 
-    /// The `user_version` after migrations.
+    /// The schema version this build writes (`migrations::latest`), also on
+    /// a newer store it runs on unmigrated (that one keeps its own).
     pub fn schema_version(&self) -> i64 {
         self.inner.schema_version
     }
