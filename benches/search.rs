@@ -338,7 +338,7 @@ fn main() {
     // The same pragmas the daemon's readers use, so the comparison is fair.
     conn.pragma_update(None, "cache_size", -2048)
         .expect("pragma");
-    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)
+    conn.pragma_update(None, "mmap_size", 2_i64 << 30)
         .expect("pragma");
     let w = |rank: usize| vocab[rank].clone();
     let cases = [
@@ -453,32 +453,56 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
+    /// One authenticated GET, its whole body read; the round trip in ms.
+    fn get_ms(&self, url: &str) -> f64 {
+        let t = Instant::now();
+        self.rt.block_on(async {
+            let r = self
+                .client
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.status(), 200, "{url} failed");
+            let _ = r.bytes().await.expect("body");
+        });
+        t.elapsed().as_secs_f64() * 1000.0
+    }
+
     /// Every case, `iterations` rounds of (limit, daemon SQL, HTTP[,
-    /// before]) interleaved; prints p50 (p99) and the ratios to the limit.
+    /// before], GET /version) interleaved; prints p50 (p99) and the ratios
+    /// to the limit. `GET /version` (authenticated, answered from memory)
+    /// is the HTTP floor of that round: the client, loopback and the
+    /// middleware, no store; shown beside, never part of the limit.
     fn table(&self, cases: &[Case]) {
-        let (conn, rt, client, base, iterations) =
-            (self.conn, self.rt, self.client, self.base, self.iterations);
+        let (conn, base, iterations) = (self.conn, self.base, self.iterations);
         println!(
-            "  search, limit 20, {iterations} rounds of (limit, daemon SQL, HTTP[, before]) interleaved; p50 ms (p99)."
+            "  search, limit 20, {iterations} rounds of (limit, daemon SQL, HTTP[, before], GET /version) interleaved; p50 ms (p99)."
         );
         println!(
             "  The limit is FTS5 alone for the same query without its filter (a session: over the session's span of ids);"
         );
         println!(
-            "  `before` is the filtered statement this build replaced (message_search::REFERENCE_SQL):"
+            "  `before` is the filtered statement this build replaced (message_search::REFERENCE_SQL);"
         );
         println!(
-            "    {:<28} {:>8} {:>16} {:>16} {:>16} {:>16} {:>7} {:>7} {:>7}",
+            "  `floor` is an authenticated GET /version in the same round (client, loopback, middleware; no store):"
+        );
+        println!(
+            "    {:<28} {:>8} {:>16} {:>16} {:>16} {:>16} {:>14} {:>7} {:>7} {:>7}",
             "query",
             "matches",
             "limit",
             "daemon SQL",
             "HTTP",
             "before",
+            "floor",
             "SQL/lim",
             "HTTP/lim",
             "bef/lim"
         );
+        let version_url = format!("{base}/version");
         for case in cases {
             let url = format!(
                 "{base}/conversations/search?q={}&limit=20{}",
@@ -508,8 +532,8 @@ impl Search<'_> {
             let mut daemon_stmt = conn.prepare_cached(plan(&case.filter)).expect("prepare");
             let mut before_stmt = (case.filtered() && case.filter.sort == SearchSort::Relevance)
                 .then(|| conn.prepare_cached(REFERENCE_SQL).expect("prepare"));
-            let (mut lim, mut sql, mut api, mut before) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut lim, mut sql, mut api, mut before, mut floor) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..iterations {
                 let t = Instant::now();
                 case.run_limit(&mut limit_stmt);
@@ -519,18 +543,7 @@ impl Search<'_> {
                 let got = case.run_search(&mut daemon_stmt);
                 sql.push(t.elapsed().as_secs_f64() * 1000.0);
 
-                let t = Instant::now();
-                rt.block_on(async {
-                    let r = client
-                        .get(&url)
-                        .bearer_auth(TOKEN)
-                        .send()
-                        .await
-                        .expect("search");
-                    assert_eq!(r.status(), 200, "search failed");
-                    let _ = r.bytes().await.expect("body");
-                });
-                api.push(t.elapsed().as_secs_f64() * 1000.0);
+                api.push(self.get_ms(&url));
 
                 if let Some(stmt) = before_stmt.as_mut() {
                     let t = Instant::now();
@@ -538,8 +551,10 @@ impl Search<'_> {
                     before.push(t.elapsed().as_secs_f64() * 1000.0);
                     assert_eq!(old, got, "{}: the plans return different hits", case.name);
                 }
+
+                floor.push(self.get_ms(&version_url));
             }
-            for v in [&mut lim, &mut sql, &mut api, &mut before] {
+            for v in [&mut lim, &mut sql, &mut api, &mut before, &mut floor] {
                 v.sort_by(f64::total_cmp);
             }
             let cell = |v: &[f64]| {
@@ -558,13 +573,14 @@ impl Search<'_> {
                 }
             };
             println!(
-                "    {:<28} {:>8} {:>16} {:>16} {:>16} {:>16} {:>7} {:>7} {:>7}",
+                "    {:<28} {:>8} {:>16} {:>16} {:>16} {:>16} {:>14} {:>7} {:>7} {:>7}",
                 case.name,
                 matches,
                 cell(&lim),
                 cell(&sql),
                 cell(&api),
                 cell(&before),
+                cell(&floor),
                 ratio(&sql),
                 ratio(&api),
                 ratio(&before),
