@@ -97,6 +97,24 @@ fi
 # The bad release: a binary that exits at once and never becomes ready.
 printf '#!/bin/sh\necho "hermes-tenantd: broken release" >&2\nexit 1\n' >"$STAGE/bad/hermes-tenantd"
 chmod 0755 "$STAGE/bad/hermes-tenantd"
+# A bad release that first migrates the store as a newer, incompatible
+# build would (schema 99, compatibility floor 99), then exits: the previous
+# release refuses that store, and the rollback must put back the copy the
+# role took before the switch.
+mkdir -p "$STAGE/badmig"
+cat >"$STAGE/badmig/hermes-tenantd" <<'SH'
+#!/bin/sh
+if [ "$1" = run ]; then
+  python3 -c 'import sqlite3
+c = sqlite3.connect("/var/lib/hermes-tenantd/tenantd.db")
+c.execute("INSERT INTO daemon_state (key, value, updated_at) VALUES (?, ?, 0) ON CONFLICT (key) DO UPDATE SET value = excluded.value", ("schema.compat_floor", "99"))
+c.execute("PRAGMA user_version = 99")
+c.commit()'
+fi
+echo "hermes-tenantd: migrated the store, then broke" >&2
+exit 1
+SH
+chmod 0755 "$STAGE/badmig/hermes-tenantd"
 # Stand-in hermes-agent releases (a wheel whose `hermes` runs fake_gateway.py).
 for v in 0.19.0 0.19.1; do python3 "$REPO/tests/deploy/make_fake_agent_wheel.py" "$STAGE/wheels" "$v" >/dev/null; done
 python3 "$REPO/tests/deploy/make_fake_agent_wheel.py" "$STAGE/wheels" 0.19.2 --broken >/dev/null
@@ -106,6 +124,7 @@ V1=$V1
 SHA_V0=$(sha256sum "$STAGE/v0/hermes-tenantd" | cut -d' ' -f1)
 SHA_V1=$(sha256sum "$STAGE/v1/hermes-tenantd" | cut -d' ' -f1)
 SHA_BAD=$(sha256sum "$STAGE/bad/hermes-tenantd" | cut -d' ' -f1)
+SHA_BADMIG=$(sha256sum "$STAGE/badmig/hermes-tenantd" | cut -d' ' -f1)
 EOF
 
 # ---- static checks ----------------------------------------------------------
