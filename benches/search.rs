@@ -9,7 +9,7 @@
 //! table again.
 //!
 //! `cargo bench --bench search` (N = 1,000,000; `BENCH_MESSAGES=100000` for a
-//! quick run). The corpus is built once through the API into
+//! quick run; `BENCH_ROWS=rare,uncommon` for the rows whose names start so). The corpus is built once through the API into
 //! `target/bench-search/<N>/` and reused by later runs (minutes at 1 M);
 //! delete that directory to rebuild it (a reused corpus was merged by the
 //! run that built it, so only a fresh one shows the table before upkeep).
@@ -503,7 +503,11 @@ impl Search<'_> {
             "bef/lim"
         );
         let version_url = format!("{base}/version");
-        for case in cases {
+        // `BENCH_ROWS=rare,uncommon`: only the rows whose name starts with
+        // one of these (all rows when unset).
+        let rows = std::env::var("BENCH_ROWS").unwrap_or_default();
+        let wanted = |name: &str| rows.is_empty() || rows.split(',').any(|r| name.starts_with(r));
+        for case in cases.iter().filter(|c| wanted(c.name)) {
             let url = format!(
                 "{base}/conversations/search?q={}&limit=20{}",
                 urlencode(&case.filter.query),

@@ -103,6 +103,13 @@ pub const SCHEMA: &[Migration] = &[
         floor: 11,
         sql: include_str!("../../schema/0011_run_event_blocks.sql"),
     },
+    // An FTS5 setting: older code searches, appends to and merges an
+    // index of any page size alike.
+    Migration {
+        name: "0012_search_leaf_pages",
+        floor: 11,
+        sql: include_str!("../../schema/0012_search_leaf_pages.sql"),
+    },
 ];
 
 /// `(name, SQL)` of every entry of [`SCHEMA`], in order: the view for
@@ -443,7 +450,7 @@ mod tests {
                 floor: Some(9)
             }
         );
-        apply(&mut c).expect("latest migrates");
+        apply_schema(&mut c, &SCHEMA[..11]).expect("build 11 migrates");
         let err = apply_schema(&mut c, build_10).unwrap_err();
         assert!(
             matches!(
@@ -455,6 +462,15 @@ mod tests {
                 }
             ),
             "{err}"
+        );
+        // 0012 changes an FTS5 setting only: build 11 runs on it.
+        apply(&mut c).expect("latest migrates");
+        assert_eq!(
+            apply_schema(&mut c, &SCHEMA[..11]).expect("build 11 runs on 12"),
+            OnDisk {
+                version: 12,
+                floor: Some(11)
+            }
         );
     }
 

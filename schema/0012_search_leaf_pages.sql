@@ -1,0 +1,16 @@
+-- 0012: smaller leaf pages in the message search index (FTS5 `pgsz` 1000
+-- bytes instead of its default 4050).
+-- A page of hits seeks every term of the query once per hit, on that
+-- hit's row, for its snippet. FTS5 indexes the pages of a term's doclist
+-- (its "doclist index") only when the doclist spans at least 4 leaf
+-- pages; below that a seek walks the doclist from its start. With 4 KB
+-- pages a word in a few thousand messages (a doclist of ~15 KB) had no
+-- doclist index, and each of a page's 21 seeks walked half of it: that was
+-- most of what a page costs beyond ranking (BENCHMARKS.md, "Search at a
+-- million messages"). With 1 KB pages such a doclist is indexed, and a
+-- seek reads one page.
+-- FTS5 applies `pgsz` to the segments it writes from now on: a store
+-- upgraded from an older schema keeps its old pages until its segments
+-- are next merged (store::search_index). Setting it again is harmless (a
+-- store set back to an older user_version re-applies this file).
+INSERT INTO messages_fts (messages_fts, rank) VALUES ('pgsz', 1000);
