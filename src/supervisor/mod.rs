@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod cgroup;
 mod exits;
+pub mod gateway_connect;
 pub mod gateway_socket;
 mod health;
 mod leftovers;
