@@ -19,8 +19,9 @@
 //! still sit in the accept queue, unowned, when the connect returns, and
 //! whoever holds the listener may accept it later, so checking the
 //! accepted socket's owner is racy. The listener is the fact that matters:
-//! a socket's inode is unique while it lives, so a listener read before
-//! and after lived throughout; while a listener surely takes 127.0.0.1
+//! a socket's inode is unique while it lives (and its cookie for ever), so
+//! a listener read before and after lived throughout; while a listener
+//! surely takes 127.0.0.1
 //! (`Listeners::takes_v4`; the gate refuses a set without one) Linux lets
 //! no other socket listen where the connection lands (no `SO_REUSEPORT`:
 //! the gate refuses a shared port, and hermes-agent 0.19.0 does not set
@@ -37,11 +38,13 @@
 //! refused connection). Either way one WARN line says a connection was
 //! dropped, with the port and the child's pid, never the key.
 //!
-//! What is left (see ARCHITECTURE.md, "The agent is hostile"): a process
-//! that may ptrace the gateway (same uid, no Yama restriction) is the
-//! gateway as far as any socket check goes; and socket inode numbers come
-//! from a 32-bit counter (`get_next_ino`), so an agent that burns 2^32 of
-//! them could, in principle, listen under a closed listener's number.
+//! What is left (docs/agent.md, "Gateway link"): a process that may
+//! ptrace the gateway (same uid, no Yama restriction) is the gateway as far
+//! as any socket check goes. Socket inode numbers come from a 32-bit
+//! counter (`get_next_ino`) and recur; the before/after comparison also
+//! compares cookies (64-bit, never reused, from `NETLINK_SOCK_DIAG`), so a
+//! recurring number is a different socket there, but the `/proc/PID/fd`
+//! walk sees inodes only (see `gateway_socket`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -200,27 +203,28 @@ mod tests {
             .expect("client")
     }
 
-    /// The port's listener, to be dropped by a hook.
-    fn listener() -> (u16, Arc<std::sync::Mutex<Option<std::net::TcpListener>>>) {
+    /// A request with the key whose port changes hands in the moment
+    /// between the gate's check and the connect: this process's verified
+    /// listener is closed and `take_port` binds the port anew. Returns
+    /// the request's error (it must fail), what `take_port` returned, and
+    /// the gate.
+    async fn send_across_a_swap<T: Send + 'static>(
+        take_port: impl Fn(u16) -> T + Send + Sync + 'static,
+    ) -> (reqwest::Error, T, Arc<KeyGate>, u16) {
+        // This test process plays the gateway.
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
-        (port, Arc::new(std::sync::Mutex::new(Some(l))))
-    }
-
-    #[tokio::test]
-    async fn an_impostor_bound_between_check_and_connect_gets_not_one_byte() {
-        // This test process plays the gateway.
-        let (port, ours) = listener();
+        let ours = std::sync::Mutex::new(Some(l));
+        // A watch keeps its last value for the gate after the sender goes.
         let (gate, _status) = gate_on(port);
-        let impostor = Arc::new(std::sync::Mutex::new(None));
-        let (o, i) = (ours.clone(), impostor.clone());
+        let taken = Arc::new(std::sync::Mutex::new(None));
+        let t = taken.clone();
         let http = client_with_window(
             &gate,
             Arc::new(move || {
-                // The gateway dies, the agent's shell takes the port.
-                if let Some(l) = o.lock().expect("lock").take() {
+                if let Some(l) = ours.lock().expect("lock").take() {
                     drop(l);
-                    *i.lock().expect("lock") = Some(spawn_impostor(port));
+                    *t.lock().expect("lock") = Some(take_port(port));
                 }
             }),
         );
@@ -232,11 +236,17 @@ mod tests {
             .send()
             .await
             .expect_err("the connection must be dropped");
-        let mut impostor = impostor.lock().expect("lock").take().expect("spawned");
-        // The next check refuses before connecting at all (the impostor
-        // stops listening once it has reported).
-        let next = gate.check().await;
+        let taken = taken.lock().expect("lock").take().expect("the hook ran");
+        (err, taken, gate, port)
+    }
+
+    #[tokio::test]
+    async fn an_impostor_bound_between_check_and_connect_gets_not_one_byte() {
+        // The gateway dies, the agent's shell takes the port.
+        let (err, mut impostor, gate, port) = send_across_a_swap(spawn_impostor).await;
         let received = impostor.received();
+        // The next check refuses before connecting at all.
+        let next = gate.check().await;
         impostor.stop();
         assert_eq!(received, Some(0), "the impostor read bytes");
         assert_eq!(refusal_of(&err), Some(Refusal::Foreign(port)), "{err:?}");
@@ -246,31 +256,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_listener_replaced_by_the_gateway_itself_is_a_change_to_retry() {
-        let (port, ours) = listener();
-        let (gate, _status) = gate_on(port);
-        let replaced = Arc::new(std::sync::Mutex::new(None));
-        let (o, r) = (ours.clone(), replaced.clone());
-        let http = client_with_window(
-            &gate,
-            Arc::new(move || {
-                if let Some(l) = o.lock().expect("lock").take() {
-                    drop(l);
-                    let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind");
-                    *r.lock().expect("lock") = Some(l);
-                }
-            }),
-        );
-        let bearer = gate.bearer().await.expect("our own listener");
-        let err = http
-            .get(format!("http://127.0.0.1:{port}/v1/capabilities"))
-            .header(reqwest::header::AUTHORIZATION, bearer)
-            .send()
-            .await
-            .expect_err("the connection must be dropped");
+        let (err, l, gate, port) = send_across_a_swap(|port| {
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind")
+        })
+        .await;
         // Still this process's listener, so the gateway's: not foreign,
         // but not the socket that was verified either.
         assert_eq!(refusal_of(&err), Some(Refusal::Changed(port)), "{err:?}");
-        let l = replaced.lock().expect("lock").take().expect("rebound");
         let (mut s, _) = l.accept().expect("the dropped connection");
         let mut got = Vec::new();
         let _ = std::io::Read::read_to_end(&mut s, &mut got);

@@ -2,9 +2,11 @@
 //!
 //! Before any request to the gateway's port the daemon checks who holds
 //! the port: every TCP socket in `LISTEN` that a connection to
-//! `127.0.0.1:PORT` could reach (`/proc/self/net/tcp{,6}`: local address
-//! `127.0.0.1`, `0.0.0.0`, `::` or `::ffff:127.0.0.1`) must be open in one
-//! of the gateway's processes (`socket:[INODE]` in `/proc/PID/fd`). A
+//! `127.0.0.1:PORT` could reach (local address `127.0.0.1`, `0.0.0.0`,
+//! `::` unless `IPV6_V6ONLY`, or `::ffff:127.0.0.1`; read from the
+//! kernel's socket diagnostics, [`super::sock_diag`], else from
+//! `/proc/self/net/tcp{,6}`) must be open in one of the gateway's
+//! processes (`socket:[INODE]` in `/proc/PID/fd`). A
 //! process that bound the port first (before the gateway started, or after
 //! it died), or one that shares it (`SO_REUSEPORT`), fails the check, and
 //! no key, prompt or health probe is sent to it.
@@ -29,11 +31,28 @@
 //! group; the child itself must be alive (a dead gateway's port is
 //! nobody's).
 //!
-//! Cheap: the listening inodes are read on every call (one small `/proc`
-//! file); the process walk runs only when they differ from the last
-//! verified ones, the gateway changed, or a connection failed. What is
-//! left is the moment between a check and the connection it allows (the
-//! gateway dying and an impostor binding within it).
+//! A set of listeners must include one that surely takes 127.0.0.1
+//! ([`Listeners::takes_v4`]); a lone `::` whose `IPV6_V6ONLY` is unknown
+//! (read from `/proc`) is not listening as far as the daemon is concerned.
+//!
+//! Cheap: the listeners are read on every call (one netlink dump of the
+//! listening sockets alone; `/proc/self/net/tcp` lists every TCP socket
+//! and costs milliseconds once there are hundreds, BENCHMARKS.md); the
+//! process walk runs only when they differ from the last verified ones
+//! (inode and cookie), the gateway changed, or a connection failed.
+//!
+//! The moment between a check and the connection it allows (the gateway
+//! dying and an impostor binding within it) is closed by
+//! [`super::gateway_connect`]: each new connection is confirmed against
+//! the verified listeners ([`KeyGate::confirm`]) once it is established,
+//! before any byte is written. What is left is what no socket check can
+//! see: a process allowed to ptrace the gateway (its own user, where Yama
+//! does not forbid it) owns the gateway's sockets and memory. Socket inode
+//! numbers are 32-bit and recur after 2^32 allocations (`get_next_ino`);
+//! the cookie beside each (64-bit, never reused) tells a recurring number
+//! from the verified socket, but the walk of `/proc/PID/fd` sees inodes
+//! only, so a gateway process holding any socket under the same number
+//! would pass it (and without netlink there are no cookies at all).
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
@@ -83,29 +102,84 @@ impl Refusal {
 /// The listening sockets a connection to `127.0.0.1:port` could reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listeners {
-    /// Their inodes, sorted; a number read twice is kept twice (two live
-    /// sockets share one only after the 32-bit counter wrapped: the sets
-    /// then differ instead of looking alike).
-    pub inodes: Vec<u64>,
+    /// (inode, cookie) of each, sorted; a pair read twice is kept twice
+    /// (two live sockets share an inode number only after the 32-bit
+    /// counter wrapped: the sets then differ instead of looking alike).
+    /// The cookie is 0 when read from `/proc`, which does not show it.
+    pub sockets: Vec<(u64, u64)>,
     /// One of them surely takes IPv4 loopback (`127.0.0.1`, `0.0.0.0`,
-    /// `::ffff:127.0.0.1`). While such a socket listens, no other socket
-    /// can listen where a connection to `127.0.0.1:port` lands (Linux
-    /// refuses the bind or the `listen`, `SO_REUSEADDR` or not, unless both
-    /// set `SO_REUSEPORT`). A `::` socket alone proves nothing: it may be
-    /// `IPV6_V6ONLY` (which the table does not show; Python's asyncio sets
-    /// it on every IPv6 listener), leaving 127.0.0.1 free for anyone.
+    /// `::ffff:127.0.0.1`, `::` known not `IPV6_V6ONLY`). While such a
+    /// socket listens, no other socket can listen where a connection to
+    /// `127.0.0.1:port` lands (Linux refuses the bind or the `listen`,
+    /// `SO_REUSEADDR` or not, unless both set `SO_REUSEPORT`). A `::`
+    /// socket read from `/proc` proves nothing: it may be `IPV6_V6ONLY`
+    /// (which the table does not show; Python's asyncio sets it on every
+    /// IPv6 listener), leaving 127.0.0.1 free for anyone.
     pub takes_v4: bool,
 }
 
 impl Listeners {
     pub fn is_empty(&self) -> bool {
-        self.inodes.is_empty()
+        self.sockets.is_empty()
+    }
+
+    pub fn inodes(&self) -> Vec<u64> {
+        self.sockets.iter().map(|&(inode, _)| inode).collect()
+    }
+
+    fn add(&mut self, inode: u64, cookie: u64, reach: Reach) {
+        if reach != Reach::No {
+            self.sockets.push((inode, cookie));
+            self.takes_v4 |= reach == Reach::Surely;
+        }
     }
 }
 
-/// The listening sockets a connection to `127.0.0.1:port` could reach.
-/// Blocking: reads `/proc`.
+/// The listening sockets a connection to `127.0.0.1:port` could reach:
+/// from the kernel's socket diagnostics ([`super::sock_diag`]: listeners
+/// only, with cookies and `IPV6_V6ONLY`), else from `/proc`. Blocking.
 pub fn listeners(port: u16) -> io::Result<Listeners> {
+    match super::sock_diag::tcp_listeners() {
+        Ok(all) => {
+            let mut out = Listeners::default();
+            for l in all.iter().filter(|l| l.port == port) {
+                out.add(l.inode, l.cookie, diag_reach(l));
+            }
+            out.sockets.sort_unstable();
+            Ok(out)
+        }
+        // A kernel without inet_diag, or a sandbox without netlink.
+        Err(_) => proc_listeners(port),
+    }
+}
+
+fn diag_reach(l: &super::sock_diag::Listening) -> Reach {
+    match (l.v6, l.addr.as_slice()) {
+        (false, [127, 0, 0, 1] | [0, 0, 0, 0]) => Reach::Surely,
+        (false, _) => Reach::No,
+        (true, a) => {
+            let Ok(bytes) = <[u8; 16]>::try_from(a) else {
+                return Reach::No;
+            };
+            let ip = std::net::Ipv6Addr::from(bytes);
+            if ip.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST) {
+                Reach::Surely
+            } else if ip.is_unspecified() {
+                match l.v6only {
+                    Some(false) => Reach::Surely,
+                    Some(true) => Reach::No,
+                    None => Reach::Maybe,
+                }
+            } else {
+                Reach::No
+            }
+        }
+    }
+}
+
+/// [`listeners`] from `/proc/self/net/tcp{,6}` (every TCP socket: slow
+/// when there are many; no cookies; `::` only maybe reachable).
+pub fn proc_listeners(port: u16) -> io::Result<Listeners> {
     let mut out = Listeners::default();
     for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
         match read_capped(path) {
@@ -115,7 +189,7 @@ pub fn listeners(port: u16) -> io::Result<Listeners> {
             Err(e) => return Err(e),
         }
     }
-    out.inodes.sort_unstable();
+    out.sockets.sort_unstable();
     Ok(out)
 }
 
@@ -156,9 +230,8 @@ pub fn parse_listeners(text: &str, port: u16, v6: bool, out: &mut Listeners) {
         } else {
             Reach::No
         };
-        if let (true, Ok(n)) = (reach != Reach::No, inode.parse::<u64>()) {
-            out.inodes.push(n);
-            out.takes_v4 |= reach == Reach::Surely;
+        if let Ok(n) = inode.parse::<u64>() {
+            out.add(n, 0, reach);
         }
     }
 }
@@ -340,10 +413,10 @@ impl KeyGate {
             .await
             .map_err(|e| Refusal::Unreadable(e.to_string()))?
             .map_err(|e| Refusal::Unreadable(e.to_string()))?;
-        // A lone `::` listener may be IPV6_V6ONLY: 127.0.0.1 would then be
-        // free for anyone to take, and the gateway is not where the
-        // daemon connects anyway (asyncio makes every IPv6 listener
-        // V6ONLY; the gateway is told API_SERVER_HOST=127.0.0.1).
+        // A lone `::` listener of unknown IPV6_V6ONLY (from /proc) may
+        // leave 127.0.0.1 free for anyone to take, and the gateway is not
+        // where the daemon connects anyway (asyncio makes every IPv6
+        // listener V6ONLY; the gateway is told API_SERVER_HOST=127.0.0.1).
         if !found.takes_v4 {
             return Err(Refusal::NotListening(port));
         }
@@ -357,7 +430,7 @@ impl KeyGate {
             return Ok(seen);
         }
         *verified = None;
-        let inodes = seen.listeners.inodes.clone();
+        let inodes = seen.listeners.inodes();
         let source = self.pids.get().cloned();
         let result = crate::identity::spawn_as_agent(move || {
             // A dead (or reaped and reused) child holds nothing of ours.
@@ -468,7 +541,8 @@ pub(crate) mod tests {
 
     /// A listener on `port` in another process (own process group, so
     /// not one of this test's "gateway" processes): `python3`, which
-    /// accepts one connection and reports how many bytes it got.
+    /// accepts one connection, reports how many bytes it got, and keeps
+    /// listening until stopped.
     pub(crate) struct Impostor {
         child: std::process::Child,
         out: std::io::BufReader<std::process::ChildStdout>,
@@ -476,7 +550,7 @@ pub(crate) mod tests {
 
     pub(crate) fn spawn_impostor(port: u16) -> Impostor {
         let script = format!(
-            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nn=0\nwhile True:\n  try:\n    b=c.recv(65536)\n  except OSError:\n    break\n  if not b:\n    break\n  n+=len(b)\nprint(n,flush=True)\n"
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nn=0\nwhile True:\n  try:\n    b=c.recv(65536)\n  except OSError:\n    break\n  if not b:\n    break\n  n+=len(b)\nprint(n,flush=True)\nimport time\ntime.sleep(120)\n"
         );
         let mut child = std::process::Command::new("python3")
             .args(["-c", &script])
@@ -529,7 +603,7 @@ pub(crate) mod tests {
             // 127.0.0.1 and 0.0.0.0 yes; 127.0.0.2, an established
             // connection and another port no; [::] and ::ffff:127.0.0.1
             // yes, [::1] no.
-            assert_eq!(out.inodes, vec![111, 222, 666, 777]);
+            assert_eq!(out.inodes(), vec![111, 222, 666, 777]);
             assert!(out.takes_v4);
 
             // `::` alone may be V6ONLY: reachable maybe, never proof that
@@ -537,13 +611,13 @@ pub(crate) mod tests {
             let mut only_any6 = Listeners::default();
             let any6 = TABLE6.lines().take(2).collect::<Vec<_>>().join("\n");
             parse_listeners(&any6, 8642, true, &mut only_any6);
-            assert_eq!(only_any6.inodes, vec![666]);
+            assert_eq!(only_any6.inodes(), vec![666]);
             assert!(!only_any6.takes_v4);
             // ::ffff:127.0.0.1 alone surely takes it.
             let mut mapped = Listeners::default();
             let lines: Vec<&str> = TABLE6.lines().collect();
             parse_listeners(&[lines[0], lines[2]].join("\n"), 8642, true, &mut mapped);
-            assert_eq!(mapped.inodes, vec![777]);
+            assert_eq!(mapped.inodes(), vec![777]);
             assert!(mapped.takes_v4);
         }
         let mut none = Listeners::default();
@@ -558,8 +632,12 @@ pub(crate) mod tests {
         let port = l.local_addr().expect("addr").port();
         let found = listeners(port).expect("read /proc");
         assert!(found.takes_v4);
-        let inodes = found.inodes;
+        let inodes = found.inodes();
         assert_eq!(inodes.len(), 1, "{inodes:?}");
+        // The same socket as /proc names it, with a cookie /proc lacks.
+        let from_proc = proc_listeners(port).expect("read /proc");
+        assert_eq!(from_proc.inodes(), inodes);
+        assert_ne!(found.sockets[0].1, 0, "a cookie from sock_diag");
         let me = std::process::id();
         assert_eq!(held_by(port, &inodes, &[me]), Ok(()));
         // Not held by a process that is not this one.
@@ -573,6 +651,41 @@ pub(crate) mod tests {
         assert_eq!(r, Err(Refusal::Foreign(port)));
         drop(l);
         assert!(listeners(port).expect("read /proc").is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_only_listener_does_not_count_and_a_dual_stack_one_does() {
+        // Python's asyncio makes every IPv6 listener V6ONLY; so does this.
+        let mut v6only = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\ns.bind(('::',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ninput()",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(v6only.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("port line");
+        let port: u16 = line.trim().parse().expect("port");
+        let found = listeners(port);
+        let _ = v6only.kill();
+        let _ = v6only.wait();
+        let found = found.expect("listeners");
+        assert!(found.is_empty(), "{found:?}");
+
+        // std leaves IPV6_V6ONLY at the system's default
+        // (net.ipv6.bindv6only, 0 unless set: dual-stack).
+        let dual = std::net::TcpListener::bind("[::]:0").expect("bind [::]");
+        let port = dual.local_addr().expect("addr").port();
+        let found = listeners(port).expect("listeners");
+        let v6only_default =
+            std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "1");
+        if !v6only_default {
+            assert_eq!(found.sockets.len(), 1, "{found:?}");
+            assert!(found.takes_v4, "a dual-stack [::] takes 127.0.0.1");
+        }
     }
 
     pub(crate) fn status_with_pid(pid: Option<u32>) -> watch::Sender<AgentStatus> {
@@ -631,7 +744,7 @@ mod cross_user {
         let uid = var("GW_SOCKET_UID").to_string();
         let agent = crate::identity::resolve(Some(&uid), Some(&uid)).expect("identity");
         crate::identity::set_agent(agent);
-        let inodes = listeners(port).expect("read /proc").inodes;
+        let inodes = listeners(port).expect("read /proc").inodes();
         assert!(!inodes.is_empty(), "nothing listens on {port}");
         let other = var("GW_SOCKET_OTHER_PID");
         let (mine, not_mine) = crate::identity::as_agent(|| {

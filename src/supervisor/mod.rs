@@ -19,6 +19,7 @@ pub mod managed;
 pub mod probe;
 pub mod process;
 mod records;
+pub mod sock_diag;
 mod spawn;
 
 use spawn::{
