@@ -254,15 +254,13 @@ async fn an_impostor_on_the_port_after_the_gateway_died_gets_no_key() {
     let run = wait_ended(&d, &id).await;
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(impostor.keys_seen(), 0, "{:?}", impostor.heads());
-    // What may reach it: one keyless health probe whose port check passed
-    // just before the gateway died (the documented moment between a check
-    // and its connection; a loaded CI box widens it). Never a run request.
-    let heads = impostor.heads();
-    assert!(impostor.connections() <= 1, "{heads:?}");
+    // A connection made in the moment between a check and its connect
+    // (the gateway dying, the impostor binding) may reach it, but the
+    // daemon drops it before writing: not one byte, not even a keyless
+    // health probe (supervisor::gateway_connect).
     assert!(
-        heads
-            .iter()
-            .all(|h| h.starts_with("GET /health ") || h.starts_with("GET /v1/health ")),
-        "only a keyless health probe may slip through: {heads:?}"
+        impostor.heads().is_empty(),
+        "the impostor read: {:?}",
+        impostor.heads()
     );
 }

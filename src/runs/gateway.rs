@@ -1,7 +1,8 @@
 //! The gateway's runs API as the daemon uses it: submit, event stream,
 //! stop, approval, and the chat-completions fallback. Every request goes
 //! straight to loopback (never a proxy) and carries the key only after
-//! the [`KeyGate`] has checked who holds the port.
+//! the [`KeyGate`] has checked who holds the port, on a connection the
+//! gate confirmed once it was made (`supervisor::gateway_connect`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use crate::agent::{GatewayEndpoint, KeyGate};
+use crate::supervisor::gateway_connect;
 use crate::supervisor::gateway_socket::Refusal;
 
 /// Failures talking to the gateway, classified by what the relay does next.
@@ -65,7 +67,7 @@ impl GatewayClient {
         endpoint: GatewayEndpoint,
         gate: Arc<KeyGate>,
     ) -> Result<GatewayClient, reqwest::Error> {
-        let http = crate::supervisor::probe::loopback_client(Duration::from_secs(5))
+        let http = gateway_connect::client(&gate, Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         Ok(GatewayClient {
@@ -88,9 +90,13 @@ impl GatewayClient {
             .header(reqwest::header::AUTHORIZATION, bearer))
     }
 
-    /// Send; a failed connection makes the gate check the port again.
+    /// Send; a connection the gate dropped is its refusal, any other
+    /// failed connection makes the gate check the port again.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, GatewayError> {
         req.send().await.map_err(|e| {
+            if let Some(r) = gateway_connect::refusal_of(&e) {
+                return r.into();
+            }
             if e.is_connect() {
                 self.gate.invalidate();
             }

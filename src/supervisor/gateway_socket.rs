@@ -2,9 +2,11 @@
 //!
 //! Before any request to the gateway's port the daemon checks who holds
 //! the port: every TCP socket in `LISTEN` that a connection to
-//! `127.0.0.1:PORT` could reach (`/proc/self/net/tcp{,6}`: local address
-//! `127.0.0.1`, `0.0.0.0`, `::` or `::ffff:127.0.0.1`) must be open in one
-//! of the gateway's processes (`socket:[INODE]` in `/proc/PID/fd`). A
+//! `127.0.0.1:PORT` could reach (local address `127.0.0.1`, `0.0.0.0`,
+//! `::` unless `IPV6_V6ONLY`, or `::ffff:127.0.0.1`; read from the
+//! kernel's socket diagnostics, [`super::sock_diag`], else from
+//! `/proc/self/net/tcp{,6}`) must be open in one of the gateway's
+//! processes (`socket:[INODE]` in `/proc/PID/fd`). A
 //! process that bound the port first (before the gateway started, or after
 //! it died), or one that shares it (`SO_REUSEPORT`), fails the check, and
 //! no key, prompt or health probe is sent to it.
@@ -29,11 +31,28 @@
 //! group; the child itself must be alive (a dead gateway's port is
 //! nobody's).
 //!
-//! Cheap: the listening inodes are read on every call (one small `/proc`
-//! file); the process walk runs only when they differ from the last
-//! verified ones, the gateway changed, or a connection failed. What is
-//! left is the moment between a check and the connection it allows (the
-//! gateway dying and an impostor binding within it).
+//! A set of listeners must include one that surely takes 127.0.0.1
+//! ([`Listeners::takes_v4`]); a lone `::` whose `IPV6_V6ONLY` is unknown
+//! (read from `/proc`) is not listening as far as the daemon is concerned.
+//!
+//! Cheap: the listeners are read on every call (one netlink dump of the
+//! listening sockets alone; `/proc/self/net/tcp` lists every TCP socket
+//! and costs milliseconds once there are hundreds, BENCHMARKS.md); the
+//! process walk runs only when they differ from the last verified ones
+//! (inode and cookie), the gateway changed, or a connection failed.
+//!
+//! The moment between a check and the connection it allows (the gateway
+//! dying and an impostor binding within it) is closed by
+//! [`super::gateway_connect`]: each new connection is confirmed against
+//! the verified listeners ([`KeyGate::confirm`]) once it is established,
+//! before any byte is written. What is left is what no socket check can
+//! see: a process allowed to ptrace the gateway (its own user, where Yama
+//! does not forbid it) owns the gateway's sockets and memory. Socket inode
+//! numbers are 32-bit and recur after 2^32 allocations (`get_next_ino`);
+//! the cookie beside each (64-bit, never reused) tells a recurring number
+//! from the verified socket, but the walk of `/proc/PID/fd` sees inodes
+//! only, so a gateway process holding any socket under the same number
+//! would pass it (and without netlink there are no cookies at all).
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
@@ -66,6 +85,10 @@ pub enum Refusal {
     Foreign(u16),
     #[error("cannot check who holds the gateway port: {0}")]
     Unreadable(String),
+    /// A new connection was dropped before any byte was sent: the port's
+    /// listeners were not the verified ones once it was established.
+    #[error("the gateway port {0} changed hands while the daemon connected to it")]
+    Changed(u16),
 }
 
 impl Refusal {
@@ -76,10 +99,88 @@ impl Refusal {
     }
 }
 
-/// Inodes of the listening sockets a connection to `127.0.0.1:port` could
-/// reach. Blocking: reads `/proc`.
-pub fn listeners(port: u16) -> io::Result<Vec<u64>> {
-    let mut out = BTreeSet::new();
+/// The listening sockets a connection to `127.0.0.1:port` could reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listeners {
+    /// (inode, cookie) of each, sorted; a pair read twice is kept twice
+    /// (two live sockets share an inode number only after the 32-bit
+    /// counter wrapped: the sets then differ instead of looking alike).
+    /// The cookie is 0 when read from `/proc`, which does not show it.
+    pub sockets: Vec<(u64, u64)>,
+    /// One of them surely takes IPv4 loopback (`127.0.0.1`, `0.0.0.0`,
+    /// `::ffff:127.0.0.1`, `::` known not `IPV6_V6ONLY`). While such a
+    /// socket listens, no other socket can listen where a connection to
+    /// `127.0.0.1:port` lands (Linux refuses the bind or the `listen`,
+    /// `SO_REUSEADDR` or not, unless both set `SO_REUSEPORT`). A `::`
+    /// socket read from `/proc` proves nothing: it may be `IPV6_V6ONLY`
+    /// (which the table does not show; Python's asyncio sets it on every
+    /// IPv6 listener), leaving 127.0.0.1 free for anyone.
+    pub takes_v4: bool,
+}
+
+impl Listeners {
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    pub fn inodes(&self) -> Vec<u64> {
+        self.sockets.iter().map(|&(inode, _)| inode).collect()
+    }
+
+    fn add(&mut self, inode: u64, cookie: u64, reach: Reach) {
+        if reach != Reach::No {
+            self.sockets.push((inode, cookie));
+            self.takes_v4 |= reach == Reach::Surely;
+        }
+    }
+}
+
+/// The listening sockets a connection to `127.0.0.1:port` could reach:
+/// from the kernel's socket diagnostics ([`super::sock_diag`]: listeners
+/// only, with cookies and `IPV6_V6ONLY`), else from `/proc`. Blocking.
+pub fn listeners(port: u16) -> io::Result<Listeners> {
+    match super::sock_diag::tcp_listeners() {
+        Ok(all) => {
+            let mut out = Listeners::default();
+            for l in all.iter().filter(|l| l.port == port) {
+                out.add(l.inode, l.cookie, diag_reach(l));
+            }
+            out.sockets.sort_unstable();
+            Ok(out)
+        }
+        // A kernel without inet_diag, or a sandbox without netlink.
+        Err(_) => proc_listeners(port),
+    }
+}
+
+fn diag_reach(l: &super::sock_diag::Listening) -> Reach {
+    match (l.v6, l.addr.as_slice()) {
+        (false, [127, 0, 0, 1] | [0, 0, 0, 0]) => Reach::Surely,
+        (false, _) => Reach::No,
+        (true, a) => {
+            let Ok(bytes) = <[u8; 16]>::try_from(a) else {
+                return Reach::No;
+            };
+            let ip = std::net::Ipv6Addr::from(bytes);
+            if ip.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST) {
+                Reach::Surely
+            } else if ip.is_unspecified() {
+                match l.v6only {
+                    Some(false) => Reach::Surely,
+                    Some(true) => Reach::No,
+                    None => Reach::Maybe,
+                }
+            } else {
+                Reach::No
+            }
+        }
+    }
+}
+
+/// [`listeners`] from `/proc/self/net/tcp{,6}` (every TCP socket: slow
+/// when there are many; no cookies; `::` only maybe reachable).
+pub fn proc_listeners(port: u16) -> io::Result<Listeners> {
+    let mut out = Listeners::default();
     for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
         match read_capped(path) {
             Ok(text) => parse_listeners(&text, port, v6, &mut out),
@@ -88,7 +189,8 @@ pub fn listeners(port: u16) -> io::Result<Vec<u64>> {
             Err(e) => return Err(e),
         }
     }
-    Ok(out.into_iter().collect())
+    out.sockets.sort_unstable();
+    Ok(out)
 }
 
 fn read_capped(path: &str) -> io::Result<String> {
@@ -102,10 +204,11 @@ fn read_capped(path: &str) -> io::Result<String> {
     Ok(text)
 }
 
-/// Add the inodes of `LISTEN` rows on `port` whose local address accepts
-/// connections to 127.0.0.1. Columns: `sl local rem st tx:rx tr:tm
-/// retrnsmt uid timeout inode`; addresses are hex words in host order.
-pub fn parse_listeners(text: &str, port: u16, v6: bool, out: &mut BTreeSet<u64>) {
+/// Add the `LISTEN` rows on `port` whose local address accepts
+/// connections to 127.0.0.1 (unsorted). Columns: `sl local rem st tx:rx
+/// tr:tm retrnsmt uid timeout inode`; addresses are hex words in host
+/// order.
+pub fn parse_listeners(text: &str, port: u16, v6: bool, out: &mut Listeners) {
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().take(10).collect();
         let [_, local, _, state, _, _, _, _, _, inode] = f[..] else {
@@ -120,13 +223,15 @@ pub fn parse_listeners(text: &str, port: u16, v6: bool, out: &mut BTreeSet<u64>)
         if u16::from_str_radix(p, 16).ok() != Some(port) {
             continue;
         }
-        let reaches = if v6 {
-            v6_reaches_loopback(addr)
+        let reach = if v6 {
+            v6_reach(addr)
+        } else if v4_word(addr).is_some_and(|a| a == [127, 0, 0, 1] || a == [0, 0, 0, 0]) {
+            Reach::Surely
         } else {
-            v4_word(addr).is_some_and(|a| a == [127, 0, 0, 1] || a == [0, 0, 0, 0])
+            Reach::No
         };
-        if let (true, Ok(n)) = (reaches, inode.parse::<u64>()) {
-            out.insert(n);
+        if let Ok(n) = inode.parse::<u64>() {
+            out.add(n, 0, reach);
         }
     }
 }
@@ -138,21 +243,37 @@ fn v4_word(hex: &str) -> Option<[u8; 4]> {
         .map(u32::to_ne_bytes)
 }
 
-/// `::` (dual-stack unless `IPV6_V6ONLY`, which the table does not show:
-/// counted, so a doubt fails closed) and `::ffff:127.0.0.1`.
-fn v6_reaches_loopback(hex: &str) -> bool {
+/// Whether a listener takes connections to 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    No,
+    /// `::`: dual-stack unless `IPV6_V6ONLY`, which the table does not
+    /// show; counted, so a doubt fails closed.
+    Maybe,
+    Surely,
+}
+
+/// `::` maybe, `::ffff:127.0.0.1` surely (a mapped address cannot be
+/// bound `IPV6_V6ONLY`: `EINVAL`).
+fn v6_reach(hex: &str) -> Reach {
     if hex.len() != 32 {
-        return false;
+        return Reach::No;
     }
     let mut bytes = [0u8; 16];
     for (i, chunk) in bytes.chunks_mut(4).enumerate() {
         match v4_word(&hex[i * 8..i * 8 + 8]) {
             Some(w) => chunk.copy_from_slice(&w),
-            None => return false,
+            None => return Reach::No,
         }
     }
     let ip = std::net::Ipv6Addr::from(bytes);
-    ip.is_unspecified() || ip.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST)
+    if ip.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST) {
+        Reach::Surely
+    } else if ip.is_unspecified() {
+        Reach::Maybe
+    } else {
+        Reach::No
+    }
 }
 
 /// The gateway's processes today: the child and its process group.
@@ -221,9 +342,10 @@ fn remove_open_sockets(pid: u32, unseen: &mut BTreeSet<u64>) -> io::Result<()> {
 /// What was last verified: these listening sockets belong to the gateway
 /// whose child is `child`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Verified {
+pub struct Verified {
+    port: u16,
     child: u32,
-    inodes: Vec<u64>,
+    listeners: Listeners,
 }
 
 /// The gateway's processes, given the child's pid. Blocking.
@@ -278,24 +400,37 @@ impl KeyGate {
 
     /// `Ok` when the port is held by the gateway the daemon started.
     pub async fn check(&self) -> Result<(), Refusal> {
+        self.verify().await.map(drop)
+    }
+
+    /// [`KeyGate::check`], returning what it verified.
+    pub async fn verify(&self) -> Result<Verified, Refusal> {
         let port = self
             .port
             .ok_or_else(|| Refusal::Unreadable("the gateway address has no port".into()))?;
         let child = self.status.borrow().pid.ok_or(Refusal::NoGateway)?;
-        let inodes = tokio::task::spawn_blocking(move || listeners(port))
+        let found = tokio::task::spawn_blocking(move || listeners(port))
             .await
             .map_err(|e| Refusal::Unreadable(e.to_string()))?
             .map_err(|e| Refusal::Unreadable(e.to_string()))?;
-        if inodes.is_empty() {
+        // A lone `::` listener of unknown IPV6_V6ONLY (from /proc) may
+        // leave 127.0.0.1 free for anyone to take, and the gateway is not
+        // where the daemon connects anyway (asyncio makes every IPv6
+        // listener V6ONLY; the gateway is told API_SERVER_HOST=127.0.0.1).
+        if !found.takes_v4 {
             return Err(Refusal::NotListening(port));
         }
-        let seen = Verified { child, inodes };
+        let seen = Verified {
+            port,
+            child,
+            listeners: found,
+        };
         let mut verified = self.verified.lock().await;
         if verified.as_ref() == Some(&seen) {
-            return Ok(());
+            return Ok(seen);
         }
         *verified = None;
-        let inodes = seen.inodes.clone();
+        let inodes = seen.listeners.inodes();
         let source = self.pids.get().cloned();
         let result = crate::identity::spawn_as_agent(move || {
             // A dead (or reaped and reused) child holds nothing of ours.
@@ -316,7 +451,7 @@ impl KeyGate {
         .and_then(|r| r);
         match &result {
             Ok(()) => {
-                *verified = Some(seen);
+                *verified = Some(seen.clone());
                 if self.refusing.swap(false, Ordering::Relaxed) {
                     tracing::info!(port, "the gateway port is held by the gateway again");
                 }
@@ -328,7 +463,42 @@ impl KeyGate {
                 }
             }
         }
-        result
+        result.map(|()| seen)
+    }
+
+    /// After a new connection to the port is established and before any
+    /// byte goes on it: `Ok` when the port's listeners are still exactly
+    /// `before` (verified before the connection was started) and its
+    /// gateway is still alive. A socket lives once: a listener found
+    /// before and after lived throughout, and while it did nothing else
+    /// could listen where the connection landed ([`Listeners::takes_v4`]),
+    /// so the connection is queued on it, whoever accepts it later.
+    /// Otherwise the connection is dropped and whoever holds the port now
+    /// is checked again: a foreign holder is that refusal; the gateway
+    /// itself (it restarted meanwhile) is [`Refusal::Changed`], worth a
+    /// retry.
+    pub async fn confirm(&self, before: &Verified) -> Result<(), Refusal> {
+        let (port, child) = (before.port, before.child);
+        let (now, alive) = tokio::task::spawn_blocking(move || {
+            let now = listeners(port);
+            // The agent's /proc entries are visible to the agent only.
+            let alive = crate::identity::as_agent(|| process::is_alive(child, None));
+            (now, alive)
+        })
+        .await
+        .map_err(|e| Refusal::Unreadable(e.to_string()))?;
+        let now = now.map_err(|e| Refusal::Unreadable(e.to_string()))?;
+        if alive && now == before.listeners {
+            return Ok(());
+        }
+        *self.verified.lock().await = None;
+        tracing::warn!(
+            port,
+            pid = child,
+            "dropped a new connection to the gateway port before sending anything: its listener changed between the check and the connection"
+        );
+        self.check().await?;
+        Err(Refusal::Changed(port))
     }
 
     /// `Bearer <key>` (sensitive), after [`KeyGate::check`].
@@ -364,9 +534,50 @@ pub async fn port_held(port: u16) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::io::BufRead;
     use std::os::unix::process::CommandExt;
+
+    /// A listener on `port` in another process (own process group, so
+    /// not one of this test's "gateway" processes): `python3`, which
+    /// accepts one connection, reports how many bytes it got, and keeps
+    /// listening until stopped.
+    pub(crate) struct Impostor {
+        child: std::process::Child,
+        out: std::io::BufReader<std::process::ChildStdout>,
+    }
+
+    pub(crate) fn spawn_impostor(port: u16) -> Impostor {
+        let script = format!(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nn=0\nwhile True:\n  try:\n    b=c.recv(65536)\n  except OSError:\n    break\n  if not b:\n    break\n  n+=len(b)\nprint(n,flush=True)\nimport time\ntime.sleep(120)\n"
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("python3");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready line");
+        assert_eq!(line.trim(), "ready");
+        Impostor { child, out }
+    }
+
+    impl Impostor {
+        /// Bytes read from the first connection, once it closed.
+        pub(crate) fn received(&mut self) -> Option<usize> {
+            let mut line = String::new();
+            self.out.read_line(&mut line).ok()?;
+            line.trim().parse().ok()
+        }
+
+        pub(crate) fn stop(mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 
     const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 111 1 0000000000000000 100 0 0 10 0
@@ -384,30 +595,49 @@ mod tests {
 
     #[test]
     fn only_listeners_reachable_at_loopback_on_the_port_count() {
-        let mut out = BTreeSet::new();
         // 8642 = 0x21C2; the table's words are little-endian on x86/arm.
         if cfg!(target_endian = "little") {
+            let mut out = Listeners::default();
             parse_listeners(TABLE, 8642, false, &mut out);
             parse_listeners(TABLE6, 8642, true, &mut out);
             // 127.0.0.1 and 0.0.0.0 yes; 127.0.0.2, an established
             // connection and another port no; [::] and ::ffff:127.0.0.1
             // yes, [::1] no.
-            assert_eq!(
-                out.into_iter().collect::<Vec<_>>(),
-                vec![111, 222, 666, 777]
-            );
+            assert_eq!(out.inodes(), vec![111, 222, 666, 777]);
+            assert!(out.takes_v4);
+
+            // `::` alone may be V6ONLY: reachable maybe, never proof that
+            // 127.0.0.1 is taken.
+            let mut only_any6 = Listeners::default();
+            let any6 = TABLE6.lines().take(2).collect::<Vec<_>>().join("\n");
+            parse_listeners(&any6, 8642, true, &mut only_any6);
+            assert_eq!(only_any6.inodes(), vec![666]);
+            assert!(!only_any6.takes_v4);
+            // ::ffff:127.0.0.1 alone surely takes it.
+            let mut mapped = Listeners::default();
+            let lines: Vec<&str> = TABLE6.lines().collect();
+            parse_listeners(&[lines[0], lines[2]].join("\n"), 8642, true, &mut mapped);
+            assert_eq!(mapped.inodes(), vec![777]);
+            assert!(mapped.takes_v4);
         }
-        let mut none = BTreeSet::new();
+        let mut none = Listeners::default();
         parse_listeners("header\ngarbage line\n 0: zz:zz", 8642, false, &mut none);
         assert!(none.is_empty());
+        assert!(!none.takes_v4);
     }
 
     #[test]
     fn a_listener_in_this_process_is_found_and_attributed() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
-        let inodes = listeners(port).expect("read /proc");
+        let found = listeners(port).expect("read /proc");
+        assert!(found.takes_v4);
+        let inodes = found.inodes();
         assert_eq!(inodes.len(), 1, "{inodes:?}");
+        // The same socket as /proc names it, with a cookie /proc lacks.
+        let from_proc = proc_listeners(port).expect("read /proc");
+        assert_eq!(from_proc.inodes(), inodes);
+        assert_ne!(found.sockets[0].1, 0, "a cookie from sock_diag");
         let me = std::process::id();
         assert_eq!(held_by(port, &inodes, &[me]), Ok(()));
         // Not held by a process that is not this one.
@@ -423,7 +653,42 @@ mod tests {
         assert!(listeners(port).expect("read /proc").is_empty());
     }
 
-    fn status_with_pid(pid: Option<u32>) -> watch::Sender<AgentStatus> {
+    #[test]
+    fn an_ipv6_only_listener_does_not_count_and_a_dual_stack_one_does() {
+        // Python's asyncio makes every IPv6 listener V6ONLY; so does this.
+        let mut v6only = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\ns.bind(('::',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ninput()",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(v6only.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("port line");
+        let port: u16 = line.trim().parse().expect("port");
+        let found = listeners(port);
+        let _ = v6only.kill();
+        let _ = v6only.wait();
+        let found = found.expect("listeners");
+        assert!(found.is_empty(), "{found:?}");
+
+        // std leaves IPV6_V6ONLY at the system's default
+        // (net.ipv6.bindv6only, 0 unless set: dual-stack).
+        let dual = std::net::TcpListener::bind("[::]:0").expect("bind [::]");
+        let port = dual.local_addr().expect("addr").port();
+        let found = listeners(port).expect("listeners");
+        let v6only_default =
+            std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "1");
+        if !v6only_default {
+            assert_eq!(found.sockets.len(), 1, "{found:?}");
+            assert!(found.takes_v4, "a dual-stack [::] takes 127.0.0.1");
+        }
+    }
+
+    pub(crate) fn status_with_pid(pid: Option<u32>) -> watch::Sender<AgentStatus> {
         let mut st = AgentStatus::initial(crate::agent::Desired::Running);
         st.pid = pid;
         watch::channel(st).0
@@ -448,24 +713,9 @@ mod tests {
         // "ours") takes the port.
         drop(l);
         assert_eq!(gate.check().await, Err(Refusal::NotListening(port)));
-        let mut impostor = std::process::Command::new("python3")
-            .args([
-                "-c",
-                &format!(
-                    "import socket,sys,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(30)"
-                ),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(impostor.stdout.take().expect("stdout"));
-        std::io::BufRead::read_line(&mut out, &mut line).expect("ready line");
-        assert_eq!(line.trim(), "ready");
+        let impostor = spawn_impostor(port);
         let refused = gate.bearer().await;
-        let _ = impostor.kill();
-        let _ = impostor.wait();
+        impostor.stop();
         assert_eq!(refused, Err(Refusal::Foreign(port)));
 
         // No gateway process: nothing to check against.
@@ -494,7 +744,7 @@ mod cross_user {
         let uid = var("GW_SOCKET_UID").to_string();
         let agent = crate::identity::resolve(Some(&uid), Some(&uid)).expect("identity");
         crate::identity::set_agent(agent);
-        let inodes = listeners(port).expect("read /proc");
+        let inodes = listeners(port).expect("read /proc").inodes();
         assert!(!inodes.is_empty(), "nothing listens on {port}");
         let other = var("GW_SOCKET_OTHER_PID");
         let (mine, not_mine) = crate::identity::as_agent(|| {

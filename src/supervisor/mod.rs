@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod cgroup;
 mod exits;
+pub mod gateway_connect;
 pub mod gateway_socket;
 mod health;
 mod leftovers;
@@ -18,6 +19,7 @@ pub mod managed;
 pub mod probe;
 pub mod process;
 mod records;
+pub mod sock_diag;
 mod spawn;
 
 use spawn::{

@@ -1,12 +1,15 @@
 //! HTTP probes of the gateway: `/health` (readiness and liveness, with the
 //! version) and `/v1/capabilities` (which API runs should use). Each goes
 //! out only when the port is held by the gateway the supervisor started
-//! ([`KeyGate`]): an answer from anything else is not readiness.
+//! ([`KeyGate`], and on a new connection [`gateway_connect`]): an answer
+//! from anything else is not readiness.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::{GatewayEndpoint, KeyGate};
+use crate::supervisor::gateway_connect;
+use crate::supervisor::gateway_socket::Refusal;
 
 /// Calls the gateway's own API on loopback.
 #[derive(Clone)]
@@ -27,23 +30,21 @@ pub enum HealthError {
     Failed(String),
 }
 
-/// The client for the gateway's loopback API: never through a proxy
-/// (a proxy would see the key and the prompts), no redirects, and no
-/// root certificates (plain HTTP on loopback; loading the system's CA
-/// bundle cost every daemon ~0.3 MiB, BENCHMARKS.md "Idle memory").
-pub fn loopback_client(connect_timeout: Duration) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(connect_timeout)
+impl From<Refusal> for HealthError {
+    fn from(r: Refusal) -> Self {
+        if r.is_foreign() {
+            HealthError::NotOurs(r.to_string())
+        } else {
+            HealthError::Failed(r.to_string())
+        }
+    }
 }
 
 impl Prober {
     /// No fallback to a default client when this fails: that one would
     /// honour the environment's proxies.
     pub fn new(endpoint: GatewayEndpoint, gate: Arc<KeyGate>) -> Result<Prober, reqwest::Error> {
-        let client = loopback_client(Duration::from_secs(2))
+        let client = gateway_connect::client(&gate, Duration::from_secs(2))
             .pool_max_idle_per_host(1)
             .build()?;
         Ok(Prober {
@@ -56,17 +57,11 @@ impl Prober {
     /// `Ok(version)` when `/health` answers 2xx with `status: ok` (or no
     /// status field); `Err(why)` otherwise.
     pub async fn health(&self, timeout: Duration) -> Result<Option<String>, HealthError> {
-        match self.gate.check().await {
-            Ok(()) => {}
-            Err(e) if e.is_foreign() => return Err(HealthError::NotOurs(e.to_string())),
-            Err(e) => return Err(HealthError::Failed(e.to_string())),
-        }
-        self.health_unchecked(timeout)
-            .await
-            .map_err(HealthError::Failed)
+        self.gate.check().await?;
+        self.health_unchecked(timeout).await
     }
 
-    async fn health_unchecked(&self, timeout: Duration) -> Result<Option<String>, String> {
+    async fn health_unchecked(&self, timeout: Duration) -> Result<Option<String>, HealthError> {
         let url = format!("{}/health", self.endpoint.base_url);
         let resp = self
             .client
@@ -77,18 +72,21 @@ impl Prober {
             .map_err(|e| self.failed(e))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(format!("/health answered {}", status.as_u16()));
+            return Err(HealthError::Failed(format!(
+                "/health answered {}",
+                status.as_u16()
+            )));
         }
         let body: serde_json::Value = resp
             .json()
             .await
-            .map_err(|e| format!("/health body: {}", describe(e)))?;
+            .map_err(|e| HealthError::Failed(format!("/health body: {}", describe(e))))?;
         match body.get("status").and_then(|s| s.as_str()) {
             None | Some("ok") => Ok(body
                 .get("version")
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)),
-            Some(other) => Err(format!("/health status is {other:?}")),
+            Some(other) => Err(HealthError::Failed(format!("/health status is {other:?}"))),
         }
     }
 
@@ -103,7 +101,7 @@ impl Prober {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.failed(e).to_string())?;
         if !resp.status().is_success() {
             return Err(format!(
                 "/v1/capabilities answered {}",
@@ -117,13 +115,17 @@ impl Prober {
 }
 
 impl Prober {
-    /// Describe a failed request; a failed connection means whoever holds
-    /// the port is checked again before the next one.
-    fn failed(&self, e: reqwest::Error) -> String {
+    /// Describe a failed request: the gate's refusal when it dropped the
+    /// connection; any other failed connection means whoever holds the
+    /// port is checked again before the next one.
+    fn failed(&self, e: reqwest::Error) -> HealthError {
+        if let Some(r) = gateway_connect::refusal_of(&e) {
+            return r.into();
+        }
         if e.is_connect() {
             self.gate.invalidate();
         }
-        describe(e)
+        HealthError::Failed(describe(e))
     }
 }
 
