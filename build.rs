@@ -17,12 +17,13 @@
 //!    uses by default on x86_64-unknown-linux-gnu since 1.90: left out when
 //!    a linker is configured (`RUSTC_LINKER`, or `linker` in the
 //!    rustflags), with an older rustc, or with
-//!    `HERMES_TENANTD_NO_SYMBOL_ORDER=1`.
+//!    `TENANTD_BUILD_NO_SYMBOL_ORDER=1` (not `HERMES_TENANTD_*`: the daemon
+//!    reads those as configuration and refuses unknown ones).
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=link/symbol-order.txt");
-    println!("cargo:rerun-if-env-changed=HERMES_TENANTD_NO_SYMBOL_ORDER");
+    println!("cargo:rerun-if-env-changed=TENANTD_BUILD_NO_SYMBOL_ORDER");
     println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     let linux_gnu = env("CARGO_CFG_TARGET_OS") == "linux" && env("CARGO_CFG_TARGET_ENV") == "gnu";
@@ -33,7 +34,7 @@ fn main() {
         && rustc_minor().is_some_and(|minor| minor >= 90)
         && env("RUSTC_LINKER").is_empty()
         && !env("CARGO_ENCODED_RUSTFLAGS").contains("link");
-    let opted_out = !env("HERMES_TENANTD_NO_SYMBOL_ORDER").is_empty();
+    let opted_out = !env("TENANTD_BUILD_NO_SYMBOL_ORDER").is_empty();
     let order = std::path::Path::new(&env("CARGO_MANIFEST_DIR")).join("link/symbol-order.txt");
     if lld_by_default && !opted_out && order.is_file() {
         println!(
