@@ -34,7 +34,11 @@ fn fake_release(w: &GatewayWorld, version: &str, mode: Mode) {
     let env = match mode {
         Mode::Good => String::new(),
         Mode::FailsHealth => "export FAKE_GW_NEVER_READY=1\n".into(),
-        Mode::Exits78 => "export FAKE_GW_EXIT_AFTER=0.01 FAKE_GW_EXIT_CODE=78\n".into(),
+        // Never opens the port: a fake that served for its 10 ms could
+        // pass the gate before its exit (the port check takes ~35 µs).
+        Mode::Exits78 => {
+            "export FAKE_GW_NO_LISTEN=1 FAKE_GW_EXIT_AFTER=0.01 FAKE_GW_EXIT_CODE=78\n".into()
+        }
         Mode::CrashesAfter(s) => format!("export FAKE_GW_EXIT_AFTER={s} FAKE_GW_EXIT_CODE=1\n"),
     };
     let script = format!(
