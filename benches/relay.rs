@@ -35,7 +35,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 mod common;
-use common::{cpu_secs, env_or, free_port, spawn_daemon, write_private};
+use common::{cpu_secs, env_or, free_port, machine_busy_secs, spawn_daemon, write_private};
 
 const TOKEN: &str = "bench-credential-0123456789abcdef";
 const TENANT: &str = "bench";
@@ -329,25 +329,6 @@ async fn one_run(
         .await
         .map_err(|e| e.to_string())?;
     count(resp).await
-}
-
-/// Busy CPU seconds of the whole machine so far (`/proc/stat`, all but
-/// idle and iowait).
-fn machine_busy_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else {
-        return 0.0;
-    };
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let total: u64 = f.iter().take(8).sum();
-    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    total.saturating_sub(idle) as f64 / hz as f64
 }
 
 /// One phase: events/s, and CPU µs per event of source, daemon, client,

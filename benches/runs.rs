@@ -3,7 +3,9 @@
 //! directly, 100 subscribers on one run, and the daemon's RSS meanwhile.
 //! Prints figures; asserts nothing.
 //!
-//! `cargo bench --bench runs` (`BENCH_EVENTS=20000` events per run).
+//! `cargo bench --bench runs` (`BENCH_EVENTS=20000` events per run,
+//! `BENCH_ROUNDS=3` throughput rounds, `BENCH_PIN=1` to give the fake
+//! gateway a CPU of its own and the daemon and the client the other).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ const TOKEN: &str = "bench-credential-0123456789abcdef";
 const TENANT: &str = "bench";
 
 mod common;
-use common::{cpu_secs, free_port, spawn_daemon, status_kib, write_private};
+use common::{cpu_secs, free_port, machine_busy_secs, spawn_daemon, status_kib, write_private};
 
 fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
@@ -37,8 +39,13 @@ async fn drain(resp: reqwest::Response) -> (usize, Vec<f64>) {
     let mut lat = Vec::new();
     while let Some(Ok(chunk)) = body.next().await {
         buf.extend_from_slice(&chunk);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
+        // Whole lines, then what is left moved to the front once per chunk
+        // (a drain per line is quadratic in the chunk's size, and the
+        // daemon sends many events per chunk).
+        let mut start = 0;
+        while let Some(pos) = memchr::memchr(b'\n', &buf[start..]) {
+            let line = &buf[start..start + pos];
+            start += pos + 1;
             if let Some(data) = line.strip_prefix(b"data: ") {
                 n += 1;
                 if let Ok(v) = serde_json::from_slice::<Value>(data) {
@@ -51,8 +58,79 @@ async fn drain(resp: reqwest::Response) -> (usize, Vec<f64>) {
                 }
             }
         }
+        buf.drain(..start);
     }
     (n, lat)
+}
+
+/// CPU seconds of the gateway, the daemon and this process (the client),
+/// and the machine's busy seconds, at one moment.
+struct Usage {
+    at: Instant,
+    gateway: f64,
+    daemon: f64,
+    client: f64,
+    machine: f64,
+}
+
+/// One phase: events/s, CPU µs per event of each process, busy cores.
+struct PhaseUse {
+    rate: f64,
+    gateway_us: f64,
+    daemon_us: f64,
+    client_us: f64,
+    cores: f64,
+}
+
+impl Usage {
+    fn now(gateway: u32, daemon: u32, client: u32) -> Usage {
+        Usage {
+            at: Instant::now(),
+            gateway: cpu_secs(gateway),
+            daemon: cpu_secs(daemon),
+            client: cpu_secs(client),
+            machine: machine_busy_secs(),
+        }
+    }
+
+    /// From `before` to now, for `n` events timed at `took`.
+    fn since(self, before: &Usage, n: usize, took: Duration) -> PhaseUse {
+        let per = |a: f64, b: f64| (a - b) * 1e6 / n.max(1) as f64;
+        PhaseUse {
+            rate: n as f64 / took.as_secs_f64(),
+            gateway_us: per(self.gateway, before.gateway),
+            daemon_us: per(self.daemon, before.daemon),
+            client_us: per(self.client, before.client),
+            cores: (self.machine - before.machine) / (self.at - before.at).as_secs_f64(),
+        }
+    }
+}
+
+/// The gateway's pid, as the daemon reports it.
+async fn agent_pid(client: &reqwest::Client, base: &str) -> u32 {
+    let v: Value = client
+        .get(format!("{base}/agent"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("agent")
+        .json()
+        .await
+        .expect("json");
+    v["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .expect("gateway pid")
+}
+
+/// Every thread of `pid` (and the threads it starts later) to one CPU.
+fn pin_to(pid: u32, cpu: usize) {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset failed for pid {pid}");
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -68,6 +146,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let pin = std::env::var("BENCH_PIN").is_ok_and(|v| v == "1");
     let dir = tempfile::tempdir().expect("tempdir");
     let cred = dir.path().join("credential");
     write_private(&cred, TOKEN);
@@ -76,7 +159,8 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "tenant_id = \"{TENANT}\"\ndata_dir = \"{data}\"\n[listen]\naddr = \"127.0.0.1:0\"\n[auth]\ncredential_file = \"{cred}\"\n[log]\nformat = \"json\"\nlevel = \"warn,hermes_tenantd::daemon=info\"\n[gateway]\ncommand = \"python3 {gw}\"\nhermes_home = \"{home}\"\nport = {port}\nstart_timeout = \"20s\"\n[runs]\nsubscribers_per_run = 200\n",
+            "tenant_id = \"{TENANT}\"\ndata_dir = \"{data}\"\n[listen]\naddr = \"127.0.0.1:0\"\n[auth]\ncredential_file = \"{cred}\"\n[log]\nformat = \"json\"\nlevel = \"warn,hermes_tenantd::daemon=info\"\n[gateway]\ncommand = \"python3 {gw}\"\nhermes_home = \"{home}\"\nport = {port}\nstart_timeout = \"20s\"\n[runs]\nsubscribers_per_run = 200\n[store]\nsynchronous = \"{sync}\"\n",
+            sync = std::env::var("BENCH_SYNC").unwrap_or_else(|_| "full".to_owned()),
             data = dir.path().join("data").display(),
             cred = cred.display(),
             gw = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_gateway.py"),
@@ -130,23 +214,59 @@ fn main() {
         };
 
         println!("hermes-tenantd run relay benchmark (fake gateway in Python)");
-        // Throughput: as fast as the fake gateway emits.
-        let (dn, dt, _) = direct(format!("events:{events}")).await;
-        let cpu_before = cpu_secs(pid);
-        let (vn, vt, _) = via(format!("events:{events}")).await;
-        let cpu = cpu_secs(pid) - cpu_before;
-        let d_rate = dn as f64 / dt.as_secs_f64();
-        let v_rate = vn as f64 / vt.as_secs_f64();
-        println!("  throughput, {events} events as fast as the gateway emits:");
-        println!("    direct from the gateway: {d_rate:>9.0} events/s");
-        println!("    through the daemon:      {v_rate:>9.0} events/s ({:.2} x direct)", v_rate / d_rate);
-        // What the relay costs, whatever the other two processes get of
-        // the machine's cores: parse, persist, fan out, write.
+        let gw_pid = agent_pid(&client, &base).await;
+        if pin {
+            // The source on a core of its own in both phases; the daemon
+            // and the client share the other. Whether the relay keeps up
+            // with a source that is not starved by it.
+            pin_to(gw_pid, 0);
+            pin_to(pid, 1);
+            pin_to(std::process::id(), 1);
+        }
+        // Throughput: as fast as the fake gateway emits, `rounds` rounds of
+        // (direct, through the daemon); medians. CPU per event of each
+        // process, and the machine's busy cores, over each phase.
+        let me = std::process::id();
+        let (mut ratios, mut d_rates, mut v_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rows = Vec::new();
+        for _ in 0..rounds {
+            let p0 = Usage::now(gw_pid, pid, me);
+            let (dn, dt, _) = direct(format!("events:{events}")).await;
+            let d = Usage::now(gw_pid, pid, me).since(&p0, dn, dt);
+            let p0 = Usage::now(gw_pid, pid, me);
+            let (vn, vt, _) = via(format!("events:{events}")).await;
+            let v = Usage::now(gw_pid, pid, me).since(&p0, vn, vt);
+            ratios.push(v.rate / d.rate);
+            d_rates.push(d.rate);
+            v_rates.push(v.rate);
+            rows.push((d, v));
+        }
         println!(
-            "    daemon CPU:              {:.2} µs per event ({:.0} % of a core while relaying)",
-            cpu * 1e6 / vn.max(1) as f64,
-            cpu * 100.0 / vt.as_secs_f64()
+            "  throughput, {events} events as fast as the gateway emits, {rounds} rounds{}:",
+            if pin { ", gateway pinned to CPU 0, daemon and client to CPU 1" } else { "" }
         );
+        println!(
+            "    through the daemon / direct: {:.2} (median; {:.2}-{:.2}); direct {:.0} events/s, through the daemon {:.0}",
+            pct(&mut ratios.clone(), 0.5),
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+            pct(&mut d_rates, 0.5),
+            pct(&mut v_rates, 0.5),
+        );
+        println!("    CPU µs per event (busy cores of the machine over the phase):");
+        println!("      {:<10} {:>10} {:>9} {:>9} {:>9} {:>9}", "phase", "events/s", "gateway", "daemon", "client", "cores");
+        for (d, v) in &rows {
+            for (name, u) in [("direct", d), ("daemon", v)] {
+                println!(
+                    "      {name:<10} {:>10.0} {:>9.2} {:>9} {:>9.2} {:>9.2}",
+                    u.rate,
+                    u.gateway_us,
+                    if name == "direct" { "-".to_owned() } else { format!("{:.2}", u.daemon_us) },
+                    u.client_us,
+                    u.cores
+                );
+            }
+        }
 
         // Latency at a paced rate.
         let paced = format!("events:{} rate:1000", (events / 10).max(500));

@@ -58,6 +58,25 @@ pub fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / hz as f64
 }
 
+/// Busy CPU seconds of the whole machine so far (`/proc/stat`, all but
+/// idle and iowait).
+pub fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    total.saturating_sub(idle) as f64 / hz as f64
+}
+
 /// A loopback port free a moment ago (for the gateway the daemon starts).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures_util::{FutureExt, Stream, StreamExt};
 use serde_json::{Value, json};
 
 use super::event_ids::RunIds;
@@ -24,6 +25,17 @@ struct FrameHead<'a> {
     event: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     delta: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Most chunks already read that join one batch ([`FrameRelay::burst`]).
+const COALESCE_CHUNKS: usize = 64;
+
+/// What [`FrameRelay::burst`] took.
+pub(super) struct Burst {
+    /// `Ok(true)` once the terminal event was taken.
+    pub(super) taken: Result<bool, LineTooLong>,
+    /// The stream ended (or failed) after the chunks taken.
+    pub(super) ended: bool,
 }
 
 /// The reading side of one run's stream at the gateway.
@@ -58,11 +70,54 @@ impl<'a> FrameRelay<'a> {
         }
     }
 
-    /// One body chunk: every frame it completes is numbered into the batch,
-    /// which is then sent (a chunk with more than a batch holds is sent as
-    /// several). `Ok(true)` once the terminal event is sent: frames after
-    /// it are not relayed.
-    pub(super) async fn chunk(
+    /// `first` and the chunks of `stream` that are already read (at most
+    /// [`COALESCE_CHUNKS`] more), as one batch, then sent. The gateway
+    /// writes a chunk per event or few: a burst then goes out as one batch,
+    /// so one broadcast, one log write and one chunk per subscriber, while
+    /// a lone event is still sent at once. Bounded, so a gateway that never
+    /// pauses cannot keep the relay from yielding.
+    pub(super) async fn burst<S, B, E>(
+        &mut self,
+        first: &[u8],
+        stream: &mut S,
+        seq: &mut Sequencer,
+        outcome: &mut Outcome,
+    ) -> Burst
+    where
+        S: Stream<Item = Result<B, E>> + Unpin,
+        B: AsRef<[u8]>,
+    {
+        let mut taken = self.take(first, seq, outcome).await;
+        let mut ended = false;
+        for _ in 0..COALESCE_CHUNKS {
+            if !matches!(taken, Ok(false)) {
+                break;
+            }
+            let mut ready = stream.next().now_or_never();
+            if ready.is_none() {
+                // The HTTP connection's task decodes the next chunk only
+                // when asked: let it run once.
+                tokio::task::yield_now().await;
+                ready = stream.next().now_or_never();
+            }
+            match ready {
+                Some(Some(Ok(more))) => taken = self.take(more.as_ref(), seq, outcome).await,
+                Some(_) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        seq.flush().await;
+        Burst { taken, ended }
+    }
+
+    /// One body chunk: every frame it completes is numbered into the
+    /// sequencer's batch (a full batch is sent on the way); the caller adds
+    /// the chunks that are already read, then flushes. `Ok(true)` once the
+    /// terminal event is taken: frames after it are not relayed.
+    pub(super) async fn take(
         &mut self,
         chunk: &[u8],
         seq: &mut Sequencer,
@@ -80,7 +135,6 @@ impl<'a> FrameRelay<'a> {
         // The vector's capacity is kept for the next chunk.
         frames.clear();
         self.frames = frames;
-        seq.flush().await;
         Ok(terminal)
     }
 
@@ -312,12 +366,8 @@ mod tests {
         {
             let mut frames = FrameRelay::new(&store, RUN, GW, &active);
             for c in chunks {
-                ended.push(
-                    frames
-                        .chunk(c, &mut seq, &mut outcome)
-                        .await
-                        .expect("chunk"),
-                );
+                ended.push(frames.take(c, &mut seq, &mut outcome).await.expect("chunk"));
+                seq.flush().await;
             }
         }
         drop(seq);
@@ -332,6 +382,69 @@ mod tests {
             .expect("log");
         let committed = *active.committed.borrow();
         (batches, ended, log, committed, outcome)
+    }
+
+    /// A burst of chunks that are all already read is one batch; the
+    /// bound holds, and the end of the stream is seen.
+    #[tokio::test]
+    async fn chunks_already_read_join_one_batch_up_to_the_bound() {
+        let (_dir, store, active) = world().await;
+        let mut live = active.events.subscribe();
+        let (writer, writer_task) = spawn_writer(store.clone(), RUN.into(), active.clone());
+        let mut seq = Sequencer::new(active.clone(), writer);
+        let mut outcome = Outcome::default();
+        let n = COALESCE_CHUNKS + 5;
+        let chunks: Vec<Result<Vec<u8>, std::convert::Infallible>> =
+            (1..n).map(|i| Ok(delta(i).into_bytes())).collect();
+        let mut stream = futures_util::stream::iter(chunks);
+        let mut frames = FrameRelay::new(&store, RUN, GW, &active);
+        let first = delta(0);
+        let b = frames
+            .burst(first.as_bytes(), &mut stream, &mut seq, &mut outcome)
+            .await;
+        assert!(matches!(b.taken, Ok(false)) && !b.ended);
+        let batch = live.try_recv().expect("one batch");
+        assert_eq!(
+            seqs(&batch),
+            (1..=COALESCE_CHUNKS as i64 + 1).collect::<Vec<_>>(),
+            "the first chunk and {COALESCE_CHUNKS} ready ones, in order"
+        );
+        assert!(live.try_recv().is_err(), "nothing else sent yet");
+        // The rest, then the end of the stream.
+        let next = delta(COALESCE_CHUNKS + 1);
+        let b = frames
+            .burst(next.as_bytes(), &mut stream, &mut seq, &mut outcome)
+            .await;
+        assert!(matches!(b.taken, Ok(false)) && b.ended, "the end is seen");
+        let batch = live.try_recv().expect("second batch");
+        assert_eq!(
+            batch.first().map(|e| e.seq),
+            Some(COALESCE_CHUNKS as i64 + 2)
+        );
+        assert_eq!(batch.last().map(|e| e.seq), Some(n as i64 + 1));
+        drop(frames);
+        drop(seq);
+        writer_task.await.expect("writer");
+        assert_eq!(*active.committed.borrow(), n as i64 + 1);
+    }
+
+    /// A chunk that is not read yet is not waited for: the batch goes.
+    #[tokio::test]
+    async fn a_lone_chunk_is_sent_without_waiting_for_more() {
+        let (_dir, store, active) = world().await;
+        let mut live = active.events.subscribe();
+        let (writer, _writer_task) = spawn_writer(store.clone(), RUN.into(), active.clone());
+        let mut seq = Sequencer::new(active.clone(), writer);
+        let mut outcome = Outcome::default();
+        let mut stream =
+            futures_util::stream::pending::<Result<Vec<u8>, std::convert::Infallible>>();
+        let mut frames = FrameRelay::new(&store, RUN, GW, &active);
+        let first = delta(0);
+        let b = frames
+            .burst(first.as_bytes(), &mut stream, &mut seq, &mut outcome)
+            .await;
+        assert!(matches!(b.taken, Ok(false)) && !b.ended);
+        assert_eq!(seqs(&live.try_recv().expect("sent at once")), [1]);
     }
 
     #[tokio::test]

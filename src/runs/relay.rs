@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::frames::{FrameRelay, observe, update};
+use super::frames::{Burst, FrameRelay, observe, update};
 use super::gateway::{GatewayError, SseParser, capabilities_have_runs};
 use super::record::{self, MAX_OUTPUT_BYTES, Outcome, now_secs};
 use super::sequencer::{Sequencer, spawn_writer};
@@ -184,7 +184,11 @@ async fn relay(
         };
         let Some(chunk) = chunk else { break };
         let Ok(chunk) = chunk else { break };
-        match frames.chunk(&chunk, seq, outcome).await {
+        let Burst { taken, ended } = frames.burst(&chunk, &mut stream, seq, outcome).await;
+        if ended && matches!(taken, Ok(false)) {
+            break;
+        }
+        match taken {
             Ok(false) => {}
             Ok(true) => return Ok(()),
             Err(_) => {
