@@ -5,11 +5,39 @@
 //! `127.0.0.1:PORT` could reach (local address `127.0.0.1`, `0.0.0.0`,
 //! `::` unless `IPV6_V6ONLY`, or `::ffff:127.0.0.1`; read from the
 //! kernel's socket diagnostics, [`super::sock_diag`], else from
-//! `/proc/self/net/tcp{,6}`) must be open in one of the gateway's
-//! processes (`socket:[INODE]` in `/proc/PID/fd`). A
+//! `/proc/self/net/tcp{,6}`) must be open in the gateway process itself
+//! (`socket:[INODE]` in `/proc/CHILD/fd`). A
 //! process that bound the port first (before the gateway started, or after
 //! it died), or one that shares it (`SO_REUSEPORT`), fails the check, and
 //! no key, prompt or health probe is sent to it.
+//!
+//! Who is credited: the supervised child alone, the pid the supervisor
+//! spawned and has not reaped, and only while that pid is still the
+//! process it spawned (its start time, field 22 of `/proc/PID/stat`, read
+//! again after the descriptor walk: a pid cannot be reused while its
+//! process lives, so a match after the walk means the walk read the
+//! gateway's own table). Not its process group, not the agent's cgroup:
+//! those hold the agent's own tools, which run what strangers' text asks
+//! for as the gateway's user. hermes-agent 0.19.0 closes its API listener
+//! first on SIGTERM and exits later, so a tool could `kill -TERM` the
+//! gateway and bind the port in between; crediting the group or the cgroup
+//! let that listener pass.
+//!
+//! Why the child itself is the listener's process, for every supported
+//! start path (checked against hermes-agent 0.19.0): the daemon executes
+//! the command directly (no shell, `env` or `setpriv`: the identity switch
+//! is done between fork and exec, [`super::process::spawn`]); a release's
+//! or a venv's `bin/hermes` is a pip console script whose shebang (or, for
+//! a long interpreter path, `/bin/sh` `exec` trampoline) runs Python in
+//! place; `hermes gateway run` serves the API in-process
+//! (`asyncio.run(start_gateway())` in `hermes_cli/gateway.py`,
+//! `web.TCPSite` in `gateway/platforms/api_server.py`, no `reuse_port`).
+//! A command that forks and leaves the gateway in a grandchild (`uv run`,
+//! a shell script without `exec`) is not supported: its port is refused as
+//! foreign, the gateway never gets a request (docs/agent.md "Limits"). Python
+//! sockets are not inheritable (PEP 446), so the gateway's tool
+//! subprocesses do not share its listener; one that did would be using
+//! the gateway's own socket, not an impostor's.
 //!
 //! Why this and not the socket's uid: in production the gateway runs as
 //! the agent's user, and so does the agent's own shell, which is exactly
@@ -26,11 +54,6 @@
 //! made itself non-dumpable cannot be inspected and fails the check
 //! (closed).
 //!
-//! The gateway's processes are a plain pid list: the agent's cgroup
-//! (`cgroup.procs`) when there is one, else the child and its process
-//! group; the child itself must be alive (a dead gateway's port is
-//! nobody's).
-//!
 //! A set of listeners must include one that surely takes 127.0.0.1
 //! ([`Listeners::takes_v4`]); a lone `::` whose `IPV6_V6ONLY` is unknown
 //! (read from `/proc`) is not listening as far as the daemon is concerned.
@@ -38,7 +61,7 @@
 //! Cheap: the listeners are read on every call (one netlink dump of the
 //! listening sockets alone; `/proc/self/net/tcp` lists every TCP socket
 //! and costs milliseconds once there are hundreds, BENCHMARKS.md); the
-//! process walk runs only when they differ from the last verified ones
+//! descriptor walk runs only when they differ from the last verified ones
 //! (inode and cookie), the gateway changed, or a connection failed.
 //!
 //! The moment between a check and the connection it allows (the gateway
@@ -46,8 +69,10 @@
 //! [`super::gateway_connect`]: each new connection is confirmed against
 //! the verified listeners ([`KeyGate::confirm`]) once it is established,
 //! before any byte is written. What is left is what no socket check can
-//! see: a process allowed to ptrace the gateway (its own user, where Yama
-//! does not forbid it) owns the gateway's sockets and memory. Socket inode
+//! see: whatever runs inside the gateway process is the gateway (a process
+//! allowed to ptrace it, its own user where Yama does not forbid it; code
+//! the gateway loads from the agent-writable Hermes home, such as a user
+//! plugin enabled in `config.yaml`). Socket inode
 //! numbers are 32-bit and recur after 2^32 allocations (`get_next_ino`);
 //! the cookie beside each (64-bit, never reused) tells a recurring number
 //! from the verified socket, but the walk of `/proc/PID/fd` sees inodes
@@ -56,8 +81,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use reqwest::header::HeaderValue;
 use tokio::sync::watch;
@@ -276,24 +300,6 @@ fn v6_reach(hex: &str) -> Reach {
     }
 }
 
-/// The gateway's processes today: the child and its process group.
-/// Blocking: walks `/proc`.
-pub fn gateway_pids(child: u32) -> Vec<u32> {
-    let mut pids = vec![child];
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if pid != child && process::stat(pid).is_some_and(|s| s.pgrp == child && s.state != 'Z') {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 /// `Ok` when every inode in `inodes` is open in one of `pids`. Blocking;
 /// reads the agent's `/proc/PID/fd`, so call it as the agent
 /// ([`crate::identity::as_agent`]).
@@ -339,17 +345,56 @@ fn remove_open_sockets(pid: u32, unseen: &mut BTreeSet<u64>) -> io::Result<()> {
     Ok(())
 }
 
-/// What was last verified: these listening sockets belong to the gateway
-/// whose child is `child`.
+/// The supervised child: its pid and, when the supervisor published it,
+/// its start time (so a recycled pid is not taken for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Child {
+    pub pid: u32,
+    pub start_time: Option<u64>,
+}
+
+impl Child {
+    /// Alive and still the process the supervisor spawned. Blocking;
+    /// reads the agent's `/proc/PID/stat`.
+    fn is_alive(self) -> bool {
+        process::is_alive(self.pid, self.start_time)
+    }
+}
+
+/// The gateway's child now, from the supervisor's status.
+fn current_child(status: &watch::Receiver<AgentStatus>) -> Option<Child> {
+    let st = status.borrow();
+    st.pid.map(|pid| Child {
+        pid,
+        start_time: st.pid_start_time,
+    })
+}
+
+/// What was last verified: these listening sockets are open in the
+/// gateway's child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     port: u16,
-    child: u32,
+    child: Child,
     listeners: Listeners,
 }
 
-/// The gateway's processes, given the child's pid. Blocking.
-pub type PidSource = Box<dyn Fn(u32) -> Vec<u32> + Send + Sync>;
+/// `Ok` when every listener in `inodes` is open in the child itself and
+/// the child is still the process the supervisor spawned after the walk
+/// (see the module doc). Blocking; call it as the agent.
+fn held_by_child(port: u16, inodes: &[u64], child: Child) -> Result<(), Refusal> {
+    // A dead (or reaped and reused) child holds nothing of ours.
+    if !child.is_alive() {
+        return Err(Refusal::NoGateway);
+    }
+    let held = held_by(port, inodes, &[child.pid]);
+    // Alive after the walk: it was the child throughout, so the walk read
+    // the child's own descriptors.
+    if !child.is_alive() {
+        return Err(Refusal::NoGateway);
+    }
+    held
+}
 
 /// The gate in front of the gateway key: [`KeyGate::bearer`] is the only
 /// way to the `Authorization` header, and it answers only after the check.
@@ -357,12 +402,11 @@ pub struct KeyGate {
     port: Option<u16>,
     bearer: Option<HeaderValue>,
     status: watch::Receiver<AgentStatus>,
-    /// Set once by the supervisor when the agent has a cgroup; else
-    /// [`gateway_pids`].
-    pids: std::sync::OnceLock<Arc<PidSource>>,
     verified: tokio::sync::Mutex<Option<Verified>>,
     /// Set while refusing, so a refusal episode logs one line.
     refusing: AtomicBool,
+    /// Reads of the port's listeners so far ([`KeyGate::listener_reads`]).
+    reads: AtomicU64,
 }
 
 impl std::fmt::Debug for KeyGate {
@@ -386,16 +430,10 @@ impl KeyGate {
             port,
             bearer,
             status,
-            pids: std::sync::OnceLock::new(),
             verified: tokio::sync::Mutex::new(None),
             refusing: AtomicBool::new(false),
+            reads: AtomicU64::new(0),
         }
-    }
-
-    /// Where the gateway's pids come from (the agent's cgroup); the first
-    /// call wins.
-    pub fn set_pid_source(&self, source: PidSource) {
-        let _ = self.pids.set(Arc::new(source));
     }
 
     /// `Ok` when the port is held by the gateway the daemon started.
@@ -408,7 +446,8 @@ impl KeyGate {
         let port = self
             .port
             .ok_or_else(|| Refusal::Unreadable("the gateway address has no port".into()))?;
-        let child = self.status.borrow().pid.ok_or(Refusal::NoGateway)?;
+        let child = current_child(&self.status).ok_or(Refusal::NoGateway)?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let found = tokio::task::spawn_blocking(move || listeners(port))
             .await
             .map_err(|e| Refusal::Unreadable(e.to_string()))?
@@ -431,24 +470,10 @@ impl KeyGate {
         }
         *verified = None;
         let inodes = seen.listeners.inodes();
-        let source = self.pids.get().cloned();
-        let result = crate::identity::spawn_as_agent(move || {
-            // A dead (or reaped and reused) child holds nothing of ours.
-            if !process::is_alive(child, None) {
-                return Err(Refusal::NoGateway);
-            }
-            let mut pids = match source {
-                Some(f) => f(child),
-                None => gateway_pids(child),
-            };
-            if !pids.contains(&child) {
-                pids.insert(0, child);
-            }
-            held_by(port, &inodes, &pids)
-        })
-        .await
-        .map_err(|e| Refusal::Unreadable(e.to_string()))
-        .and_then(|r| r);
+        let result = crate::identity::spawn_as_agent(move || held_by_child(port, &inodes, child))
+            .await
+            .map_err(|e| Refusal::Unreadable(e.to_string()))
+            .and_then(|r| r);
         match &result {
             Ok(()) => {
                 *verified = Some(seen.clone());
@@ -459,11 +484,30 @@ impl KeyGate {
             Err(Refusal::NoGateway | Refusal::NotListening(_)) => {}
             Err(e) => {
                 if !self.refusing.swap(true, Ordering::Relaxed) {
-                    tracing::error!(port, pid = child, reason = %e, "not talking to the gateway port: it is not held by the gateway the daemon started");
+                    tracing::error!(port, pid = child.pid, reason = %e, "not talking to the gateway port: it is not held by the gateway the daemon started");
                 }
             }
         }
         result.map(|()| seen)
+    }
+
+    /// What [`KeyGate::confirm`] compares a new connection against, taken
+    /// before it is started: the last verification when it is for the
+    /// current child (the request's own pre-check, [`KeyGate::bearer`] or
+    /// [`KeyGate::check`], has just made or matched it), else a fresh
+    /// [`KeyGate::verify`]. Reusing it spares a read of the listeners per
+    /// new connection (two instead of three) and opens no window: the
+    /// confirm reads them after the connect, and a listener found in the
+    /// verification and again after the connect (same inode and cookie)
+    /// lived throughout, whenever the verification was.
+    pub async fn before_connect(&self) -> Result<Verified, Refusal> {
+        let child = current_child(&self.status);
+        if let Some(v) = self.verified.lock().await.as_ref() {
+            if Some(v.child) == child {
+                return Ok(v.clone());
+            }
+        }
+        self.verify().await
     }
 
     /// After a new connection to the port is established and before any
@@ -479,10 +523,11 @@ impl KeyGate {
     /// retry.
     pub async fn confirm(&self, before: &Verified) -> Result<(), Refusal> {
         let (port, child) = (before.port, before.child);
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let (now, alive) = tokio::task::spawn_blocking(move || {
             let now = listeners(port);
             // The agent's /proc entries are visible to the agent only.
-            let alive = crate::identity::as_agent(|| process::is_alive(child, None));
+            let alive = crate::identity::as_agent(|| child.is_alive());
             (now, alive)
         })
         .await
@@ -494,7 +539,7 @@ impl KeyGate {
         *self.verified.lock().await = None;
         tracing::warn!(
             port,
-            pid = child,
+            pid = child.pid,
             "dropped a new connection to the gateway port before sending anything: its listener changed between the check and the connection"
         );
         self.check().await?;
@@ -507,6 +552,13 @@ impl KeyGate {
         self.bearer
             .clone()
             .ok_or_else(|| Refusal::Unreadable("the gateway key is not a valid header".into()))
+    }
+
+    /// How many times the gate has read the port's listeners (the cost
+    /// the bench and the tests count: one per kept-alive request, two per
+    /// new connection).
+    pub fn listener_reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// Forget the last verification (a connection failed: whoever holds
@@ -721,6 +773,57 @@ pub(crate) mod tests {
         // No gateway process: nothing to check against.
         status.send_modify(|s| s.pid = None);
         assert_eq!(gate.check().await, Err(Refusal::NoGateway));
+    }
+
+    /// A "gateway" leading its own process group (as the supervisor spawns
+    /// it) that holds no listener, and its subprocess in the same group
+    /// (the agent's shell tool) listening on a port: the gateway's port,
+    /// taken by the tool after the gateway closed its listener. Returns
+    /// the gateway and the port.
+    fn spawn_gateway_whose_tool_holds_the_port() -> (std::process::Child, u16) {
+        let tool = "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ntime.sleep(120)";
+        let gateway = format!(
+            "import subprocess,sys,time\nsubprocess.Popen([sys.executable,'-c',{tool:?}])\ntime.sleep(120)"
+        );
+        let mut gw = std::process::Command::new("python3")
+            .args(["-c", &gateway])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("python3");
+        let mut out = std::io::BufReader::new(gw.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("port line");
+        (gw, line.trim().parse().expect("port"))
+    }
+
+    #[tokio::test]
+    async fn a_listener_of_another_process_in_the_gateways_group_is_foreign() {
+        let (mut gw, port) = spawn_gateway_whose_tool_holds_the_port();
+        let status = status_with_pid(Some(gw.id()));
+        let gate = KeyGate::new(Some(port), "gate-test-key-0123456789", status.subscribe());
+        let refused = gate.bearer().await;
+        let alive = process::is_alive(gw.id(), None);
+        // SAFETY: plain syscall on the group this test created.
+        unsafe { libc::kill(-(gw.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = gw.wait();
+        assert!(alive, "the gateway was alive throughout");
+        assert_eq!(refused.err(), Some(Refusal::Foreign(port)));
+    }
+
+    #[tokio::test]
+    async fn a_pid_that_is_no_longer_the_spawned_process_holds_nothing() {
+        // This test process plays the gateway; the status names its pid
+        // with another start time (the gateway died, its pid was reused).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let me = process::stat(std::process::id()).expect("own stat");
+        let status = status_with_pid(Some(std::process::id()));
+        status.send_modify(|s| s.pid_start_time = Some(me.start_time + 1));
+        let gate = KeyGate::new(Some(port), "gate-test-key-0123456789", status.subscribe());
+        assert_eq!(gate.check().await, Err(Refusal::NoGateway));
+        status.send_modify(|s| s.pid_start_time = Some(me.start_time));
+        assert_eq!(gate.check().await, Ok(()));
     }
 }
 
