@@ -16,6 +16,7 @@ mod health;
 mod leftovers;
 pub mod logs;
 pub mod managed;
+pub mod port_listeners;
 pub mod probe;
 pub mod process;
 mod records;
