@@ -406,17 +406,30 @@ pub(crate) mod tests {
         let script = format!(
             "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nn=0\nwhile True:\n  try:\n    b=c.recv(65536)\n  except OSError:\n    break\n  if not b:\n    break\n  n+=len(b)\nprint(n,flush=True)\nimport time\ntime.sleep(120)\n"
         );
+        let (child, out, line) = python_leading_its_group(&script);
+        assert_eq!(line.trim(), "ready");
+        Impostor { child, out }
+    }
+
+    /// `python3 -c script` leading its own process group (as the
+    /// supervisor spawns the gateway), and the first line it printed.
+    fn python_leading_its_group(
+        script: &str,
+    ) -> (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+        String,
+    ) {
         let mut child = std::process::Command::new("python3")
-            .args(["-c", &script])
+            .args(["-c", script])
             .stdout(std::process::Stdio::piped())
             .process_group(0)
             .spawn()
             .expect("python3");
         let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        out.read_line(&mut line).expect("ready line");
-        assert_eq!(line.trim(), "ready");
-        Impostor { child, out }
+        out.read_line(&mut line).expect("first line");
+        (child, out, line)
     }
 
     impl Impostor {
@@ -505,15 +518,8 @@ pub(crate) mod tests {
         let gateway = format!(
             "import subprocess,sys,time\nsubprocess.Popen([sys.executable,'-c',{tool:?}])\ntime.sleep(120)"
         );
-        let mut gw = std::process::Command::new("python3")
-            .args(["-c", &gateway])
-            .stdout(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("python3");
-        let mut out = std::io::BufReader::new(gw.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("port line");
+        // The tool inherits the gateway's stdout and prints its port there.
+        let (gw, _out, line) = python_leading_its_group(&gateway);
         (gw, line.trim().parse().expect("port"))
     }
 
