@@ -119,6 +119,7 @@ impl Refusal {
     }
 }
 
+/// `Ok` when every inode in `inodes` is open in one of `pids`. Blocking;
 /// reads the agent's `/proc/PID/fd`, so call it as the agent
 /// ([`crate::identity::as_agent`]).
 pub fn held_by(port: u16, inodes: &[u64], pids: &[u32]) -> Result<(), Refusal> {
