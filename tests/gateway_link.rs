@@ -301,9 +301,27 @@ async fn the_gateways_own_tool_taking_its_port_while_it_shuts_down_gets_nothing(
     let still = d.get_json("/agent").await;
     assert_eq!(still["pid"].as_u64(), Some(pid as u64), "{still}");
     let id = start_run(&d).await;
-    wait_last_error(&d, FOREIGN).await;
-    d.wait_for_log("not talking to the gateway port", Duration::from_secs(10))
-        .await;
+    // The refusal (health probe or run, whichever checks first), logged
+    // once per episode whatever `last_error` says by then; or, had the
+    // accomplice passed for the gateway, what it read.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refusal = loop {
+        let read: Vec<String> = accomplice_log(&w)
+            .into_iter()
+            .filter(|l| l.starts_with("read"))
+            .collect();
+        assert!(read.is_empty(), "the accomplice read: {read:?}");
+        let logs = d.logs();
+        if let Some(l) = logs
+            .iter()
+            .find(|l| l.contains("not talking to the gateway port"))
+        {
+            break l.clone();
+        }
+        assert!(Instant::now() < deadline, "no refusal: {logs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(refusal.contains(FOREIGN), "{refusal}");
     // Whatever becomes of the run (the daemon replaces the unhealthy
     // gateway), the accomplice never read a byte: no health probe, no
     // key, no prompt.
