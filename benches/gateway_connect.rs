@@ -2,9 +2,11 @@
 //! from `supervisor::gateway_connect::client` with `KeyGate::bearer` before
 //! each request, against its limit, a plain loopback client sending the
 //! same request to the same server, interleaved round by round. Two
-//! shapes: a new connection per request (check + verify before the
-//! connect, confirm after it: three reads of the port's listeners) and a
-//! kept-alive connection (the check alone: one read). Then one read alone,
+//! shapes: a new connection per request (the check before the connect,
+//! whose verification the connector layer reuses, and the confirm after
+//! it: two reads of the port's listeners) and a kept-alive connection (the
+//! check alone: one read); the reads per request are counted
+//! (`KeyGate::listener_reads`) and printed. Then one read alone,
 //! from netlink (`sock_diag`) and from `/proc/self/net/tcp{,6}`. This
 //! process plays the gateway (its own listener, its own pid as the
 //! child).
@@ -145,6 +147,7 @@ fn main() {
             run(&p, None, &url, 10).await;
             run(&g, Some(&gate), &url, 10).await;
             let (mut plain_us, mut gated_us) = (Vec::new(), Vec::new());
+            let reads_before = gate.listener_reads();
             for round in 0..rounds {
                 // Alternate which goes first so drift falls on both.
                 let order = if round % 2 == 0 {
@@ -160,8 +163,9 @@ fn main() {
                 }
             }
             let (pm, gm) = (median(plain_us.clone()), median(gated_us.clone()));
+            let reads = (gate.listener_reads() - reads_before) as f64 / (rounds * n) as f64;
             println!(
-                "{name}: plain {pm:.1} µs/request (rounds {}), gated {gm:.1} µs/request (rounds {}), {:.2} x, +{:.1} µs",
+                "{name}: plain {pm:.1} µs/request (rounds {}), gated {gm:.1} µs/request (rounds {}), {:.2} x, +{:.1} µs, {reads:.2} reads of the listeners per gated request",
                 fmt(&plain_us),
                 fmt(&gated_us),
                 gm / pm,

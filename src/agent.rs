@@ -100,6 +100,10 @@ pub struct AgentStatus {
     /// Who set `desired` last.
     pub desired_by: DesiredBy,
     pub pid: Option<u32>,
+    /// Start time of `pid` (field 22 of `/proc/PID/stat`), set with it:
+    /// the key gate credits that process alone, never a recycled pid.
+    #[serde(skip)]
+    pub pid_start_time: Option<u64>,
     /// RFC 3339 time of the last state change.
     pub since: String,
     /// Seconds the current gateway process has been `running`.
@@ -127,6 +131,7 @@ impl AgentStatus {
             desired,
             desired_by: DesiredBy::Operator,
             pid: None,
+            pid_start_time: None,
             since: crate::store::ms_to_rfc3339(crate::store::now_ms()),
             uptime_s: None,
             restarts: 0,

@@ -89,6 +89,7 @@ async fn keys_are_write_only_and_reserved_names_are_refused() {
         "HERMES_HOME",
         "HERMES_TENANTD_DATA_DIR",
         "HERMES_GATEWAY_MAX_STARTS",
+        "HERMES_DEV",
         "CORP_TOKEN",
         "BILLING_ACCOUNT",
     ] {

@@ -29,6 +29,14 @@ request, so a test can flip modes while the process runs or between spawns):
   POST /fake/crash {"signal": N}: die by signal N now (default SIGSEGV)
   version      version reported by /health                            [0.19.0-fake]
   no_listen    never open the port at all                             [false]
+  term_close_listener  on SIGTERM close the listening socket and stay
+               alive (hermes-agent 0.19.0 closes its API listener first
+               and exits after its teardown), until killed            [false]
+  accomplice   once listening, start a process in the gateway's group
+               and cgroup (the agent's shell tool) that binds the port
+               as soon as it is free and answers like a healthy gateway,
+               logging to `accomplice.log`: "bound", then "connection"
+               per accepted connection and "read <bytes>" per request   [false]
   reject_managed  exit 78 (EX_CONFIG) at start when the managed
                `HERMES_MANAGED_DIR/config.yaml` contains this text     [none]
   mcp_fail     at start, log to `HERMES_HOME/logs/errors.log` that the MCP
@@ -37,7 +45,8 @@ request, so a test can flip modes while the process runs or between spawns):
 
 What it did is written under `HERMES_HOME/fake_gateway/` for the tests to
 read: `spawns.log` ("pid start_time" per start), `grandchild.<pid>` (the
-grandchild's pid), `events.log` ("pid sigterm planned=true|false").
+grandchild's pid), `events.log` ("pid sigterm planned=true|false"),
+`accomplice.log` (see `accomplice`).
 
 Extending it: add a handler to ROUTES (method, path) -> function(handler,
 state) and return `(status, json_body)`; prefix routes (e.g. `/v1/runs/`)
@@ -276,6 +285,54 @@ def spawn_grandchild(state):
     return p
 
 
+# The agent's shell tool taking the gateway's port (switch `accomplice`):
+# argv port, log path. Exits when its parent (the gateway) is gone.
+ACCOMPLICE = r"""
+import os, socket, sys, time
+port, log, parent = int(sys.argv[1]), sys.argv[2], os.getppid()
+def note(line):
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+s = None
+while s is None:
+    if os.getppid() != parent:
+        sys.exit(0)
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        c.bind(("127.0.0.1", port))
+        c.listen()
+        s = c
+    except OSError:
+        c.close()
+        time.sleep(0.005)
+note("bound")
+s.settimeout(0.2)
+body = b'{"status":"ok","platform":"hermes-agent","version":"accomplice"}'
+while os.getppid() == parent:
+    try:
+        conn, _ = s.accept()
+    except socket.timeout:
+        continue
+    note("connection")
+    conn.settimeout(2)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    if data:
+        note("read " + repr(data[:400]))
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    conn.close()
+"""
+
+
 def main():
     state = State()
     Handler.state = state
@@ -285,6 +342,7 @@ def main():
     state.record("spawns.log", f"{pid} {proc_start_time(pid)}")
     done = threading.Event()
     exit_code = [1]
+    servers = []
 
     def on_term(signum, frame):
         planned = False
@@ -296,6 +354,11 @@ def main():
         state.record("events.log", f"{pid} sigterm planned={'true' if planned else 'false'}")
         if state.setting("ignore_term", False):
             print(f"fake-gateway {pid}: ignoring SIGTERM", flush=True)
+            return
+        if state.setting("term_close_listener", False):
+            print(f"fake-gateway {pid}: SIGTERM: closing the listener, exiting later", flush=True)
+            for server in servers:
+                threading.Thread(target=lambda s=server: (s.shutdown(), s.server_close())).start()
             return
         # The real gateway exits 1 on SIGTERM on purpose (0 after a planned stop).
         exit_code[0] = int(state.setting("term_exit_code", 1))
@@ -335,7 +398,14 @@ def main():
     if not state.setting("no_listen", False):
         server = ThreadingHTTPServer((host, port), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # shutdown() waits for serve_forever's next poll (0.5 s by default):
+        # close the listener about as soon as 0.19.0 does (~70 ms).
+        poll = 0.05 if state.setting("term_close_listener", False) else 0.5
+        threading.Thread(target=server.serve_forever, args=(poll,), daemon=True).start()
+        servers.append(server)
+        if state.setting("accomplice", False):
+            log = state.records / "accomplice.log"
+            subprocess.Popen([sys.executable, "-c", ACCOMPLICE, str(port), str(log)])
     print(f"fake-gateway {pid}: listening on {host}:{port}", flush=True)
     print(f"fake-gateway {pid}: a line on stderr", file=sys.stderr, flush=True)
 

@@ -264,3 +264,71 @@ async fn an_impostor_on_the_port_after_the_gateway_died_gets_no_key() {
         impostor.heads()
     );
 }
+
+/// Lines of the fake gateway's accomplice log (`accomplice` switch).
+fn accomplice_log(w: &GatewayWorld) -> Vec<String> {
+    std::fs::read_to_string(w.home().join("fake_gateway/accomplice.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_gateways_own_tool_taking_its_port_while_it_shuts_down_gets_nothing() {
+    // hermes-agent 0.19.0 closes its API listener first on SIGTERM and
+    // exits after its teardown. The agent's shell tool (the gateway's
+    // user, group and cgroup) can stop it and bind the port in between:
+    // a process of the gateway's own group, while the gateway lives.
+    let w = GatewayWorld::new()
+        .fake("term_close_listener", "1")
+        .fake("accomplice", "1");
+    let d = w.daemon().await;
+    let agent = w.wait_agent(&d, "running").await;
+    let pid = agent["pid"].as_u64().expect("pid") as libc::pid_t;
+    // The tool's `kill -TERM`.
+    // SAFETY: plain syscall on the gateway this test's daemon started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !accomplice_log(&w).iter().any(|l| l == "bound") {
+        assert!(
+            Instant::now() < deadline,
+            "the accomplice never bound the port"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The gateway is still alive: the port changed hands, not the process.
+    let still = d.get_json("/agent").await;
+    assert_eq!(still["pid"].as_u64(), Some(pid as u64), "{still}");
+    let id = start_run(&d).await;
+    // The refusal (health probe or run, whichever checks first), logged
+    // once per episode whatever `last_error` says by then; or, had the
+    // accomplice passed for the gateway, what it read.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refusal = loop {
+        let read: Vec<String> = accomplice_log(&w)
+            .into_iter()
+            .filter(|l| l.starts_with("read"))
+            .collect();
+        assert!(read.is_empty(), "the accomplice read: {read:?}");
+        let logs = d.logs();
+        if let Some(l) = logs
+            .iter()
+            .find(|l| l.contains("not talking to the gateway port"))
+        {
+            break l.clone();
+        }
+        assert!(Instant::now() < deadline, "no refusal: {logs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(refusal.contains(FOREIGN), "{refusal}");
+    // Whatever becomes of the run (the daemon replaces the unhealthy
+    // gateway), the accomplice never read a byte: no health probe, no
+    // key, no prompt.
+    wait_ended(&d, &id).await;
+    let log = accomplice_log(&w);
+    assert!(
+        !log.iter().any(|l| l.starts_with("read")),
+        "the accomplice read: {log:?}"
+    );
+}

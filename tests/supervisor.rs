@@ -241,6 +241,8 @@ async fn starts_to_running_with_managed_scope_capabilities_and_logs() {
     // backoff), in the scope that wins over the tenant's .env and in the
     // process environment.
     assert!(text.contains("\nHERMES_GATEWAY_MAX_STARTS=0\n"), "{text}");
+    // No container-mode re-exec: the child stays the gateway.
+    assert!(text.contains("\nHERMES_DEV=1\n"), "{text}");
     let pid = v["pid"].as_u64().expect("pid");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
     assert!(

@@ -29,6 +29,7 @@ pub const BUILTIN_RESERVED: &[&str] = &[
     "HERMES_GATEWAY_EXTERNAL_SUPERVISOR",
     "HERMES_GATEWAY_MAX_STARTS",
     "HERMES_GATEWAY_START_WINDOW_S",
+    "HERMES_DEV",
 ];
 /// Prefixes reserved by the platform.
 pub const BUILTIN_RESERVED_PREFIXES: &[&str] = &["API_SERVER_", "HERMES_TENANTD_"];

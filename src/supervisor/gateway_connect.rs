@@ -8,12 +8,14 @@
 //! the port in that moment, and receive the gateway key and a run's
 //! prompt. [`ConfirmLayer`] wraps reqwest's connector
 //! (`ClientBuilder::connector_layer`, reqwest 0.12.28): before the connect
-//! it takes what the gate verifies ([`KeyGate::verify`]: the listening
-//! sockets and the gateway's child); after the TCP handshake it reads the
-//! port's listeners again ([`KeyGate::confirm`]) and fails the connection
-//! unless they are the same sockets and the child is alive. reqwest writes
-//! the request only on a connection its connector returned, so a failed
-//! one has carried nothing.
+//! it takes what the gate verified ([`KeyGate::before_connect`]: the
+//! listening sockets and the gateway's child, from the request's own
+//! pre-check when there was one, so a new connection costs two reads of
+//! the listeners, not three); after the TCP handshake it reads the port's
+//! listeners again ([`KeyGate::confirm`]) and fails the connection unless
+//! they are the same sockets and the child is alive. reqwest writes the
+//! request only on a connection its connector returned, so a failed one
+//! has carried nothing.
 //!
 //! Why the listener and not the accepted socket: the server's socket may
 //! still sit in the accept queue, unowned, when the connect returns, and
@@ -26,7 +28,7 @@
 //! no other socket listen where the connection lands (no `SO_REUSEPORT`:
 //! the gate refuses a shared port, and hermes-agent 0.19.0 does not set
 //! it). So the connection is queued on the verified listener, and only the
-//! gateway's processes hold that.
+//! gateway's child holds that.
 //!
 //! Pooled keep-alive connections are not checked again: each was checked
 //! when made, is the gateway's accepted socket, and dies with it.
@@ -130,7 +132,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let gate = self.gate.clone();
         Box::pin(async move {
-            let before = gate.verify().await?;
+            let before = gate.before_connect().await?;
             let conn = inner.call(req).await.map_err(Into::into)?;
             // Dropping `conn` on a refusal closes it unwritten.
             gate.confirm(&before).await?;
@@ -307,7 +309,9 @@ mod tests {
             }
             (accepted, heads)
         });
+        let mut reads = Vec::new();
         for _ in 0..2 {
+            let before = gate.listener_reads();
             let bearer = gate.bearer().await.expect("our own listener");
             let resp = http
                 .get(format!("http://127.0.0.1:{port}/health"))
@@ -316,7 +320,11 @@ mod tests {
                 .await
                 .expect("the gateway answers");
             assert_eq!(resp.text().await.expect("body"), "ok");
+            reads.push(gate.listener_reads() - before);
         }
+        // A new connection: the pre-check and the confirm (the layer takes
+        // the pre-check's verification); a kept-alive one: the pre-check.
+        assert_eq!(reads, [2, 1], "reads of the listeners per request");
         let (accepted, heads) = server.await.expect("server");
         assert_eq!(accepted, 1, "the second request reused the connection");
         assert!(

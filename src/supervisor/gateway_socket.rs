@@ -5,11 +5,39 @@
 //! `127.0.0.1:PORT` could reach (local address `127.0.0.1`, `0.0.0.0`,
 //! `::` unless `IPV6_V6ONLY`, or `::ffff:127.0.0.1`; read from the
 //! kernel's socket diagnostics, [`super::sock_diag`], else from
-//! `/proc/self/net/tcp{,6}`) must be open in one of the gateway's
-//! processes (`socket:[INODE]` in `/proc/PID/fd`). A
+//! `/proc/self/net/tcp{,6}`) must be open in the gateway process itself
+//! (`socket:[INODE]` in `/proc/CHILD/fd`). A
 //! process that bound the port first (before the gateway started, or after
 //! it died), or one that shares it (`SO_REUSEPORT`), fails the check, and
 //! no key, prompt or health probe is sent to it.
+//!
+//! Who is credited: the supervised child alone, the pid the supervisor
+//! spawned and has not reaped, and only while that pid is still the
+//! process it spawned (its start time, field 22 of `/proc/PID/stat`, read
+//! again after the descriptor walk: a pid cannot be reused while its
+//! process lives, so a match after the walk means the walk read the
+//! gateway's own table). Not its process group, not the agent's cgroup:
+//! those hold the agent's own tools, which run what strangers' text asks
+//! for as the gateway's user. hermes-agent 0.19.0 closes its API listener
+//! first on SIGTERM and exits later, so a tool could `kill -TERM` the
+//! gateway and bind the port in between; crediting the group or the cgroup
+//! let that listener pass.
+//!
+//! Why the child itself is the listener's process, for every supported
+//! start path (checked against hermes-agent 0.19.0): the daemon executes
+//! the command directly (no shell, `env` or `setpriv`: the identity switch
+//! is done between fork and exec, [`super::process::spawn`]); a release's
+//! or a venv's `bin/hermes` is a pip console script whose shebang (or, for
+//! a long interpreter path, `/bin/sh` `exec` trampoline) runs Python in
+//! place; `hermes gateway run` serves the API in-process
+//! (`asyncio.run(start_gateway())` in `hermes_cli/gateway.py`,
+//! `web.TCPSite` in `gateway/platforms/api_server.py`, no `reuse_port`).
+//! A command that forks and leaves the gateway in a grandchild (`uv run`,
+//! a shell script without `exec`) is not supported: its port is refused as
+//! foreign, the gateway never gets a request (docs/agent.md "Limits"). Python
+//! sockets are not inheritable (PEP 446), so the gateway's tool
+//! subprocesses do not share its listener; one that did would be using
+//! the gateway's own socket, not an impostor's.
 //!
 //! Why this and not the socket's uid: in production the gateway runs as
 //! the agent's user, and so does the agent's own shell, which is exactly
@@ -26,11 +54,6 @@
 //! made itself non-dumpable cannot be inspected and fails the check
 //! (closed).
 //!
-//! The gateway's processes are a plain pid list: the agent's cgroup
-//! (`cgroup.procs`) when there is one, else the child and its process
-//! group; the child itself must be alive (a dead gateway's port is
-//! nobody's).
-//!
 //! A set of listeners must include one that surely takes 127.0.0.1
 //! ([`Listeners::takes_v4`]); a lone `::` whose `IPV6_V6ONLY` is unknown
 //! (read from `/proc`) is not listening as far as the daemon is concerned.
@@ -38,7 +61,7 @@
 //! Cheap: the listeners are read on every call (one netlink dump of the
 //! listening sockets alone; `/proc/self/net/tcp` lists every TCP socket
 //! and costs milliseconds once there are hundreds, BENCHMARKS.md); the
-//! process walk runs only when they differ from the last verified ones
+//! descriptor walk runs only when they differ from the last verified ones
 //! (inode and cookie), the gateway changed, or a connection failed.
 //!
 //! The moment between a check and the connection it allows (the gateway
@@ -46,8 +69,10 @@
 //! [`super::gateway_connect`]: each new connection is confirmed against
 //! the verified listeners ([`KeyGate::confirm`]) once it is established,
 //! before any byte is written. What is left is what no socket check can
-//! see: a process allowed to ptrace the gateway (its own user, where Yama
-//! does not forbid it) owns the gateway's sockets and memory. Socket inode
+//! see: whatever runs inside the gateway process is the gateway (a process
+//! allowed to ptrace it, its own user where Yama does not forbid it; code
+//! the gateway loads from the agent-writable Hermes home, such as a user
+//! plugin enabled in `config.yaml`). Socket inode
 //! numbers are 32-bit and recur after 2^32 allocations (`get_next_ino`);
 //! the cookie beside each (64-bit, never reused) tells a recurring number
 //! from the verified socket, but the walk of `/proc/PID/fd` sees inodes
@@ -55,24 +80,19 @@
 //! would pass it (and without netlink there are no cookies at all).
 
 use std::collections::BTreeSet;
-use std::io::{self, Read};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use reqwest::header::HeaderValue;
 use tokio::sync::watch;
 
 use crate::agent::AgentStatus;
 
+pub use super::port_listeners::{Listeners, listeners, port_held, proc_listeners};
 use super::process;
 
-/// Largest `/proc/net/tcp{,6}` read (about 50,000 sockets): past it the
-/// answer would be partial, so the check fails instead.
-const MAX_TABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// Most descriptors looked at per process.
 const MAX_FDS: usize = 65_536;
-/// `/proc/net/tcp` state of a listening socket.
-const TCP_LISTEN: &str = "0A";
 
 /// Why the key was not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,201 +117,6 @@ impl Refusal {
     pub fn is_foreign(&self) -> bool {
         matches!(self, Refusal::Foreign(_) | Refusal::Unreadable(_))
     }
-}
-
-/// The listening sockets a connection to `127.0.0.1:port` could reach.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Listeners {
-    /// (inode, cookie) of each, sorted; a pair read twice is kept twice
-    /// (two live sockets share an inode number only after the 32-bit
-    /// counter wrapped: the sets then differ instead of looking alike).
-    /// The cookie is 0 when read from `/proc`, which does not show it.
-    pub sockets: Vec<(u64, u64)>,
-    /// One of them surely takes IPv4 loopback (`127.0.0.1`, `0.0.0.0`,
-    /// `::ffff:127.0.0.1`, `::` known not `IPV6_V6ONLY`). While such a
-    /// socket listens, no other socket can listen where a connection to
-    /// `127.0.0.1:port` lands (Linux refuses the bind or the `listen`,
-    /// `SO_REUSEADDR` or not, unless both set `SO_REUSEPORT`). A `::`
-    /// socket read from `/proc` proves nothing: it may be `IPV6_V6ONLY`
-    /// (which the table does not show; Python's asyncio sets it on every
-    /// IPv6 listener), leaving 127.0.0.1 free for anyone.
-    pub takes_v4: bool,
-}
-
-impl Listeners {
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
-    }
-
-    pub fn inodes(&self) -> Vec<u64> {
-        self.sockets.iter().map(|&(inode, _)| inode).collect()
-    }
-
-    fn add(&mut self, inode: u64, cookie: u64, reach: Reach) {
-        if reach != Reach::No {
-            self.sockets.push((inode, cookie));
-            self.takes_v4 |= reach == Reach::Surely;
-        }
-    }
-}
-
-/// The listening sockets a connection to `127.0.0.1:port` could reach:
-/// from the kernel's socket diagnostics ([`super::sock_diag`]: listeners
-/// only, with cookies and `IPV6_V6ONLY`), else from `/proc`. Blocking.
-pub fn listeners(port: u16) -> io::Result<Listeners> {
-    match super::sock_diag::tcp_listeners() {
-        Ok(all) => {
-            let mut out = Listeners::default();
-            for l in all.iter().filter(|l| l.port == port) {
-                out.add(l.inode, l.cookie, diag_reach(l));
-            }
-            out.sockets.sort_unstable();
-            Ok(out)
-        }
-        // A kernel without inet_diag, or a sandbox without netlink.
-        Err(_) => proc_listeners(port),
-    }
-}
-
-fn diag_reach(l: &super::sock_diag::Listening) -> Reach {
-    match (l.v6, l.addr.as_slice()) {
-        (false, [127, 0, 0, 1] | [0, 0, 0, 0]) => Reach::Surely,
-        (false, _) => Reach::No,
-        (true, a) => {
-            let Ok(bytes) = <[u8; 16]>::try_from(a) else {
-                return Reach::No;
-            };
-            let ip = std::net::Ipv6Addr::from(bytes);
-            if ip.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST) {
-                Reach::Surely
-            } else if ip.is_unspecified() {
-                match l.v6only {
-                    Some(false) => Reach::Surely,
-                    Some(true) => Reach::No,
-                    None => Reach::Maybe,
-                }
-            } else {
-                Reach::No
-            }
-        }
-    }
-}
-
-/// [`listeners`] from `/proc/self/net/tcp{,6}` (every TCP socket: slow
-/// when there are many; no cookies; `::` only maybe reachable).
-pub fn proc_listeners(port: u16) -> io::Result<Listeners> {
-    let mut out = Listeners::default();
-    for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
-        match read_capped(path) {
-            Ok(text) => parse_listeners(&text, port, v6, &mut out),
-            // A kernel without IPv6 has no tcp6 table.
-            Err(e) if v6 && e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    out.sockets.sort_unstable();
-    Ok(out)
-}
-
-fn read_capped(path: &str) -> io::Result<String> {
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_TABLE_BYTES + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_TABLE_BYTES {
-        return Err(io::Error::other(format!("{path} is larger than the cap")));
-    }
-    Ok(text)
-}
-
-/// Add the `LISTEN` rows on `port` whose local address accepts
-/// connections to 127.0.0.1 (unsorted). Columns: `sl local rem st tx:rx
-/// tr:tm retrnsmt uid timeout inode`; addresses are hex words in host
-/// order.
-pub fn parse_listeners(text: &str, port: u16, v6: bool, out: &mut Listeners) {
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().take(10).collect();
-        let [_, local, _, state, _, _, _, _, _, inode] = f[..] else {
-            continue;
-        };
-        if state != TCP_LISTEN {
-            continue;
-        }
-        let Some((addr, p)) = local.split_once(':') else {
-            continue;
-        };
-        if u16::from_str_radix(p, 16).ok() != Some(port) {
-            continue;
-        }
-        let reach = if v6 {
-            v6_reach(addr)
-        } else if v4_word(addr).is_some_and(|a| a == [127, 0, 0, 1] || a == [0, 0, 0, 0]) {
-            Reach::Surely
-        } else {
-            Reach::No
-        };
-        if let Ok(n) = inode.parse::<u64>() {
-            out.add(n, 0, reach);
-        }
-    }
-}
-
-fn v4_word(hex: &str) -> Option<[u8; 4]> {
-    (hex.len() == 8)
-        .then(|| u32::from_str_radix(hex, 16).ok())
-        .flatten()
-        .map(u32::to_ne_bytes)
-}
-
-/// Whether a listener takes connections to 127.0.0.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reach {
-    No,
-    /// `::`: dual-stack unless `IPV6_V6ONLY`, which the table does not
-    /// show; counted, so a doubt fails closed.
-    Maybe,
-    Surely,
-}
-
-/// `::` maybe, `::ffff:127.0.0.1` surely (a mapped address cannot be
-/// bound `IPV6_V6ONLY`: `EINVAL`).
-fn v6_reach(hex: &str) -> Reach {
-    if hex.len() != 32 {
-        return Reach::No;
-    }
-    let mut bytes = [0u8; 16];
-    for (i, chunk) in bytes.chunks_mut(4).enumerate() {
-        match v4_word(&hex[i * 8..i * 8 + 8]) {
-            Some(w) => chunk.copy_from_slice(&w),
-            None => return Reach::No,
-        }
-    }
-    let ip = std::net::Ipv6Addr::from(bytes);
-    if ip.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST) {
-        Reach::Surely
-    } else if ip.is_unspecified() {
-        Reach::Maybe
-    } else {
-        Reach::No
-    }
-}
-
-/// The gateway's processes today: the child and its process group.
-/// Blocking: walks `/proc`.
-pub fn gateway_pids(child: u32) -> Vec<u32> {
-    let mut pids = vec![child];
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if pid != child && process::stat(pid).is_some_and(|s| s.pgrp == child && s.state != 'Z') {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// `Ok` when every inode in `inodes` is open in one of `pids`. Blocking;
@@ -339,17 +164,56 @@ fn remove_open_sockets(pid: u32, unseen: &mut BTreeSet<u64>) -> io::Result<()> {
     Ok(())
 }
 
-/// What was last verified: these listening sockets belong to the gateway
-/// whose child is `child`.
+/// The supervised child: its pid and, when the supervisor published it,
+/// its start time (so a recycled pid is not taken for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Child {
+    pub pid: u32,
+    pub start_time: Option<u64>,
+}
+
+impl Child {
+    /// Alive and still the process the supervisor spawned. Blocking;
+    /// reads the agent's `/proc/PID/stat`.
+    fn is_alive(self) -> bool {
+        process::is_alive(self.pid, self.start_time)
+    }
+}
+
+/// The gateway's child now, from the supervisor's status.
+fn current_child(status: &watch::Receiver<AgentStatus>) -> Option<Child> {
+    let st = status.borrow();
+    st.pid.map(|pid| Child {
+        pid,
+        start_time: st.pid_start_time,
+    })
+}
+
+/// What was last verified: these listening sockets are open in the
+/// gateway's child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     port: u16,
-    child: u32,
+    child: Child,
     listeners: Listeners,
 }
 
-/// The gateway's processes, given the child's pid. Blocking.
-pub type PidSource = Box<dyn Fn(u32) -> Vec<u32> + Send + Sync>;
+/// `Ok` when every listener in `inodes` is open in the child itself and
+/// the child is still the process the supervisor spawned after the walk
+/// (see the module doc). Blocking; call it as the agent.
+fn held_by_child(port: u16, inodes: &[u64], child: Child) -> Result<(), Refusal> {
+    // A dead (or reaped and reused) child holds nothing of ours.
+    if !child.is_alive() {
+        return Err(Refusal::NoGateway);
+    }
+    let held = held_by(port, inodes, &[child.pid]);
+    // Alive after the walk: it was the child throughout, so the walk read
+    // the child's own descriptors.
+    if !child.is_alive() {
+        return Err(Refusal::NoGateway);
+    }
+    held
+}
 
 /// The gate in front of the gateway key: [`KeyGate::bearer`] is the only
 /// way to the `Authorization` header, and it answers only after the check.
@@ -357,12 +221,11 @@ pub struct KeyGate {
     port: Option<u16>,
     bearer: Option<HeaderValue>,
     status: watch::Receiver<AgentStatus>,
-    /// Set once by the supervisor when the agent has a cgroup; else
-    /// [`gateway_pids`].
-    pids: std::sync::OnceLock<Arc<PidSource>>,
     verified: tokio::sync::Mutex<Option<Verified>>,
     /// Set while refusing, so a refusal episode logs one line.
     refusing: AtomicBool,
+    /// Reads of the port's listeners so far ([`KeyGate::listener_reads`]).
+    reads: AtomicU64,
 }
 
 impl std::fmt::Debug for KeyGate {
@@ -386,16 +249,10 @@ impl KeyGate {
             port,
             bearer,
             status,
-            pids: std::sync::OnceLock::new(),
             verified: tokio::sync::Mutex::new(None),
             refusing: AtomicBool::new(false),
+            reads: AtomicU64::new(0),
         }
-    }
-
-    /// Where the gateway's pids come from (the agent's cgroup); the first
-    /// call wins.
-    pub fn set_pid_source(&self, source: PidSource) {
-        let _ = self.pids.set(Arc::new(source));
     }
 
     /// `Ok` when the port is held by the gateway the daemon started.
@@ -408,7 +265,8 @@ impl KeyGate {
         let port = self
             .port
             .ok_or_else(|| Refusal::Unreadable("the gateway address has no port".into()))?;
-        let child = self.status.borrow().pid.ok_or(Refusal::NoGateway)?;
+        let child = current_child(&self.status).ok_or(Refusal::NoGateway)?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let found = tokio::task::spawn_blocking(move || listeners(port))
             .await
             .map_err(|e| Refusal::Unreadable(e.to_string()))?
@@ -431,24 +289,10 @@ impl KeyGate {
         }
         *verified = None;
         let inodes = seen.listeners.inodes();
-        let source = self.pids.get().cloned();
-        let result = crate::identity::spawn_as_agent(move || {
-            // A dead (or reaped and reused) child holds nothing of ours.
-            if !process::is_alive(child, None) {
-                return Err(Refusal::NoGateway);
-            }
-            let mut pids = match source {
-                Some(f) => f(child),
-                None => gateway_pids(child),
-            };
-            if !pids.contains(&child) {
-                pids.insert(0, child);
-            }
-            held_by(port, &inodes, &pids)
-        })
-        .await
-        .map_err(|e| Refusal::Unreadable(e.to_string()))
-        .and_then(|r| r);
+        let result = crate::identity::spawn_as_agent(move || held_by_child(port, &inodes, child))
+            .await
+            .map_err(|e| Refusal::Unreadable(e.to_string()))
+            .and_then(|r| r);
         match &result {
             Ok(()) => {
                 *verified = Some(seen.clone());
@@ -459,11 +303,30 @@ impl KeyGate {
             Err(Refusal::NoGateway | Refusal::NotListening(_)) => {}
             Err(e) => {
                 if !self.refusing.swap(true, Ordering::Relaxed) {
-                    tracing::error!(port, pid = child, reason = %e, "not talking to the gateway port: it is not held by the gateway the daemon started");
+                    tracing::error!(port, pid = child.pid, reason = %e, "not talking to the gateway port: it is not held by the gateway the daemon started");
                 }
             }
         }
         result.map(|()| seen)
+    }
+
+    /// What [`KeyGate::confirm`] compares a new connection against, taken
+    /// before it is started: the last verification when it is for the
+    /// current child (the request's own pre-check, [`KeyGate::bearer`] or
+    /// [`KeyGate::check`], has just made or matched it), else a fresh
+    /// [`KeyGate::verify`]. Reusing it spares a read of the listeners per
+    /// new connection (two instead of three) and opens no window: the
+    /// confirm reads them after the connect, and a listener found in the
+    /// verification and again after the connect (same inode and cookie)
+    /// lived throughout, whenever the verification was.
+    pub async fn before_connect(&self) -> Result<Verified, Refusal> {
+        let child = current_child(&self.status);
+        if let Some(v) = self.verified.lock().await.as_ref() {
+            if Some(v.child) == child {
+                return Ok(v.clone());
+            }
+        }
+        self.verify().await
     }
 
     /// After a new connection to the port is established and before any
@@ -479,10 +342,11 @@ impl KeyGate {
     /// retry.
     pub async fn confirm(&self, before: &Verified) -> Result<(), Refusal> {
         let (port, child) = (before.port, before.child);
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let (now, alive) = tokio::task::spawn_blocking(move || {
             let now = listeners(port);
             // The agent's /proc entries are visible to the agent only.
-            let alive = crate::identity::as_agent(|| process::is_alive(child, None));
+            let alive = crate::identity::as_agent(|| child.is_alive());
             (now, alive)
         })
         .await
@@ -494,7 +358,7 @@ impl KeyGate {
         *self.verified.lock().await = None;
         tracing::warn!(
             port,
-            pid = child,
+            pid = child.pid,
             "dropped a new connection to the gateway port before sending anything: its listener changed between the check and the connection"
         );
         self.check().await?;
@@ -509,6 +373,13 @@ impl KeyGate {
             .ok_or_else(|| Refusal::Unreadable("the gateway key is not a valid header".into()))
     }
 
+    /// How many times the gate has read the port's listeners (the cost
+    /// the bench and the tests count: one per kept-alive request, two per
+    /// new connection).
+    pub fn listener_reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
     /// Forget the last verification (a connection failed: whoever holds
     /// the port now is checked again before the next request).
     pub fn invalidate(&self) {
@@ -517,22 +388,6 @@ impl KeyGate {
         }
     }
 }
-
-/// `true` when something listens where the gateway must listen. Reads
-/// `/proc` (sends nothing to the port); if that fails, a bare connect.
-pub async fn port_held(port: u16) -> bool {
-    match tokio::task::spawn_blocking(move || listeners(port)).await {
-        Ok(Ok(inodes)) => !inodes.is_empty(),
-        _ => {
-            let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
-            matches!(
-                tokio::time::timeout(std::time::Duration::from_millis(250), connect).await,
-                Ok(Ok(_))
-            )
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -552,17 +407,30 @@ pub(crate) mod tests {
         let script = format!(
             "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nn=0\nwhile True:\n  try:\n    b=c.recv(65536)\n  except OSError:\n    break\n  if not b:\n    break\n  n+=len(b)\nprint(n,flush=True)\nimport time\ntime.sleep(120)\n"
         );
+        let (child, out, line) = python_leading_its_group(&script);
+        assert_eq!(line.trim(), "ready");
+        Impostor { child, out }
+    }
+
+    /// `python3 -c script` leading its own process group (as the
+    /// supervisor spawns the gateway), and the first line it printed.
+    fn python_leading_its_group(
+        script: &str,
+    ) -> (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+        String,
+    ) {
         let mut child = std::process::Command::new("python3")
-            .args(["-c", &script])
+            .args(["-c", script])
             .stdout(std::process::Stdio::piped())
             .process_group(0)
             .spawn()
             .expect("python3");
         let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        out.read_line(&mut line).expect("ready line");
-        assert_eq!(line.trim(), "ready");
-        Impostor { child, out }
+        out.read_line(&mut line).expect("first line");
+        (child, out, line)
     }
 
     impl Impostor {
@@ -577,53 +445,6 @@ pub(crate) mod tests {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-
-    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 111 1 0000000000000000 100 0 0 10 0
-   1: 00000000:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 222 1 0000000000000000 100 0 0 10 0
-   2: 0200007F:21C2 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 333 1 0000000000000000 100 0 0 10 0
-   3: 0100007F:21C2 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 444 1 0000000000000000 100 0 0 10 0
-   4: 0100007F:21C3 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 555 1 0000000000000000 100 0 0 10 0
-";
-
-    const TABLE6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:21C2 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 666 1 0000000000000000 100 0 0 10 0
-   1: 0000000000000000FFFF00000100007F:21C2 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 777 1 0000000000000000 100 0 0 10 0
-   2: 00000000000000000000000001000000:21C2 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 888 1 0000000000000000 100 0 0 10 0
-";
-
-    #[test]
-    fn only_listeners_reachable_at_loopback_on_the_port_count() {
-        // 8642 = 0x21C2; the table's words are little-endian on x86/arm.
-        if cfg!(target_endian = "little") {
-            let mut out = Listeners::default();
-            parse_listeners(TABLE, 8642, false, &mut out);
-            parse_listeners(TABLE6, 8642, true, &mut out);
-            // 127.0.0.1 and 0.0.0.0 yes; 127.0.0.2, an established
-            // connection and another port no; [::] and ::ffff:127.0.0.1
-            // yes, [::1] no.
-            assert_eq!(out.inodes(), vec![111, 222, 666, 777]);
-            assert!(out.takes_v4);
-
-            // `::` alone may be V6ONLY: reachable maybe, never proof that
-            // 127.0.0.1 is taken.
-            let mut only_any6 = Listeners::default();
-            let any6 = TABLE6.lines().take(2).collect::<Vec<_>>().join("\n");
-            parse_listeners(&any6, 8642, true, &mut only_any6);
-            assert_eq!(only_any6.inodes(), vec![666]);
-            assert!(!only_any6.takes_v4);
-            // ::ffff:127.0.0.1 alone surely takes it.
-            let mut mapped = Listeners::default();
-            let lines: Vec<&str> = TABLE6.lines().collect();
-            parse_listeners(&[lines[0], lines[2]].join("\n"), 8642, true, &mut mapped);
-            assert_eq!(mapped.inodes(), vec![777]);
-            assert!(mapped.takes_v4);
-        }
-        let mut none = Listeners::default();
-        parse_listeners("header\ngarbage line\n 0: zz:zz", 8642, false, &mut none);
-        assert!(none.is_empty());
-        assert!(!none.takes_v4);
     }
 
     #[test]
@@ -651,41 +472,6 @@ pub(crate) mod tests {
         assert_eq!(r, Err(Refusal::Foreign(port)));
         drop(l);
         assert!(listeners(port).expect("read /proc").is_empty());
-    }
-
-    #[test]
-    fn an_ipv6_only_listener_does_not_count_and_a_dual_stack_one_does() {
-        // Python's asyncio makes every IPv6 listener V6ONLY; so does this.
-        let mut v6only = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\ns.bind(('::',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ninput()",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(v6only.stdout.take().expect("stdout"));
-        out.read_line(&mut line).expect("port line");
-        let port: u16 = line.trim().parse().expect("port");
-        let found = listeners(port);
-        let _ = v6only.kill();
-        let _ = v6only.wait();
-        let found = found.expect("listeners");
-        assert!(found.is_empty(), "{found:?}");
-
-        // std leaves IPV6_V6ONLY at the system's default
-        // (net.ipv6.bindv6only, 0 unless set: dual-stack).
-        let dual = std::net::TcpListener::bind("[::]:0").expect("bind [::]");
-        let port = dual.local_addr().expect("addr").port();
-        let found = listeners(port).expect("listeners");
-        let v6only_default =
-            std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "1");
-        if !v6only_default {
-            assert_eq!(found.sockets.len(), 1, "{found:?}");
-            assert!(found.takes_v4, "a dual-stack [::] takes 127.0.0.1");
-        }
     }
 
     pub(crate) fn status_with_pid(pid: Option<u32>) -> watch::Sender<AgentStatus> {
@@ -721,6 +507,50 @@ pub(crate) mod tests {
         // No gateway process: nothing to check against.
         status.send_modify(|s| s.pid = None);
         assert_eq!(gate.check().await, Err(Refusal::NoGateway));
+    }
+
+    /// A "gateway" leading its own process group (as the supervisor spawns
+    /// it) that holds no listener, and its subprocess in the same group
+    /// (the agent's shell tool) listening on a port: the gateway's port,
+    /// taken by the tool after the gateway closed its listener. Returns
+    /// the gateway and the port.
+    fn spawn_gateway_whose_tool_holds_the_port() -> (std::process::Child, u16) {
+        let tool = "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ntime.sleep(120)";
+        let gateway = format!(
+            "import subprocess,sys,time\nsubprocess.Popen([sys.executable,'-c',{tool:?}])\ntime.sleep(120)"
+        );
+        // The tool inherits the gateway's stdout and prints its port there.
+        let (gw, _out, line) = python_leading_its_group(&gateway);
+        (gw, line.trim().parse().expect("port"))
+    }
+
+    #[tokio::test]
+    async fn a_listener_of_another_process_in_the_gateways_group_is_foreign() {
+        let (mut gw, port) = spawn_gateway_whose_tool_holds_the_port();
+        let status = status_with_pid(Some(gw.id()));
+        let gate = KeyGate::new(Some(port), "gate-test-key-0123456789", status.subscribe());
+        let refused = gate.bearer().await;
+        let alive = process::is_alive(gw.id(), None);
+        // SAFETY: plain syscall on the group this test created.
+        unsafe { libc::kill(-(gw.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = gw.wait();
+        assert!(alive, "the gateway was alive throughout");
+        assert_eq!(refused.err(), Some(Refusal::Foreign(port)));
+    }
+
+    #[tokio::test]
+    async fn a_pid_that_is_no_longer_the_spawned_process_holds_nothing() {
+        // This test process plays the gateway; the status names its pid
+        // with another start time (the gateway died, its pid was reused).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let me = process::stat(std::process::id()).expect("own stat");
+        let status = status_with_pid(Some(std::process::id()));
+        status.send_modify(|s| s.pid_start_time = Some(me.start_time + 1));
+        let gate = KeyGate::new(Some(port), "gate-test-key-0123456789", status.subscribe());
+        assert_eq!(gate.check().await, Err(Refusal::NoGateway));
+        status.send_modify(|s| s.pid_start_time = Some(me.start_time));
+        assert_eq!(gate.check().await, Ok(()));
     }
 }
 

@@ -22,6 +22,7 @@ pub const MANAGED_KEYS: &[&str] = &[
     "API_SERVER_PORT",
     "API_SERVER_KEY",
     "HERMES_GATEWAY_MAX_STARTS",
+    "HERMES_DEV",
 ];
 
 /// Read the stored key, or generate and store one (mode 0600). Blocking.
@@ -93,6 +94,13 @@ pub fn write_managed_env(
     // 120 s, planned ones included, sleep 10 s, 20 s, ... before serving)
     // is off; `<= 0` disables it (hermes_cli/gateway.py).
     out.push_str("HERMES_GATEWAY_MAX_STARTS=0\n");
+    // The process the daemon starts stays the gateway: hermes-agent 0.19.0
+    // replaces itself with `<backend> exec ... hermes` when
+    // `HERMES_HOME/.container-mode` (the agent's to write) exists, unless
+    // `HERMES_DEV=1` (`hermes_cli/config.py` get_container_exec_info, its
+    // only use). The key gate credits the child's own listener alone
+    // (`supervisor::gateway_socket`).
+    out.push_str("HERMES_DEV=1\n");
     // Unchanged (every respawn but the first): no rewrite, no fsync.
     if std::fs::read(&path).is_ok_and(|old| old == out.as_bytes())
         && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == file_mode)

@@ -16,6 +16,7 @@ mod health;
 mod leftovers;
 pub mod logs;
 pub mod managed;
+pub mod port_listeners;
 pub mod probe;
 pub mod process;
 mod records;
@@ -159,13 +160,6 @@ impl Supervisor {
         let gate = handle.gate();
         let prober =
             Prober::new(endpoint.clone(), gate.clone()).map_err(SupervisorError::Client)?;
-        if containment.cgroup().is_some() {
-            // The gateway's processes are its cgroup's (see gateway_socket).
-            let c = containment.clone();
-            gate.set_pid_source(Box::new(move |child| {
-                c.cgroup().map_or_else(|| vec![child], |cg| cg.procs())
-            }));
-        }
         Ok((
             handle,
             Supervisor {
@@ -649,6 +643,7 @@ impl Machine {
             self.status.restarts += 1;
         }
         self.status.pid = Some(pid);
+        self.status.pid_start_time = Some(start_time);
         self.status.last_error = None;
         self.status.capabilities = None;
         let now = Instant::now();

@@ -77,6 +77,8 @@ pub(super) fn prepare_spawn(
         ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
         // See `managed::write_managed_env`: the daemon's backoff only.
         ("HERMES_GATEWAY_MAX_STARTS".to_owned(), "0".to_owned()),
+        // See `managed::write_managed_env`: no container-mode re-exec.
+        ("HERMES_DEV".to_owned(), "1".to_owned()),
         ("API_SERVER_ENABLED".to_owned(), "true".to_owned()),
         ("API_SERVER_HOST".to_owned(), "127.0.0.1".to_owned()),
         ("API_SERVER_PORT".to_owned(), cfg.port.to_string()),
