@@ -9,7 +9,8 @@
 //! table again.
 //!
 //! `cargo bench --bench search` (N = 1,000,000; `BENCH_MESSAGES=100000` for a
-//! quick run; `BENCH_ROWS=rare,uncommon` for the rows whose names start so). The corpus is built once through the API into
+//! quick run; `BENCH_ROWS=rare,uncommon` for the rows whose names start so;
+//! `BENCH_PACE=gap|hot|none` for what precedes each timed leg, see [`Pace`]). The corpus is built once through the API into
 //! `target/bench-search/<N>/` and reused by later runs (minutes at 1 M);
 //! delete that directory to rebuild it (a reused corpus was merged by the
 //! run that built it, so only a fresh one shows the table before upkeep).
@@ -498,8 +499,10 @@ impl Search<'_> {
     /// middleware, no store; shown beside, never part of the limit.
     fn table(&self, cases: &[Case]) {
         let (conn, base, iterations) = (self.conn, self.base, self.iterations);
+        let pace = Pace::from_env();
         println!(
-            "  search, limit 20, {iterations} rounds of (limit, daemon SQL, HTTP[, before], GET /version) interleaved; p50 ms (p99)."
+            "  search, limit 20, {iterations} rounds of (limit, daemon SQL, HTTP[, before], GET /version) interleaved, {}; p50 ms (p99).",
+            pace.describe()
         );
         println!(
             "  The limit is FTS5 alone for the same query without its filter (a session: over the session's span of ids);"
@@ -528,9 +531,6 @@ impl Search<'_> {
         // one of these (all rows when unset).
         let rows = std::env::var("BENCH_ROWS").unwrap_or_default();
         let wanted = |name: &str| rows.is_empty() || rows.split(',').any(|r| name.starts_with(r));
-        // `BENCH_WARM=1`: an untimed `GET /version` right before each HTTP
-        // search.
-        let warm = std::env::var_os("BENCH_WARM").is_some();
         for case in cases.iter().filter(|c| wanted(c.name)) {
             let url = format!(
                 "{base}/conversations/search?q={}&limit=20{}",
@@ -563,31 +563,26 @@ impl Search<'_> {
             let (mut lim, mut sql, mut api, mut before, mut floor) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..iterations {
-                let t = Instant::now();
-                case.run_limit(&mut limit_stmt);
-                lim.push(t.elapsed().as_secs_f64() * 1000.0);
+                lim.push(pace.timed(|| {
+                    case.run_limit(&mut limit_stmt);
+                }));
 
-                let t = Instant::now();
-                let got = case.run_search(&mut daemon_stmt);
-                sql.push(t.elapsed().as_secs_f64() * 1000.0);
+                let mut got = Vec::new();
+                sql.push(pace.timed(|| got = case.run_search(&mut daemon_stmt)));
 
-                if warm {
-                    // Not timed: the daemon has just served a request, as
-                    // under a steady stream of them, instead of waking
-                    // from the few ms it sat idle while this round ran
-                    // the limit and the SQL.
-                    self.get_ms(&version_url);
-                }
-                api.push(self.get_ms(&url));
+                api.push(pace.timed(|| {
+                    self.get_ms(&url);
+                }));
 
                 if let Some(stmt) = before_stmt.as_mut() {
-                    let t = Instant::now();
-                    let old = case.run_search(stmt);
-                    before.push(t.elapsed().as_secs_f64() * 1000.0);
+                    let mut old = Vec::new();
+                    before.push(pace.timed(|| old = case.run_search(stmt)));
                     assert_eq!(old, got, "{}: the plans return different hits", case.name);
                 }
 
-                floor.push(self.get_ms(&version_url));
+                floor.push(pace.timed(|| {
+                    self.get_ms(&version_url);
+                }));
             }
             for v in [&mut lim, &mut sql, &mut api, &mut before, &mut floor] {
                 v.sort_by(f64::total_cmp);
@@ -621,6 +616,56 @@ impl Search<'_> {
                 ratio(&before),
             );
         }
+    }
+}
+
+/// What comes before each timed leg of a round, the same for every leg.
+/// A query that follows a few ms of idleness runs ~1 ms slower on this VM
+/// than one that follows busy work, in this process as in the daemon
+/// (BENCHMARKS.md, "After idle"); back to back, the limit runs right after
+/// the bench's previous query while the daemon's threads sat idle for the
+/// round, so `gap` and `hot` check that this does not decide the ratio.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Sleep this long first (`BENCH_PACE=gap`, `BENCH_GAP_MS`, default 5):
+    /// every leg starts after idleness, as a search on a daemon serving
+    /// people does.
+    Gap(Duration),
+    /// Run the leg once untimed first (`BENCH_PACE=hot`): every leg
+    /// starts right after the same work, as under a steady stream.
+    Hot,
+    /// Nothing (the default, `BENCH_PACE=none`).
+    None,
+}
+
+impl Pace {
+    fn from_env() -> Pace {
+        match std::env::var("BENCH_PACE").as_deref() {
+            Ok("hot") => Pace::Hot,
+            Ok("none") | Err(_) => Pace::None,
+            Ok("gap") => Pace::Gap(Duration::from_millis(env_or("BENCH_GAP_MS", 5))),
+            Ok(other) => panic!("BENCH_PACE={other}: expected gap, hot or none"),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Pace::Gap(d) => format!("each leg after {} ms idle", d.as_millis()),
+            Pace::Hot => "each leg right after an untimed run of itself".to_owned(),
+            Pace::None => "back to back".to_owned(),
+        }
+    }
+
+    /// `leg`'s time in ms, paced.
+    fn timed(self, mut leg: impl FnMut()) -> f64 {
+        match self {
+            Pace::Gap(d) => std::thread::sleep(d),
+            Pace::Hot => leg(),
+            Pace::None => {}
+        }
+        let t = Instant::now();
+        leg();
+        t.elapsed().as_secs_f64() * 1000.0
     }
 }
 
