@@ -418,10 +418,21 @@ fn main() {
     let segments = || search_index::segments(&conn).expect("segments");
     let found = segments();
     println!("  search index: {found} segments (FTS5), as found");
+    // The timed requests go through a one-thread runtime and a client of
+    // its own, as `wrk -t1` does: with the multi-thread runtime the
+    // connection's task runs on a worker and hands each response to this
+    // thread, two cross-thread wake-ups per request that are the client's,
+    // not the daemon's (`BENCH_CLIENT_RT=multi` for that client).
+    let one_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let timed_client = reqwest::Client::new();
+    let multi = std::env::var("BENCH_CLIENT_RT").is_ok_and(|v| v == "multi");
     let search = Search {
         conn: &conn,
-        rt: &rt,
-        client: &client,
+        rt: if multi { &rt } else { &one_thread },
+        client: if multi { &client } else { &timed_client },
         base: &base,
         iterations,
     };
