@@ -107,10 +107,18 @@ impl Daemon {
         // Before the supervisor starts anything: an agent release switch a
         // killed daemon left is rolled back (see `releases::recover`).
         crate::releases::recover::recover(&store, &config).await?;
+        // One `.env` (one lock) for the API, env_apply and the supervisor,
+        // which checks it before every spawn.
+        let env_file = Arc::new(crate::envfile::EnvFile::new(
+            &config.gateway.hermes_home,
+            config.env.reserved.clone(),
+            config.env.value_max_bytes,
+        ));
         let (agent, supervisor) = crate::supervisor::Supervisor::prepare(
             config.clone(),
             store.clone(),
             hub_link.access() == crate::hub::Access::Suspended,
+            env_file.clone(),
         )
         .await?;
         let cancel = CancellationToken::new();
@@ -177,11 +185,6 @@ impl Daemon {
         );
         let hermes_config = Arc::new(crate::settings::HermesConfig::new(
             &config.gateway.hermes_home,
-        ));
-        let env_file = Arc::new(crate::envfile::EnvFile::new(
-            &config.gateway.hermes_home,
-            config.env.reserved.clone(),
-            config.env.value_max_bytes,
         ));
         // The hub's policy and connections: the managed config.yaml is
         // made to match the store before the gateway starts.
