@@ -239,6 +239,16 @@ impl Daemon {
         components
             .push(crate::ops::learn_env_secrets(state.env_file.clone(), cancel.clone()).await);
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
+        // A reserved key the agent writes while the gateway runs is removed
+        // at once, and a gateway that may have read it restarted when idle.
+        components.push(crate::envfile::guard::spawn(
+            state.env_file.clone(),
+            {
+                let env_apply = state.env_apply.clone();
+                Box::new(move || env_apply.changed())
+            },
+            cancel.clone(),
+        ));
         // Stops the gateway (planned stop, grace, SIGKILL) when cancelled.
         components.push(supervisor.start(cancel.clone()));
 

@@ -3,7 +3,9 @@
 //! hermes-agent 0.19.0 reads after loading that file over its environment)
 //! is gone before the next gateway reads the file, however the gateway is
 //! restarted, and every other byte of the file is kept. A `.env` the daemon
-//! cannot check is never handed to a gateway.
+//! cannot check is never handed to a gateway. Written while the gateway
+//! runs (0.19.0 reloads the file per turn), it is removed at once and that
+//! gateway replaced when idle.
 
 mod common;
 use common::*;
@@ -102,10 +104,14 @@ async fn next_gateway_saw_only_the_seed(w: &GatewayWorld, d: &TestDaemon, old: u
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(env_seen_by(w, pid).await, SEED, "gateway {pid} loaded");
-    wait_agent(d, "running the new gateway", |v| {
-        v["state"] == "running" && v["pid"].as_u64() == Some(pid)
+    // The guard may also have asked for a restart when idle: whichever
+    // gateway runs now loaded the seed too.
+    let v = wait_agent(d, "running a new gateway", |v| {
+        v["state"] == "running" && v["pid"].as_u64().is_some_and(|p| p != old)
     })
     .await;
+    let now = v["pid"].as_u64().expect("pid");
+    assert_eq!(env_seen_by(w, now).await, SEED, "gateway {now} loaded");
     assert_eq!(
         std::fs::read_to_string(w.home().join(".env")).expect("read"),
         SEED
@@ -151,7 +157,10 @@ async fn a_env_file_that_cannot_be_checked_is_never_given_to_a_gateway() {
     let elsewhere = w.dir.join("agent-env");
     std::fs::write(
         &elsewhere,
-        format!("HERMES_MANAGED_DIR={}\nAPI_SERVER_PORT={port}\n", evil.display()),
+        format!(
+            "HERMES_MANAGED_DIR={}\nAPI_SERVER_PORT={port}\n",
+            evil.display()
+        ),
     )
     .expect("target");
     let env = w.home().join(".env");
@@ -184,4 +193,20 @@ fn spawned(w: &GatewayWorld) -> Vec<u64> {
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect()
+}
+
+#[tokio::test]
+async fn a_reserved_key_written_while_the_gateway_runs_is_removed_and_that_gateway_replaced() {
+    let (w, d, pid) = running_world().await;
+    let (evil, port) = evil_scope(&w);
+    agent_appends(&w.home(), &evil, &port);
+    // Nobody asks for a restart: the file is made right again at once...
+    let deadline = Instant::now() + LONG;
+    while std::fs::read_to_string(w.home().join(".env")).expect("read") != SEED {
+        assert!(Instant::now() < deadline, "the binding stayed in .env");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the gateway, which may have read it on a turn, is replaced
+    // (when idle) by one that did not.
+    next_gateway_saw_only_the_seed(&w, &d, pid, &evil).await;
 }
