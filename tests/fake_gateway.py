@@ -347,7 +347,10 @@ def main():
         seen = (state.home / ".env").read_bytes()
     except OSError:
         seen = b""
-    (state.records / f"env_at_start.{pid}").write_bytes(seen)
+    # Whole or absent for a test polling it: written aside, then renamed.
+    aside = state.records / f".env_at_start.{pid}.tmp"
+    aside.write_bytes(seen)
+    os.replace(aside, state.records / f"env_at_start.{pid}")
     done = threading.Event()
     exit_code = [1]
     servers = []
