@@ -14,8 +14,8 @@
 //! recreated home). When it removed a binding, `on_removed` (the daemon's
 //! restart-when-idle of `env_apply`) replaces a gateway that may have read
 //! it without cutting a run. Names are logged, never values. A file that
-//! cannot be checked (a symlink, too large) is logged once per episode;
-//! the next spawn refuses it (`supervisor`).
+//! cannot be checked (a symlink, too large) is left as it is (warned about
+//! once until a check succeeds); the next spawn refuses it (`supervisor`).
 //!
 //! What this cannot do: a turn that starts between the agent's write and
 //! the daemon's rewrite (milliseconds) reads the binding; that gateway is
@@ -57,6 +57,7 @@ pub fn spawn(
             env_file,
             on_removed,
             failing: false,
+            unwatched: false,
         };
         guard.run(cancel).await;
     })
@@ -67,6 +68,8 @@ struct Guard {
     on_removed: OnRemoved,
     /// The last check failed (logged once until one succeeds).
     failing: bool,
+    /// The last watch could not be set up (logged once until one is).
+    unwatched: bool,
 }
 
 impl Guard {
@@ -77,9 +80,18 @@ impl Guard {
         loop {
             let (tx, mut rx) = mpsc::channel::<()>(1);
             let watched = match watch(&home, tx).await {
-                Ok(w) => Some(w),
+                Ok(w) => {
+                    self.unwatched = false;
+                    Some(w)
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "cannot watch the Hermes home for .env changes yet");
+                    // Absent until the first spawn creates it: not worth a
+                    // warning. Anything else (an inotify limit) degrades the
+                    // guard to a check every `RETRY`.
+                    if !self.unwatched && dir_id(&home).await.is_some() {
+                        tracing::warn!(error = %e, "cannot watch the Hermes home for .env changes; checking it every {} s", RETRY.as_secs());
+                        self.unwatched = true;
+                    }
                     None
                 }
             };
@@ -100,7 +112,7 @@ impl Guard {
                     }
                     _ = recheck.tick() => {
                         self.check().await;
-                        let current = identity(&home).await;
+                        let current = dir_id(&home).await;
                         if watched.as_ref().map(|(_, id)| *id) != current || current.is_none() {
                             break;
                         }
@@ -130,7 +142,7 @@ impl Guard {
 }
 
 /// `(device, inode)` of the home, read as the agent; `None` when absent.
-async fn identity(home: &Path) -> Option<(u64, u64)> {
+async fn dir_id(home: &Path) -> Option<(u64, u64)> {
     let home = home.to_path_buf();
     crate::identity::spawn_as_agent(move || {
         std::fs::metadata(&home)
