@@ -107,10 +107,18 @@ impl Daemon {
         // Before the supervisor starts anything: an agent release switch a
         // killed daemon left is rolled back (see `releases::recover`).
         crate::releases::recover::recover(&store, &config).await?;
+        // One `.env` (one lock) for the API, env_apply and the supervisor,
+        // which checks it before every spawn.
+        let env_file = Arc::new(crate::envfile::EnvFile::new(
+            &config.gateway.hermes_home,
+            config.env.reserved.clone(),
+            config.env.value_max_bytes,
+        ));
         let (agent, supervisor) = crate::supervisor::Supervisor::prepare(
             config.clone(),
             store.clone(),
             hub_link.access() == crate::hub::Access::Suspended,
+            env_file.clone(),
         )
         .await?;
         let cancel = CancellationToken::new();
@@ -178,11 +186,6 @@ impl Daemon {
         let hermes_config = Arc::new(crate::settings::HermesConfig::new(
             &config.gateway.hermes_home,
         ));
-        let env_file = Arc::new(crate::envfile::EnvFile::new(
-            &config.gateway.hermes_home,
-            config.env.reserved.clone(),
-            config.env.value_max_bytes,
-        ));
         // The hub's policy and connections: the managed config.yaml is
         // made to match the store before the gateway starts.
         let (agent_config, agent_config_tasks) = crate::policy::AgentConfig::start(
@@ -236,6 +239,16 @@ impl Daemon {
         components
             .push(crate::ops::learn_env_secrets(state.env_file.clone(), cancel.clone()).await);
         components.push(credentials.watch(cancel.clone(), Duration::from_secs(30)));
+        // A reserved key the agent writes while the gateway runs is removed
+        // at once, and a gateway that may have read it restarted when idle.
+        components.push(crate::envfile::guard::spawn(
+            state.env_file.clone(),
+            {
+                let env_apply = state.env_apply.clone();
+                Box::new(move || env_apply.changed())
+            },
+            cancel.clone(),
+        ));
         // Stops the gateway (planned stop, grace, SIGKILL) when cancelled.
         components.push(supervisor.start(cancel.clone()));
 

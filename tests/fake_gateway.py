@@ -44,7 +44,8 @@ request, so a test can flip modes while the process runs or between spawns):
                hermes-agent 0.19.0 does                                [none]
 
 What it did is written under `HERMES_HOME/fake_gateway/` for the tests to
-read: `spawns.log` ("pid start_time" per start), `grandchild.<pid>` (the
+read: `spawns.log` ("pid start_time" per start), `env_at_start.<pid>`
+(the bytes of `HERMES_HOME/.env` it loaded), `grandchild.<pid>` (the
 grandchild's pid), `events.log` ("pid sigterm planned=true|false"),
 `accomplice.log` (see `accomplice`).
 
@@ -91,7 +92,9 @@ def effective_env():
     home = os.environ.get("HERMES_HOME")
     if home:
         env.update(read_env_file(Path(home) / ".env"))
-    managed = os.environ.get("HERMES_MANAGED_DIR")
+    # As 0.19.0 (hermes_cli/env_loader.py): the managed directory is looked
+    # up after the tenant's `.env` was loaded over the environment.
+    managed = env.get("HERMES_MANAGED_DIR")
     if managed:
         env.update(read_env_file(Path(managed) / ".env"))
     return env
@@ -340,6 +343,14 @@ def main():
     fake_gateway_runs.START_ENV = effective_env()
     pid = os.getpid()
     state.record("spawns.log", f"{pid} {proc_start_time(pid)}")
+    try:
+        seen = (state.home / ".env").read_bytes()
+    except OSError:
+        seen = b""
+    # Whole or absent for a test polling it: written aside, then renamed.
+    aside = state.records / f".env_at_start.{pid}.tmp"
+    aside.write_bytes(seen)
+    os.replace(aside, state.records / f"env_at_start.{pid}")
     done = threading.Event()
     exit_code = [1]
     servers = []
@@ -383,7 +394,7 @@ def main():
 
     # A configuration the real gateway refuses: it exits 78 before serving.
     reject = state.setting("reject_managed", None)
-    managed = os.environ.get("HERMES_MANAGED_DIR")
+    managed = state.env.get("HERMES_MANAGED_DIR")
     if reject and managed:
         try:
             text = (Path(managed) / "config.yaml").read_text(encoding="utf-8")

@@ -1,16 +1,22 @@
 //! The Hermes `.env`: names, write-only values, reserved keys.
 //!
-//! The gateway re-reads this file on every turn with python-dotenv and lets
-//! it override its process environment, so a reserved key (the API server
-//! settings the daemon owns, the daemon's own settings, the operator's
-//! list) must never be in it: every rewrite drops such bindings, and so
-//! does [`EnvFile::sanitize`] at start. The file is agent-writable, so it
+//! The gateway (hermes-agent 0.19.0) loads this file at start and again at
+//! every turn and cron job with python-dotenv, lets it override its process
+//! environment, and only then looks up `HERMES_MANAGED_DIR`: so a reserved
+//! key (the managed scope's directory, the API server settings the daemon
+//! owns, the daemon's own settings, the operator's list) must never be in
+//! it. Every rewrite drops such bindings, and so does
+//! [`EnvFile::sanitize`]: at daemon start, before every gateway spawn
+//! (`supervisor`, which refuses to spawn when the file cannot be checked),
+//! and whenever the file changes while the gateway runs (`guard`). The
+//! file is agent-writable, so it
 //! is parsed exactly as python-dotenv parses it (`dotenv`), read with a
 //! cap, and rewritten by byte span: a rewrite replaces or removes one
 //! binding's text and keeps every other byte. Values are never logged or
 //! returned. Writes are serialised and atomic (see `dir_handle`).
 
 pub mod dotenv;
+pub mod guard;
 mod reserved;
 mod rewrite;
 
@@ -201,8 +207,8 @@ impl EnvFile {
         }
     }
 
-    /// Drop reserved bindings found in the file (at start). Returns their
-    /// names. Works on a latin-1 file too (the gateway's fallback): only
+    /// Drop reserved bindings found in the file (daemon start, every
+    /// gateway spawn, `guard`). Returns their names. Works on a latin-1 file too (the gateway's fallback): only
     /// the removed spans change.
     pub async fn sanitize(&self) -> Result<Vec<String>, EnvError> {
         let _guard = self.lock.lock().await;

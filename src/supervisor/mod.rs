@@ -103,6 +103,8 @@ pub struct Supervisor {
     prober: Prober,
     /// `--dev`: a missing gateway command is `not_installed`, not a failure.
     dev: bool,
+    /// The tenant's `.env`, checked for reserved keys before every spawn.
+    env_file: Arc<crate::envfile::EnvFile>,
 }
 
 impl Supervisor {
@@ -115,6 +117,7 @@ impl Supervisor {
         config: Arc<Config>,
         store: Store,
         suspended: bool,
+        env_file: Arc<crate::envfile::EnvFile>,
     ) -> Result<(AgentHandle, Supervisor), SupervisorError> {
         let data_dir = config.data_dir.clone();
         let key = tokio::task::spawn_blocking(move || managed::load_or_create_key(&data_dir))
@@ -174,6 +177,7 @@ impl Supervisor {
                 containment,
                 prober,
                 dev: config.dev,
+                env_file,
             },
         ))
     }
@@ -212,6 +216,7 @@ impl Supervisor {
                 marker,
                 containment: self.containment,
                 dev: self.dev,
+                env_file: self.env_file,
             };
             machine.run(commands, probe_rx, cancel).await;
             let _ = writer.await;
@@ -310,6 +315,7 @@ struct Machine {
     containment: Arc<cgroup::Containment>,
     /// `--dev`: a missing gateway command is `not_installed`, not a failure.
     dev: bool,
+    env_file: Arc<crate::envfile::EnvFile>,
 }
 
 async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
@@ -573,6 +579,17 @@ impl Machine {
             Ok(Err(message)) => return self.spawn_failed(message),
             Err(e) => return self.spawn_failed(format!("preparing the spawn failed: {e}")),
         };
+        // The gateway loads the tenant's `.env` over its environment, and
+        // the agent may have written a reserved key into it since the last
+        // start (`HERMES_MANAGED_DIR` would redirect the whole managed
+        // scope). Checked here, after the previous gateway's cgroup was
+        // emptied (above) and before the new one can read the file; a file
+        // that cannot be checked is never handed to a gateway.
+        if let Err(e) = self.env_file.sanitize().await {
+            return self.spawn_failed(format!(
+                "not starting the gateway: the Hermes .env cannot be checked for reserved keys: {e}"
+            ));
+        }
         // Something else on the port would answer our readiness probe and
         // make a gateway that cannot bind look healthy.
         if port_in_use(self.cfg.port).await {
