@@ -299,11 +299,22 @@ PY
     check "evil agent: detached sleepers alive before the restart (${SLEEPERS[*]})" bash -c "kill -0 ${SLEEPERS[0]} && kill -0 ${SLEEPERS[1]}"
     rm -f $EVIL/report.json
     curl -fsS -X POST "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent/restart" >/out/logs/evil-restart.json
-    check "evil agent: restarted (a new gateway wrote its report)" wait_until 30 test -s $EVIL/report.json
+    # A .env the daemon cannot check for reserved keys (a symlink now) is
+    # never given to a gateway: the agent stays down and says why.
+    env_refused() {
+      curl -fsS -m 2 "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent" >/out/logs/evil-agent.json &&
+        python3 -c "import json,sys; a=json.load(open('/out/logs/evil-agent.json')); sys.exit(0 if a['state'] != 'running' and '.env cannot be checked' in (a.get('last_error') or '') and '/var/lib' not in a['last_error'] else 1)"
+    }
+    check "evil agent: a symlinked .env keeps the restarted gateway down, last_error says why" wait_until 30 env_refused
+    check "evil agent: no gateway started on the symlinked .env" test ! -s $EVIL/report.json
     check "evil agent: no detached sleeper survives POST /agent/restart" \
       wait_until 10 bash -c "! kill -0 ${SLEEPERS[0]} 2>/dev/null && ! kill -0 ${SLEEPERS[1]} 2>/dev/null && ! kill -0 $OLD_GW 2>/dev/null"
     check "evil agent: the daemon's key and credential state unchanged" test "$(sum_daemon)" = "$BEFORE"
     check "evil agent: the daemon's database intact" db_ok
+    # The tenant replaces the link with a plain file: the agent starts again.
+    rm -f /home/hermes/.hermes/.env
+    curl -sS -X POST "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent/start" >/out/logs/evil-start.json || true
+    check "evil agent: started again once .env is a plain file (a new gateway wrote its report)" wait_until 60 test -s $EVIL/report.json
     CG=$(find /sys/fs/cgroup -type d -name "$UNIT.service" -print -quit)
     if [[ -n $CG && -f $CG/agent/pids.max && $(cat "$CG/agent/pids.max") != max ]]; then
       curl -s -m 120 -X POST http://127.0.0.1:8642/evil/forkbomb >/out/logs/evil-forkbomb.json &
