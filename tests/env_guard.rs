@@ -140,12 +140,7 @@ async fn a_managed_dir_the_agent_writes_is_gone_before_a_crashed_gateway_comes_b
     let (w, d, pid) = running_world().await;
     let (evil, port) = evil_scope(&w);
     agent_appends(&w.home(), &evil, &port);
-    let _ = d
-        .client
-        .post(format!("http://127.0.0.1:{}/fake/crash", w.port))
-        .json(&serde_json::json!({"signal": 11}))
-        .send()
-        .await;
+    w.crash_gateway(11).await;
     next_gateway_saw_only_the_seed(&w, &d, pid, &evil).await;
 }
 

@@ -243,11 +243,7 @@ async fn an_impostor_on_the_port_after_the_gateway_died_gets_no_key() {
     // whichever binds first.
     std::fs::write(w.home().join("fake_gateway.json"), r#"{"no_listen": true}"#)
         .expect("control file");
-    let _ = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{}/fake/crash", w.port))
-        .json(&json!({"signal": 9}))
-        .send()
-        .await;
+    w.crash_gateway(9).await;
     let impostor = Recorder::when_free(w.port, Duration::from_secs(10)).await;
     let id = start_run(&d).await;
     wait_last_error(&d, FOREIGN).await;

@@ -676,12 +676,7 @@ async fn death_by_signal_is_a_crash_with_the_signal_recorded() {
     let d = w.daemon().await;
     let v = wait_state(&d, "running", LONG).await;
     let pid = v["pid"].as_u64().expect("pid");
-    let _ = d
-        .client
-        .post(format!("http://127.0.0.1:{}/fake/crash", w.port))
-        .json(&serde_json::json!({"signal": 11}))
-        .send()
-        .await;
+    w.crash_gateway(11).await;
     let v = wait_agent(&d, LONG, "running again with a new pid", |v| {
         v["state"] == "running" && v["pid"].as_u64().is_some_and(|p| p != pid)
     })

@@ -144,15 +144,18 @@ impl Guard {
 /// `(device, inode)` of the home, read as the agent; `None` when absent.
 async fn dir_id(home: &Path) -> Option<(u64, u64)> {
     let home = home.to_path_buf();
-    crate::identity::spawn_as_agent(move || {
-        std::fs::metadata(&home)
-            .ok()
-            .filter(|m| m.is_dir())
-            .map(|m| (m.dev(), m.ino()))
-    })
-    .await
-    .ok()
-    .flatten()
+    crate::identity::spawn_as_agent(move || dir_identity(&home).ok())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// `(device, inode)` of a directory (blocking; as whoever calls it).
+fn dir_identity(dir: &Path) -> Result<(u64, u64), String> {
+    let m = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    m.is_dir()
+        .then_some((m.dev(), m.ino()))
+        .ok_or_else(|| "not a directory".to_owned())
 }
 
 /// A watch on `home` that wakes `tx` on any change to its `.env` (or a
@@ -175,13 +178,7 @@ async fn watch(
     // Created as the agent (its event thread inherits the identity), as
     // the skills watcher does: the home is closed to the daemon's user.
     crate::identity::spawn_as_agent(move || {
-        let id = std::fs::metadata(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|m| {
-                m.is_dir()
-                    .then_some((m.dev(), m.ino()))
-                    .ok_or_else(|| "not a directory".to_owned())
-            })?;
+        let id = dir_identity(&dir)?;
         let mut w = RecommendedWatcher::new(
             handler,
             notify::Config::default().with_follow_symlinks(false),

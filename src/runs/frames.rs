@@ -336,6 +336,32 @@ mod tests {
         (dir, store, active)
     }
 
+    /// A run being relayed: its live tail, its sequencer and log writer.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Store,
+        active: Arc<ActiveRun>,
+        live: broadcast::Receiver<EventBatch>,
+        seq: Sequencer,
+        writer_task: tokio::task::JoinHandle<()>,
+        outcome: Outcome,
+    }
+
+    async fn rig() -> Rig {
+        let (_dir, store, active) = world().await;
+        let live = active.events.subscribe();
+        let (writer, writer_task) = spawn_writer(store.clone(), RUN.into(), active.clone());
+        Rig {
+            _dir,
+            seq: Sequencer::new(active.clone(), writer),
+            store,
+            active,
+            live,
+            writer_task,
+            outcome: Outcome::default(),
+        }
+    }
+
     fn delta(i: usize) -> String {
         format!(
             "data: {{\"event\": \"message.delta\", \"run_id\": \"{GW}\", \"delta\": \"d{i} \"}}\n\n"
@@ -357,11 +383,15 @@ mod tests {
         i64,
         Outcome,
     ) {
-        let (_dir, store, active) = world().await;
-        let mut live = active.events.subscribe();
-        let (writer, writer_task) = spawn_writer(store.clone(), RUN.into(), active.clone());
-        let mut seq = Sequencer::new(active.clone(), writer);
-        let mut outcome = Outcome::default();
+        let Rig {
+            _dir,
+            store,
+            active,
+            mut live,
+            mut seq,
+            writer_task,
+            mut outcome,
+        } = rig().await;
         let mut ended = Vec::new();
         {
             let mut frames = FrameRelay::new(&store, RUN, GW, &active);
@@ -388,11 +418,15 @@ mod tests {
     /// bound holds, and the end of the stream is seen.
     #[tokio::test]
     async fn chunks_already_read_join_one_batch_up_to_the_bound() {
-        let (_dir, store, active) = world().await;
-        let mut live = active.events.subscribe();
-        let (writer, writer_task) = spawn_writer(store.clone(), RUN.into(), active.clone());
-        let mut seq = Sequencer::new(active.clone(), writer);
-        let mut outcome = Outcome::default();
+        let Rig {
+            _dir,
+            store,
+            active,
+            mut live,
+            mut seq,
+            writer_task,
+            mut outcome,
+        } = rig().await;
         let n = COALESCE_CHUNKS + 5;
         let chunks: Vec<Result<Vec<u8>, std::convert::Infallible>> =
             (1..n).map(|i| Ok(delta(i).into_bytes())).collect();
@@ -431,11 +465,15 @@ mod tests {
     /// A chunk that is not read yet is not waited for: the batch goes.
     #[tokio::test]
     async fn a_lone_chunk_is_sent_without_waiting_for_more() {
-        let (_dir, store, active) = world().await;
-        let mut live = active.events.subscribe();
-        let (writer, _writer_task) = spawn_writer(store.clone(), RUN.into(), active.clone());
-        let mut seq = Sequencer::new(active.clone(), writer);
-        let mut outcome = Outcome::default();
+        let Rig {
+            _dir,
+            store,
+            active,
+            mut live,
+            mut seq,
+            mut outcome,
+            ..
+        } = rig().await;
         let mut stream =
             futures_util::stream::pending::<Result<Vec<u8>, std::convert::Infallible>>();
         let mut frames = FrameRelay::new(&store, RUN, GW, &active);

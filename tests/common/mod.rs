@@ -394,6 +394,16 @@ impl GatewayWorld {
         self.dir.join("home")
     }
 
+    /// Make the fake gateway die by `signal` (its `/fake/crash`; it dies
+    /// with the request open, so the answer is not looked at).
+    pub async fn crash_gateway(&self, signal: i32) {
+        let _ = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/fake/crash", self.port))
+            .json(&serde_json::json!({ "signal": signal }))
+            .send()
+            .await;
+    }
+
     pub fn config(&self) -> String {
         format!(
             "[gateway]\ncommand = \"{py} {gw}\"\nhermes_home = \"{home}\"\nport = {port}\nstart_timeout = \"10s\"\nstop_grace = \"3s\"\nhealth_interval = \"100ms\"\nunhealthy_threshold = 2\nbackoff_base = \"100ms\"\nbackoff_cap = \"400ms\"\ncrash_loop_window = \"60s\"\ncrash_loop_count = 10\n\n{extra}\n",
