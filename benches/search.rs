@@ -356,6 +356,8 @@ fn main() {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open db");
+    // The daemon's ranking function (`store::rank`), for its SQL column.
+    hermes_tenantd::store::rank::register(&conn).expect("rank");
     // The same pragmas the daemon's readers use, so the comparison is fair.
     conn.pragma_update(None, "cache_size", -2048)
         .expect("pragma");
@@ -573,6 +575,17 @@ impl Search<'_> {
                 .then(|| conn.prepare_cached(REFERENCE_SQL).expect("prepare"));
             let (mut lim, mut sql, mut api, mut before, mut floor) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            if !case.filtered() && case.filter.sort == SearchSort::Relevance {
+                // Ranking with `store::rank` (matches skipped) returns what
+                // bm25() over every match returns: checked once, untimed.
+                let mut reference = conn.prepare_cached(REFERENCE_SQL).expect("prepare");
+                assert_eq!(
+                    case.run_search(&mut daemon_stmt),
+                    case.run_search(&mut reference),
+                    "{}: the plan and bm25() return different hits",
+                    case.name
+                );
+            }
             for _ in 0..iterations {
                 lim.push(pace.timed(|| {
                     case.run_limit(&mut limit_stmt);

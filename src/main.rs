@@ -231,6 +231,7 @@ fn search(c: &Config, query: String, plain: bool, limit: u32) -> Result<(), Stri
     let conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    store::rank::register(&conn).map_err(|e| e.to_string())?;
     let filter = conversations::SearchFilter {
         query,
         plain,

@@ -1,8 +1,9 @@
 //! Full-text search over message content (FTS5), best match or newest
 //! first, with snippets.
 //!
-//! The cost of a search is the FTS5 ranking loop: bm25 for every match
-//! before `LIMIT` keeps a page. Anything added to that loop is paid once per
+//! The cost of a search is the FTS5 ranking loop: a score for every match
+//! before `LIMIT` keeps a page (`store::rank`'s bm25, which skips the
+//! length lookup of a match that cannot make the page). Anything added to that loop is paid once per
 //! *match* (72,000 times for a common word at a million messages), so the
 //! plans below keep it to the FTS5 table alone whenever they can and touch
 //! `messages` only for the page they return; a filter is checked in the
@@ -234,10 +235,11 @@ macro_rules! session_hi {
 }
 
 /// Relevance, no filter (the common case): bm25 ranked inside the FTS5
-/// table alone, the statement the benchmark calls the limit.
+/// table alone, the statement the benchmark calls the limit, with
+/// `tenantd_rank` (the same scores, `k` = `LIMIT + OFFSET`) for `bm25()`.
 macro_rules! top_relevance {
     () => {
-        "SELECT rowid AS id, bm25(messages_fts) AS score
+        "SELECT rowid AS id, tenantd_rank(messages_fts, ?7 + ?8) AS score
        FROM messages_fts
       WHERE messages_fts MATCH ?1
       ORDER BY score, id
@@ -251,7 +253,7 @@ macro_rules! top_relevance {
 macro_rules! top_relevance_filtered {
     ($span:expr) => {
         concat!(
-            "SELECT m.id AS id, bm25(messages_fts) AS score
+            "SELECT m.id AS id, tenantd_rank(messages_fts, ?7 + ?8) AS score
        FROM ",
             facets!(),
             "
@@ -476,6 +478,7 @@ mod tests {
     #[test]
     fn every_bad_fts_query_is_an_invalid_query() {
         let mut c = Connection::open_in_memory().expect("open");
+        crate::store::rank::register(&c).expect("rank");
         crate::store::migrations::apply(&mut c).expect("migrate");
         for sort in [SearchSort::Relevance, SearchSort::Recent] {
             for (platform, session_id) in [
@@ -530,6 +533,7 @@ mod tests {
     /// platforms, roles and times.
     fn corpus() -> Connection {
         let mut c = Connection::open_in_memory().expect("open");
+        crate::store::rank::register(&c).expect("rank");
         crate::store::migrations::apply(&mut c).expect("migrate");
         fill(&mut c);
         c
@@ -636,6 +640,7 @@ mod tests {
     #[test]
     fn an_upgraded_store_searches_as_a_new_one() {
         let mut c = Connection::open_in_memory().expect("open");
+        crate::store::rank::register(&c).expect("rank");
         let before = crate::store::migrations::MIGRATIONS.len() - 1;
         for (version, (_, sql)) in crate::store::migrations::MIGRATIONS[..before]
             .iter()

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod message_search;
 pub mod migrations;
 pub mod policy;
+pub mod rank;
 pub mod runs;
 pub mod search_index;
 pub mod usage;
@@ -132,6 +133,7 @@ fn configure(conn: &Connection, sync: Synchronous, read_only: bool) -> rusqlite:
     conn.pragma_update(None, "cache_size", -2048)?;
     conn.pragma_update(None, "mmap_size", 2_i64 << 30)?; // whole file to ~2 GiB (SQLite's cap): BENCHMARKS.md "Search"
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    rank::register(conn)?;
     if read_only {
         conn.pragma_update(None, "query_only", "ON")?;
     } else {

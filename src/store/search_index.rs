@@ -95,6 +95,7 @@ mod tests {
     #[test]
     fn merging_leaves_one_segment_and_the_same_results() {
         let mut c = Connection::open_in_memory().expect("open");
+        crate::store::rank::register(&c).expect("rank");
         crate::store::migrations::apply(&mut c).expect("migrate");
         // One transaction (one segment) per batch.
         for i in 0..40 {
@@ -131,6 +132,7 @@ mod tests {
     #[test]
     fn the_index_writes_small_leaf_pages() {
         let mut c = Connection::open_in_memory().expect("open");
+        crate::store::rank::register(&c).expect("rank");
         crate::store::migrations::apply(&mut c).expect("migrate");
         let pgsz: i64 = c
             .query_row(
