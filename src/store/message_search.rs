@@ -248,8 +248,11 @@ macro_rules! top_relevance {
 }
 
 /// Relevance with a filter: the join to the filter columns is inside the
-/// ranking loop, but reads a small index entry; `$span` narrows the walk
-/// (a session's span, or nothing).
+/// ranking loop, but reads a small index entry, and only for a match that
+/// `tenantd_rank`'s screen (third argument `store::rank::SCREEN`, a term on
+/// `messages_fts` alone, so SQLite checks it before the join) says can
+/// still make the page; `$span` narrows the walk (a session's span, or
+/// nothing).
 macro_rules! top_relevance_filtered {
     ($span:expr) => {
         concat!(
@@ -257,7 +260,7 @@ macro_rules! top_relevance_filtered {
        FROM ",
             facets!(),
             "
-      WHERE messages_fts MATCH ?1 ",
+      WHERE messages_fts MATCH ?1 AND tenantd_rank(messages_fts, ?7 + ?8, 1) ",
             $span,
             " ",
             filters!(),

@@ -20,7 +20,9 @@
 //! `k` matches of the final top `k`; ties are never skipped (strictly worse
 //! only), so the `id` tie-break sees every candidate. `k` is the statement's
 //! `LIMIT + OFFSET`; beyond [`MAX_KEPT`] (a client's deep cursor) nothing is
-//! skipped, so the state stays small.
+//! skipped, so the state stays small. A filtered plan also calls it as a
+//! screen ([`SCREEN`]) in its `WHERE`, so a match that cannot make the page
+//! is dropped before its filter columns are read.
 
 use std::cell::Cell;
 use std::collections::BinaryHeap;
@@ -37,6 +39,13 @@ pub const FUNCTION: &str = "tenantd_rank";
 /// Deepest `LIMIT + OFFSET` that is pruned: past it the function is plain
 /// bm25 (the kept scores would cost 8 bytes each).
 const MAX_KEPT: i64 = 10_000;
+
+/// The third argument that asks only whether the current match can still
+/// make the best `k` (1) or not (0), for a `WHERE` term: a filtered plan
+/// screens each match before it reads the match's filter columns, and
+/// scores (third argument absent) only the matches that pass the filter.
+/// Both calls share the query's state (one function, one cursor).
+pub const SCREEN: i64 = 1;
 
 /// bm25's constants, as in SQLite's `fts5Bm25Function`.
 const K1: f64 = 1.2;
@@ -136,6 +145,8 @@ struct Query {
     /// The last match scored, and its score: SQLite may evaluate the
     /// function twice for one row, which must not keep it twice.
     last: Option<(i64, f64)>,
+    /// The last match screened (`SCREEN`), and its least length.
+    screened: Option<(i64, i64)>,
 }
 
 impl Query {
@@ -276,6 +287,7 @@ unsafe fn query<'a>(
         freq: vec![0.0; phrases],
         kept: BinaryHeap::with_capacity(k.min(64)),
         last: None,
+        screened: None,
     }));
     // SAFETY: FTS5 owns `q` from here (frees it with `drop_query`, also
     // when it fails to store it).
@@ -293,18 +305,59 @@ unsafe fn score_row(
     args: *mut *mut ffi::sqlite3_value,
 ) -> Result<f64, c_int> {
     let q = unsafe { query(api, fts, n_val, args) }?;
+    let screen = n_val >= 2 && {
+        // SAFETY: `args` holds `n_val` values.
+        unsafe { ffi::sqlite3_value_int64(*args.add(1)) == SCREEN }
+    };
     let rowid = unsafe { api.xRowid.ok_or(MISSING)?(fts) };
     if let Some((id, score)) = q.last {
-        if id == rowid {
+        if id == rowid && !screen {
             return Ok(score);
         }
     }
+    let least = match q.screened {
+        // Screened just before: the frequencies are still this row's.
+        Some((id, least)) if id == rowid => least,
+        _ => unsafe { frequencies(q, api, fts) }?,
+    };
+    let cannot_enter = q.cannot_enter(q.score(least as f64));
+    if screen {
+        q.screened = Some((rowid, least));
+        if cannot_enter {
+            SKIPPED.with(|s| s.set(s.get() + 1));
+        }
+        return Ok(if cannot_enter { 0.0 } else { 1.0 });
+    }
+    let score = if cannot_enter {
+        SKIPPED.with(|s| s.set(s.get() + 1));
+        f64::INFINITY
+    } else {
+        let mut tokens: c_int = 0;
+        ok(unsafe { api.xColumnSize.ok_or(MISSING)?(fts, -1, &mut tokens) })?;
+        let score = q.score(f64::from(tokens));
+        q.keep(score);
+        score
+    };
+    q.last = Some((rowid, score));
+    Ok(score)
+}
+
+/// Fill `q.freq` with the current row's phrase frequencies (as bm25()
+/// counts them) and return the row's least possible length in tokens:
+/// past its last phrase instance.
+///
+/// # Safety
+/// As [`query`].
+unsafe fn frequencies(
+    q: &mut Query,
+    api: &ffi::Fts5ExtensionApi,
+    fts: *mut ffi::Fts5Context,
+) -> Result<i64, c_int> {
     q.freq.fill(0.0);
     let mut instances: c_int = 0;
     ok(unsafe { api.xInstCount.ok_or(MISSING)?(fts, &mut instances) })?;
     let inst = api.xInst.ok_or(MISSING)?;
     let phrase_size = api.xPhraseSize.ok_or(MISSING)?;
-    // The row's least possible length: past its last phrase instance.
     let mut least: i64 = 0;
     for i in 0..instances {
         let (mut phrase, mut column, mut offset): (c_int, c_int, c_int) = (0, 0, 0);
@@ -317,18 +370,7 @@ unsafe fn score_row(
         let size = unsafe { phrase_size(fts, phrase) };
         least = least.max(i64::from(offset) + i64::from(size));
     }
-    let score = if q.cannot_enter(q.score(least as f64)) {
-        SKIPPED.with(|s| s.set(s.get() + 1));
-        f64::INFINITY
-    } else {
-        let mut tokens: c_int = 0;
-        ok(unsafe { api.xColumnSize.ok_or(MISSING)?(fts, -1, &mut tokens) })?;
-        let score = q.score(f64::from(tokens));
-        q.keep(score);
-        score
-    };
-    q.last = Some((rowid, score));
-    Ok(score)
+    Ok(least)
 }
 
 #[cfg(test)]
@@ -433,5 +475,55 @@ mod tests {
         for (ours, theirs) in rows {
             assert_eq!(ours.to_bits(), theirs.to_bits());
         }
+    }
+
+    /// A filtered plan: the screen (a `WHERE` term on the FTS5 table alone)
+    /// rejects a match before its filter row is read, and the page equals
+    /// bm25()'s over the matches that pass the filter.
+    #[test]
+    fn the_screen_runs_before_the_join_and_changes_no_result() {
+        let c = table();
+        c.execute_batch(
+            "CREATE TABLE f(id INTEGER PRIMARY KEY, tag TEXT);
+             INSERT INTO f SELECT rowid, CASE rowid % 3 WHEN 0 THEN 'x' ELSE 'y' END FROM t;",
+        )
+        .expect("filter table");
+        let sql = |score: &str, screen: &str| {
+            format!(
+                "SELECT t.rowid, {score} AS s FROM t CROSS JOIN f ON f.id = t.rowid
+                  WHERE t MATCH ?1 {screen} AND f.tag = 'y'
+                  ORDER BY s, t.rowid LIMIT ?2 OFFSET ?3"
+            )
+        };
+        let run = |sql: &str, query: &str, limit: i64, offset: i64| {
+            let mut stmt = c.prepare(sql).expect("prepare");
+            let rows: Vec<(i64, f64)> = stmt
+                .query_map((query, limit, offset), |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            (rows, stmt.get_status(rusqlite::StatementStatus::VmStep))
+        };
+        let before = skipped_on_this_thread();
+        let mut steps = (0, 0);
+        for query in ["alpha", "alpha OR beta", "gamma"] {
+            for (limit, offset) in [(3, 0), (10, 10), (30, 100)] {
+                let (want, plain) = run(&sql("bm25(t)", ""), query, limit, offset);
+                let (got, screened) = run(
+                    &sql(
+                        "tenantd_rank(t, ?2 + ?3)",
+                        "AND tenantd_rank(t, ?2 + ?3, 1)",
+                    ),
+                    query,
+                    limit,
+                    offset,
+                );
+                assert_eq!(got, want, "{query} limit {limit} offset {offset}");
+                steps = (steps.0 + plain, steps.1 + screened);
+            }
+        }
+        assert!(skipped_on_this_thread() - before > 500);
+        // Skipped matches never reach the join: fewer VM steps overall.
+        assert!(steps.1 * 10 < steps.0 * 8, "steps {steps:?}");
     }
 }
