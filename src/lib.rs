@@ -26,6 +26,7 @@ pub mod ops;
 pub mod policy;
 pub mod releases;
 pub mod runs;
+pub mod secret_sources;
 pub mod settings;
 pub mod skills;
 pub mod store;

@@ -322,6 +322,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| SettingsError::Io(std::io::Error::other(e)))?
 }
 
+/// The tenant `config.yaml` as a mapping, read as the agent, never through
+/// a symlink, capped (missing: empty), for checks of what the gateway will
+/// find in it (`secret_sources`).
+pub async fn read_tenant_config(path: PathBuf) -> Result<Mapping, SettingsError> {
+    blocking(move || load_blocking(&path)).await
+}
+
 fn load_blocking(path: &Path) -> Result<Mapping, SettingsError> {
     let Some(bytes) = read_file(path)? else {
         return Ok(Mapping::new());

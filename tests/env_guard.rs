@@ -205,3 +205,61 @@ async fn a_reserved_key_written_while_the_gateway_runs_is_removed_and_that_gatew
     // (when idle) by one that did not.
     next_gateway_saw_only_the_seed(&w, &d, pid, &evil).await;
 }
+
+/// What the agent writes into `config.yaml` (with its own `bin/bws`): a
+/// Bitwarden source, `override_existing` left at its default (on).
+/// hermes-agent 0.19.0 runs it right before the managed `.env`, so it could
+/// set `HERMES_MANAGED_DIR` (checked against the real loader: README).
+const OVERRIDING: &str = "model: x\nsecrets:\n  bitwarden:\n    enabled: true\n    project_id: p\n";
+/// The same source, told not to override: it only fills unset variables.
+const FILLING: &str = "model: x\nsecrets:\n  bitwarden:\n    enabled: true\n    project_id: p\n    override_existing: false\n";
+
+fn refused_for_the_secret_source(v: &Value, w: &GatewayWorld) -> bool {
+    let err = v["last_error"].as_str().unwrap_or_default();
+    v["state"] == "failed"
+        && err.contains("secrets.bitwarden")
+        && err.contains("override_existing")
+        && !err.contains(&w.dir.display().to_string())
+}
+
+#[tokio::test]
+async fn a_secret_source_that_may_override_keeps_the_gateway_down_until_it_cannot() {
+    let (w, d, pid) = running_world().await;
+    std::fs::write(w.home().join("config.yaml"), OVERRIDING).expect("config");
+    let spawns_before = spawned(&w).len();
+    let r = d.post("/agent/restart").send().await.expect("restart");
+    assert_eq!(r.status(), 202);
+    let v = wait_agent(&d, "refused to start", |v| {
+        refused_for_the_secret_source(v, &w)
+    })
+    .await;
+    assert_eq!(spawned(&w).len(), spawns_before, "a gateway was started");
+    assert_ne!(v["pid"].as_u64(), Some(pid));
+
+    // Told not to override: the next start goes through, and the tenant's
+    // file is as it wrote it.
+    std::fs::write(w.home().join("config.yaml"), FILLING).expect("config");
+    let r = d.post("/agent/start").send().await.expect("start");
+    assert_eq!(r.status(), 202);
+    wait_agent(&d, "running again", |v| v["state"] == "running").await;
+    assert_eq!(
+        std::fs::read_to_string(w.home().join("config.yaml")).expect("read"),
+        FILLING
+    );
+}
+
+#[tokio::test]
+async fn a_secret_source_written_while_the_gateway_runs_replaces_it_with_none() {
+    let (w, d, pid) = running_world().await;
+    // Nobody asks for a restart: the guard sees the file change, the
+    // gateway (which would run the source before its next cron job) is
+    // replaced when idle, and the replacement is refused.
+    std::fs::write(w.home().join("config.yaml"), OVERRIDING).expect("config");
+    let v = wait_agent(&d, "replaced and refused", |v| {
+        refused_for_the_secret_source(v, &w)
+    })
+    .await;
+    assert_ne!(v["pid"].as_u64(), Some(pid));
+    d.wait_for_log("config.yaml is fixed", Duration::from_secs(5))
+        .await;
+}

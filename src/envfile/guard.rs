@@ -17,9 +17,15 @@
 //! cannot be checked (a symlink, too large) is left as it is (warned about
 //! once until a check succeeds); the next spawn refuses it (`supervisor`).
 //!
+//! The same watch covers `config.yaml`: an external secret source that may
+//! override (`secret_sources`), which 0.19.0 runs again before every cron
+//! job, is reported once (`warn`) and the gateway replaced when idle; the
+//! supervisor then refuses to start one on that file until it is fixed.
+//!
 //! What this cannot do: a turn that starts between the agent's write and
 //! the daemon's rewrite (milliseconds) reads the binding; that gateway is
-//! restarted once idle.
+//! restarted once idle. A cron job that starts before the restart runs the
+//! secret source.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +49,9 @@ const RETRY: Duration = Duration::from_secs(5);
 /// in a loop gets at most a few log lines (and rewrites) a second.
 const MIN_GAP: Duration = Duration::from_millis(100);
 
-/// What the guard calls after it removed a reserved binding.
+/// What the guard calls after it found something a running gateway may
+/// have read and the next one must not: a reserved binding it removed, or
+/// a secret source that may override.
 pub type OnRemoved = Box<dyn Fn() + Send + Sync>;
 
 /// Guard `env_file` until `cancel`.
@@ -58,6 +66,7 @@ pub fn spawn(
             on_removed,
             failing: false,
             unwatched: false,
+            overriding: false,
         };
         guard.run(cancel).await;
     })
@@ -70,6 +79,9 @@ struct Guard {
     failing: bool,
     /// The last watch could not be set up (logged once until one is).
     unwatched: bool,
+    /// `config.yaml` held a secret source that may override at the last
+    /// check (the gateway is replaced once, on the change to it).
+    overriding: bool,
 }
 
 impl Guard {
@@ -123,6 +135,26 @@ impl Guard {
     }
 
     async fn check(&mut self) {
+        self.check_env().await;
+        self.check_secret_sources().await;
+    }
+
+    async fn check_secret_sources(&mut self) {
+        let Some(home) = self.env_file.path().parent() else {
+            return;
+        };
+        let result = crate::secret_sources::check(home).await;
+        let overriding = result.is_err();
+        if let Err(why) = result {
+            if !self.overriding {
+                tracing::warn!(reason = %why, "the gateway will be replaced when idle and not started again until config.yaml is fixed");
+                (self.on_removed)();
+            }
+        }
+        self.overriding = overriding;
+    }
+
+    async fn check_env(&mut self) {
         match self.env_file.sanitize().await {
             Ok(removed) => {
                 self.failing = false;
@@ -158,15 +190,16 @@ fn dir_identity(dir: &Path) -> Result<(u64, u64), String> {
         .ok_or_else(|| "not a directory".to_owned())
 }
 
-/// A watch on `home` that wakes `tx` on any change to its `.env` (or a
-/// lost event), with the identity of the directory it watches.
+/// A watch on `home` that wakes `tx` on any change to its `.env` or
+/// `config.yaml` (or a lost event), with the identity of the directory it
+/// watches.
 async fn watch(
     home: &Path,
     tx: mpsc::Sender<()>,
 ) -> Result<(RecommendedWatcher, (u64, u64)), String> {
     let handler = move |res: notify::Result<Event>| {
         let wake = match res {
-            Ok(ev) => touches_env(&ev),
+            Ok(ev) => touches_guarded(&ev),
             Err(_) => true,
         };
         if wake {
@@ -192,19 +225,21 @@ async fn watch(
     .map_err(|e| e.to_string())?
 }
 
-/// A write, create, rename or removal of `.env` itself (not our reads), or
-/// an event without paths (a queue overflow).
-fn touches_env(ev: &Event) -> bool {
+/// A write, create, rename or removal of `.env` or `config.yaml` itself
+/// (not our reads), or an event without paths (a queue overflow).
+fn touches_guarded(ev: &Event) -> bool {
     let kind = match ev.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         _ => true,
     };
     kind && (ev.paths.is_empty()
-        || ev
-            .paths
-            .iter()
-            .any(|p| p.file_name() == Some(".env".as_ref())))
+        || ev.paths.iter().any(|p| {
+            matches!(
+                p.file_name().and_then(|n| n.to_str()),
+                Some(".env" | "config.yaml")
+            )
+        }))
 }
 
 #[cfg(test)]
@@ -217,25 +252,27 @@ mod tests {
     }
 
     #[test]
-    fn only_changes_to_env_itself_wake_the_guard() {
+    fn only_changes_to_env_or_config_itself_wake_the_guard() {
         let rename = EventKind::Modify(ModifyKind::Name(RenameMode::To));
-        assert!(touches_env(&ev(rename, "/home/h/.env")));
-        assert!(touches_env(&ev(
+        assert!(touches_guarded(&ev(rename, "/home/h/.env")));
+        assert!(touches_guarded(&ev(
             EventKind::Create(CreateKind::File),
             "/home/h/.env"
         )));
-        assert!(touches_env(&ev(
+        assert!(touches_guarded(&ev(
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
             "/home/h/.env"
         )));
         // Our own reads, and the busy files next to it.
-        assert!(!touches_env(&ev(
+        assert!(!touches_guarded(&ev(
             EventKind::Access(AccessKind::Close(AccessMode::Read)),
             "/home/h/.env"
         )));
-        assert!(!touches_env(&ev(rename, "/home/h/state.db-wal")));
-        assert!(!touches_env(&ev(rename, "/home/h/.env.bak")));
+        assert!(!touches_guarded(&ev(rename, "/home/h/state.db-wal")));
+        assert!(!touches_guarded(&ev(rename, "/home/h/.env.bak")));
+        assert!(touches_guarded(&ev(rename, "/home/h/config.yaml")));
+        assert!(!touches_guarded(&ev(rename, "/home/h/config.yaml.tmp")));
         // A lost event (queue overflow) has no path: check anyway.
-        assert!(touches_env(&Event::new(EventKind::Other)));
+        assert!(touches_guarded(&Event::new(EventKind::Other)));
     }
 }

@@ -590,6 +590,12 @@ impl Machine {
                 "not starting the gateway: the Hermes .env cannot be checked for reserved keys: {e}"
             ));
         }
+        // Likewise an external secret source in the tenant `config.yaml`
+        // that may override (hermes-agent 0.19.0 runs it right before the
+        // managed `.env`): it could set `HERMES_MANAGED_DIR` too.
+        if let Err(why) = crate::secret_sources::check(&self.cfg.hermes_home).await {
+            return self.spawn_failed(format!("not starting the gateway: {why}"));
+        }
         // Something else on the port would answer our readiness probe and
         // make a gateway that cannot bind look healthy.
         if port_in_use(self.cfg.port).await {
