@@ -5,7 +5,10 @@
 //! restarted, and every other byte of the file is kept. A `.env` the daemon
 //! cannot check is never handed to a gateway. Written while the gateway
 //! runs (0.19.0 reloads the file per turn), it is removed at once and that
-//! gateway replaced when idle.
+//! gateway replaced when idle; a `.env` swapped for a link meanwhile
+//! replaces the gateway with none. An external secret source in
+//! `config.yaml` that may override (it could set `HERMES_MANAGED_DIR`) keeps
+//! the gateway down the same ways.
 
 mod common;
 use common::*;
@@ -262,4 +265,38 @@ async fn a_secret_source_written_while_the_gateway_runs_replaces_it_with_none() 
     assert_ne!(v["pid"].as_u64(), Some(pid));
     d.wait_for_log("config.yaml is fixed", Duration::from_secs(5))
         .await;
+}
+
+#[tokio::test]
+async fn a_env_swapped_for_a_link_while_the_gateway_runs_replaces_it_with_none() {
+    let (w, d, pid) = running_world().await;
+    let (evil, port) = evil_scope(&w);
+    // The gateway would follow the link on its next turn: the daemon cannot
+    // check it (never follows a link), so that gateway goes and none
+    // replaces it, without anyone asking.
+    let elsewhere = w.dir.join("agent-env");
+    std::fs::write(
+        &elsewhere,
+        format!(
+            "HERMES_MANAGED_DIR={}\nAPI_SERVER_PORT={port}\n",
+            evil.display()
+        ),
+    )
+    .expect("target");
+    let env = w.home().join(".env");
+    let staged = w.home().join(".env.link");
+    std::os::unix::fs::symlink(&elsewhere, &staged).expect("symlink");
+    std::fs::rename(&staged, &env).expect("swap");
+    let v = wait_agent(&d, "replaced and refused", |v| {
+        v["state"] == "failed"
+            && v["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(".env cannot be checked"))
+    })
+    .await;
+    assert_ne!(v["pid"].as_u64(), Some(pid));
+    assert!(
+        !spawned(&w).into_iter().any(|p| p != pid),
+        "a gateway was started on the link"
+    );
 }

@@ -14,8 +14,10 @@
 //! recreated home). When it removed a binding, `on_removed` (the daemon's
 //! restart-when-idle of `env_apply`) replaces a gateway that may have read
 //! it without cutting a run. Names are logged, never values. A file that
-//! cannot be checked (a symlink, too large) is left as it is (warned about
-//! once until a check succeeds); the next spawn refuses it (`supervisor`).
+//! cannot be checked (a symlink, too large), which the gateway would still
+//! read on its next turn, is left as it is but replaced the same way, once
+//! until a check succeeds again (warned about once); the next spawn refuses
+//! it (`supervisor`).
 //!
 //! The same watch covers `config.yaml`: an external secret source that may
 //! override (`secret_sources`), which 0.19.0 runs again before every cron
@@ -165,7 +167,11 @@ impl Guard {
             }
             Err(e) => {
                 if !self.failing {
-                    tracing::warn!(error = %e, "cannot check the Hermes .env for reserved keys; the gateway will not be started on it");
+                    // The gateway reads `.env` per turn, through a link or
+                    // not: one it cannot be sure of is replaced (once per
+                    // failing streak), and the supervisor refuses the next.
+                    tracing::warn!(error = %e, "cannot check the Hermes .env for reserved keys; the gateway will be replaced when idle and not started on it");
+                    (self.on_removed)();
                 }
                 self.failing = true;
             }

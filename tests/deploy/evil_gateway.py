@@ -8,9 +8,10 @@ At start it records in $HERMES_HOME/evil/report.json, per attempt, either
   read the credential (the /etc file and the unit's credential directory),
   read or open the daemon's database, its gateway key and credential state,
   write the managed scope, write into the daemon's cgroup.
-It plants symlinks at every name the daemon writes in the Hermes home
-(pointing at daemon-owned files), starts detached sleepers (setsid and a
-double fork) whose pids go to evil/sleepers, and then serves:
+It starts detached sleepers (setsid and a double fork) whose pids go to
+evil/sleepers, and then serves:
+  POST /evil/plant     plant symlinks at every name the daemon writes in the
+                       Hermes home (pointing at daemon-owned files)
   POST /evil/forkbomb  fork until refused (pids.max), report the count
   POST /evil/allocate  allocate 64 MiB chunks until killed or refused
 Python 3.11 standard library only.
@@ -181,7 +182,6 @@ def main() -> int:
     evil = os.path.join(home, "evil")
     os.makedirs(evil, exist_ok=True)
     report = attacks(home)
-    report["planted"] = plant_symlinks(home)
     report["sleepers"] = detach_sleepers(evil)
     report["pid"] = os.getpid()
     tmp = os.path.join(evil, "report.json.tmp")
@@ -205,7 +205,11 @@ def main() -> int:
                 self.reply(404, {"error": "not found"})
 
         def do_POST(self):  # noqa: N802
-            if self.path == "/evil/forkbomb":
+            if self.path == "/evil/plant":
+                # Links at the names the daemon writes, while this gateway
+                # runs (the test asks once it has checked the attacks).
+                self.reply(200, {"planted": plant_symlinks(home)})
+            elif self.path == "/evil/forkbomb":
                 self.reply(200, forkbomb())
             elif self.path == "/evil/allocate":
                 self.reply(200, allocate())

@@ -280,41 +280,68 @@ r = json.load(open(sys.argv[1]))
 for k, v in r.items():
     if isinstance(v, str) and (v.startswith("denied") or v == "SUCCEEDED"):
         print(("ok" if v.startswith("denied") else "not ok") + f" evil agent: {k}: {v.split(':')[0]}")
-print(f"# evil agent ran as uid {r['uid']} gid {r['gid']} groups {r['groups']}; planted {r['planted']}")
+print(f"# evil agent ran as uid {r['uid']} gid {r['gid']} groups {r['groups']}")
 PY
     sum_daemon() { sha256sum /var/lib/hermes-tenantd/gateway_api_key /var/lib/hermes-tenantd/credential.state 2>/dev/null; }
     BEFORE=$(sum_daemon)
     db_ok() { python3 -c "import sqlite3,sys; c=sqlite3.connect('file:/var/lib/hermes-tenantd/tenantd.db?mode=ro', uri=True); sys.exit(0 if c.execute('pragma quick_check').fetchone()[0]=='ok' and c.execute('select count(*) from daemon_state').fetchone()[0] > 0 else 1)"; }
     auth=(-H "Authorization: Bearer $CRED")
-    # Make the daemon write every name it writes in the Hermes home: .env (a
-    # symlink to the database now), config.yaml (a symlink to credential.state),
-    # the planned-stop marker (a symlink to the gateway key) on a restart.
+    OLD_GW=$(python3 -c "import json; print(json.load(open('$EVIL/report.json'))['pid'])")
+    read -r -a SLEEPERS < <(tr '\n' ' ' <$EVIL/sleepers)
+    check "evil agent: detached sleepers alive before the links (${SLEEPERS[*]})" bash -c "kill -0 ${SLEEPERS[0]} && kill -0 ${SLEEPERS[1]}"
+    rm -f $EVIL/report.json
+    # While it runs, the agent plants links at every name the daemon writes
+    # in the Hermes home: .env (to the database), config.yaml (to
+    # credential.state), the planned-stop marker (to the gateway key).
+    curl -sS -m 10 -X POST http://127.0.0.1:8642/evil/plant >/out/logs/evil-plant.json || true
+    echo "# evil agent planted $(cat /out/logs/evil-plant.json)" >>"$R"
+    # Make the daemon write .env and config.yaml through them.
     env_code=$(curl -s -o /out/logs/evil-env.json -w '%{http_code}' -X PUT "${auth[@]}" -H 'Content-Type: application/json' \
       -d '{"value":"v"}' "$API/v1/tenant-runtime/$TENANT/env/EVIL_TEST_KEY")
     set_code=$(curl -s -o /out/logs/evil-settings.json -w '%{http_code}' -X PATCH "${auth[@]}" -H 'Content-Type: application/json' \
       -d '{"personality":"evil"}' "$API/v1/tenant-runtime/$TENANT/settings")
     echo "# evil agent: PUT /env answered $env_code, PATCH /settings $set_code" >>"$R"
-    OLD_GW=$(python3 -c "import json; print(json.load(open('$EVIL/report.json'))['pid'])")
-    read -r -a SLEEPERS < <(tr '\n' ' ' <$EVIL/sleepers)
-    check "evil agent: detached sleepers alive before the restart (${SLEEPERS[*]})" bash -c "kill -0 ${SLEEPERS[0]} && kill -0 ${SLEEPERS[1]}"
-    rm -f $EVIL/report.json
-    curl -fsS -X POST "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent/restart" >/out/logs/evil-restart.json
-    # A .env the daemon cannot check for reserved keys (a symlink now) is
-    # never given to a gateway: the agent stays down and says why.
+    # Nobody asks for a restart: the gateway would follow the .env link on
+    # its next turn, so the daemon's guard replaces it (writing the
+    # planned-stop marker, a link now) and no gateway is started on a .env
+    # it cannot check: the agent stays down and says why.
     env_refused() {
       curl -fsS -m 2 "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent" >/out/logs/evil-agent.json &&
         python3 -c "import json,sys; a=json.load(open('/out/logs/evil-agent.json')); sys.exit(0 if a['state'] != 'running' and '.env cannot be checked' in (a.get('last_error') or '') and '/var/lib' not in a['last_error'] else 1)"
     }
-    check "evil agent: a symlinked .env keeps the restarted gateway down, last_error says why" wait_until 30 env_refused
+    check "evil agent: links planted while it runs: the gateway is replaced by none, last_error says why" wait_until 30 env_refused
     check "evil agent: no gateway started on the symlinked .env" test ! -s $EVIL/report.json
-    check "evil agent: no detached sleeper survives POST /agent/restart" \
+    check "evil agent: neither the old gateway nor a detached sleeper survives the replacement" \
       wait_until 10 bash -c "! kill -0 ${SLEEPERS[0]} 2>/dev/null && ! kill -0 ${SLEEPERS[1]} 2>/dev/null && ! kill -0 $OLD_GW 2>/dev/null"
     check "evil agent: the daemon's key and credential state unchanged" test "$(sum_daemon)" = "$BEFORE"
     check "evil agent: the daemon's database intact" db_ok
-    # The tenant replaces the link with a plain file: the agent starts again.
+    # The tenant removes the .env link: config.yaml, a link too, still
+    # cannot be checked for external secret sources, so the agent stays
+    # down and says so.
     rm -f /home/hermes/.hermes/.env
     curl -sS -X POST "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent/start" >/out/logs/evil-start.json || true
-    check "evil agent: started again once .env is a plain file (a new gateway wrote its report)" wait_until 60 test -s $EVIL/report.json
+    config_refused() {
+      curl -fsS -m 2 "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent" >/out/logs/evil-agent.json &&
+        python3 -c "import json,sys; a=json.load(open('/out/logs/evil-agent.json')); e=a.get('last_error') or ''; sys.exit(0 if a['state'] != 'running' and 'config.yaml' in e and 'secret sources' in e and '/var/lib' not in e else 1)"
+    }
+    check "evil agent: a symlinked config.yaml keeps the gateway down too, last_error says why" wait_until 30 config_refused
+    check "evil agent: no gateway started on the symlinked config.yaml" test ! -s $EVIL/report.json
+    # ...and then a config.yaml whose secret source may override (the agent's
+    # own bin/bws would set HERMES_MANAGED_DIR under hermes-agent 0.19.0).
+    rm -f /home/hermes/.hermes/config.yaml
+    printf 'secrets:\n  bitwarden:\n    enabled: true\n    project_id: p\n' >/home/hermes/.hermes/config.yaml
+    chown hermes: /home/hermes/.hermes/config.yaml
+    curl -sS -X POST "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent/start" >/out/logs/evil-start.json || true
+    source_refused() {
+      curl -fsS -m 2 "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent" >/out/logs/evil-agent.json &&
+        python3 -c "import json,sys; a=json.load(open('/out/logs/evil-agent.json')); e=a.get('last_error') or ''; sys.exit(0 if a['state'] != 'running' and 'secrets.bitwarden' in e else 1)"
+    }
+    check "evil agent: a secret source that may override keeps the gateway down" wait_until 30 source_refused
+    check "evil agent: no gateway started with that secret source" test ! -s $EVIL/report.json
+    # The tenant tells the source not to override: the agent starts again.
+    printf '    override_existing: false\n' >>/home/hermes/.hermes/config.yaml
+    curl -sS -X POST "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent/start" >/out/logs/evil-start.json || true
+    check "evil agent: started again once .env is plain and the source cannot override (a new gateway wrote its report)" wait_until 60 test -s $EVIL/report.json
     CG=$(find /sys/fs/cgroup -type d -name "$UNIT.service" -print -quit)
     if [[ -n $CG && -f $CG/agent/pids.max && $(cat "$CG/agent/pids.max") != max ]]; then
       curl -s -m 120 -X POST http://127.0.0.1:8642/evil/forkbomb >/out/logs/evil-forkbomb.json &
