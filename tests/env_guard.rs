@@ -65,6 +65,22 @@ fn evil_scope(w: &GatewayWorld) -> (PathBuf, String) {
     (evil, port.to_string())
 }
 
+/// A `.env` of the agent's own, outside the home, that redirects the
+/// managed scope (what it links the tenant `.env` to).
+fn agent_env_file(w: &GatewayWorld) -> PathBuf {
+    let (evil, port) = evil_scope(w);
+    let elsewhere = w.dir.join("agent-env");
+    std::fs::write(
+        &elsewhere,
+        format!(
+            "HERMES_MANAGED_DIR={}\nAPI_SERVER_PORT={port}\n",
+            evil.display()
+        ),
+    )
+    .expect("target");
+    elsewhere
+}
+
 /// What the agent's shell appends to the tenant `.env`.
 fn agent_appends(home: &Path, evil: &Path, port: &str) {
     use std::io::Write;
@@ -150,20 +166,10 @@ async fn a_managed_dir_the_agent_writes_is_gone_before_a_crashed_gateway_comes_b
 #[tokio::test]
 async fn a_env_file_that_cannot_be_checked_is_never_given_to_a_gateway() {
     let (w, d, pid) = running_world().await;
-    let (evil, port) = evil_scope(&w);
     // The agent swaps `.env` for a link to a file of its own.
-    let elsewhere = w.dir.join("agent-env");
-    std::fs::write(
-        &elsewhere,
-        format!(
-            "HERMES_MANAGED_DIR={}\nAPI_SERVER_PORT={port}\n",
-            evil.display()
-        ),
-    )
-    .expect("target");
     let env = w.home().join(".env");
     std::fs::remove_file(&env).expect("rm");
-    std::os::unix::fs::symlink(&elsewhere, &env).expect("symlink");
+    std::os::unix::fs::symlink(agent_env_file(&w), &env).expect("symlink");
     let spawns_before = spawned(&w).len();
     let r = d.post("/agent/restart").send().await.expect("restart");
     assert_eq!(r.status(), 202);
@@ -270,22 +276,12 @@ async fn a_secret_source_written_while_the_gateway_runs_replaces_it_with_none() 
 #[tokio::test]
 async fn a_env_swapped_for_a_link_while_the_gateway_runs_replaces_it_with_none() {
     let (w, d, pid) = running_world().await;
-    let (evil, port) = evil_scope(&w);
     // The gateway would follow the link on its next turn: the daemon cannot
     // check it (never follows a link), so that gateway goes and none
     // replaces it, without anyone asking.
-    let elsewhere = w.dir.join("agent-env");
-    std::fs::write(
-        &elsewhere,
-        format!(
-            "HERMES_MANAGED_DIR={}\nAPI_SERVER_PORT={port}\n",
-            evil.display()
-        ),
-    )
-    .expect("target");
     let env = w.home().join(".env");
     let staged = w.home().join(".env.link");
-    std::os::unix::fs::symlink(&elsewhere, &staged).expect("symlink");
+    std::os::unix::fs::symlink(agent_env_file(&w), &staged).expect("symlink");
     std::fs::rename(&staged, &env).expect("swap");
     let v = wait_agent(&d, "replaced and refused", |v| {
         v["state"] == "failed"

@@ -305,11 +305,13 @@ PY
     # its next turn, so the daemon's guard replaces it (writing the
     # planned-stop marker, a link now) and no gateway is started on a .env
     # it cannot check: the agent stays down and says why.
-    env_refused() {
+    # down_because TEXT...: the agent is not running and its last_error holds
+    # every TEXT and no daemon path.
+    down_because() {
       curl -fsS -m 2 "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent" >/out/logs/evil-agent.json &&
-        python3 -c "import json,sys; a=json.load(open('/out/logs/evil-agent.json')); sys.exit(0 if a['state'] != 'running' and '.env cannot be checked' in (a.get('last_error') or '') and '/var/lib' not in a['last_error'] else 1)"
+        python3 -c "import json,sys; a=json.load(open('/out/logs/evil-agent.json')); e=a.get('last_error') or ''; sys.exit(0 if a['state'] != 'running' and all(t in e for t in sys.argv[1:]) and '/var/lib' not in e else 1)" "$@"
     }
-    check "evil agent: links planted while it runs: the gateway is replaced by none, last_error says why" wait_until 30 env_refused
+    check "evil agent: links planted while it runs: the gateway is replaced by none, last_error says why" wait_until 30 down_because ".env cannot be checked"
     check "evil agent: no gateway started on the symlinked .env" test ! -s $EVIL/report.json
     check "evil agent: neither the old gateway nor a detached sleeper survives the replacement" \
       wait_until 10 bash -c "! kill -0 ${SLEEPERS[0]} 2>/dev/null && ! kill -0 ${SLEEPERS[1]} 2>/dev/null && ! kill -0 $OLD_GW 2>/dev/null"
@@ -320,11 +322,7 @@ PY
     # down and says so.
     rm -f /home/hermes/.hermes/.env
     curl -sS -X POST "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent/start" >/out/logs/evil-start.json || true
-    config_refused() {
-      curl -fsS -m 2 "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent" >/out/logs/evil-agent.json &&
-        python3 -c "import json,sys; a=json.load(open('/out/logs/evil-agent.json')); e=a.get('last_error') or ''; sys.exit(0 if a['state'] != 'running' and 'config.yaml' in e and 'secret sources' in e and '/var/lib' not in e else 1)"
-    }
-    check "evil agent: a symlinked config.yaml keeps the gateway down too, last_error says why" wait_until 30 config_refused
+    check "evil agent: a symlinked config.yaml keeps the gateway down too, last_error says why" wait_until 30 down_because config.yaml 'secret sources'
     check "evil agent: no gateway started on the symlinked config.yaml" test ! -s $EVIL/report.json
     # ...and then a config.yaml whose secret source may override (the agent's
     # own bin/bws would set HERMES_MANAGED_DIR under hermes-agent 0.19.0).
@@ -332,11 +330,7 @@ PY
     printf 'secrets:\n  bitwarden:\n    enabled: true\n    project_id: p\n' >/home/hermes/.hermes/config.yaml
     chown hermes: /home/hermes/.hermes/config.yaml
     curl -sS -X POST "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent/start" >/out/logs/evil-start.json || true
-    source_refused() {
-      curl -fsS -m 2 "${auth[@]}" "$API/v1/tenant-runtime/$TENANT/agent" >/out/logs/evil-agent.json &&
-        python3 -c "import json,sys; a=json.load(open('/out/logs/evil-agent.json')); e=a.get('last_error') or ''; sys.exit(0 if a['state'] != 'running' and 'secrets.bitwarden' in e else 1)"
-    }
-    check "evil agent: a secret source that may override keeps the gateway down" wait_until 30 source_refused
+    check "evil agent: a secret source that may override keeps the gateway down" wait_until 30 down_because secrets.bitwarden override_existing
     check "evil agent: no gateway started with that secret source" test ! -s $EVIL/report.json
     # The tenant tells the source not to override: the agent starts again.
     printf '    override_existing: false\n' >>/home/hermes/.hermes/config.yaml
