@@ -189,6 +189,21 @@ mod tests {
         }
     }
 
+    /// The section as hermes-agent 0.19.0 writes its defaults
+    /// (`yaml.safe_dump` of `DEFAULT_CONFIG["secrets"]`): nothing enabled,
+    /// so accepted; `enabled: true` on either source (what `hermes secrets
+    /// … setup` turns on) with the default `override_existing: true` is not.
+    #[test]
+    fn the_gateways_own_defaults_pass_and_turning_a_source_on_does_not() {
+        let defaults = "secrets:\n  bitwarden:\n    enabled: false\n    access_token_env: BWS_ACCESS_TOKEN\n    project_id: ''\n    cache_ttl_seconds: 300\n    override_existing: true\n    auto_install: true\n    server_url: ''\n  onepassword:\n    enabled: false\n    env: {}\n    account: ''\n    service_account_token_env: OP_SERVICE_ACCOUNT_TOKEN\n    binary_path: ''\n    cache_ttl_seconds: 300\n    override_existing: true\n";
+        assert_eq!(check(defaults), Ok(vec![]));
+        let on = defaults.replacen("enabled: false", "enabled: true", 2);
+        assert_eq!(
+            check(&on),
+            Ok(vec!["bitwarden".into(), "onepassword".into()])
+        );
+    }
+
     /// Merge keys hide nothing, however deep.
     #[test]
     fn merged_sections_are_seen() {
