@@ -33,9 +33,6 @@ use std::ptr;
 use rusqlite::Connection;
 use rusqlite::ffi;
 
-/// The function's SQL name.
-pub const FUNCTION: &str = "tenantd_rank";
-
 /// Deepest `LIMIT + OFFSET` that is pruned: past it the function is plain
 /// bm25 (the kept scores would cost 8 bytes each).
 const MAX_KEPT: i64 = 10_000;
@@ -52,8 +49,8 @@ const K1: f64 = 1.2;
 const B: f64 = 0.75;
 
 thread_local! {
-    /// Matches this thread skipped (no length read), for tests and the
-    /// benchmark: the statement runs on the thread that steps it.
+    /// Matches this thread skipped (no length read), for the tests: the
+    /// function runs on the thread that steps the statement.
     static SKIPPED: Cell<u64> = const { Cell::new(0) };
 }
 

@@ -70,8 +70,9 @@ hermes_tenantd_binary_src: /stage/v0/hermes-tenantd
 hermes_tenantd_binary_sha256: $SHA_V0
 # The example's hermes_tenantd_agent_version (0.19.0) is installed from
 # stand-in wheels (tests/deploy/make_fake_agent_wheel.py) whose hermes
-# command is fake_gateway.py.
-hermes_tenantd_agent_pip_packages: [hermes-agent]
+# command is fake_gateway.py; with the role's [mcp] extra (the stand-in
+# declares it, with nothing to pull).
+hermes_tenantd_agent_pip_packages: ["hermes-agent[mcp]"]
 hermes_tenantd_agent_pip_args: [--no-index, --find-links, /stage/wheels]
 hermes_tenantd_gate_retries: 15
 hermes_tenantd_gate_delay: 1

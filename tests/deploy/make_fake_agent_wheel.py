@@ -29,7 +29,7 @@ dist = f"hermes_agent-{version}.dist-info"
 files = {
     "hermes_fake_gateway.py": gateway,
     "hermes_fake_cli.py": launcher,
-    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: hermes-agent\nVersion: {version}\nSummary: test stand-in\n",
+    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: hermes-agent\nVersion: {version}\nSummary: test stand-in\nProvides-Extra: mcp\n",
     f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: make_fake_agent_wheel\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     f"{dist}/entry_points.txt": "[console_scripts]\nhermes = hermes_fake_cli:main\n",
 }
