@@ -325,12 +325,19 @@ async fn blocking<T: Send + 'static>(
 /// The tenant `config.yaml` as a mapping, read as the agent, never through
 /// a symlink, capped (missing: empty), for checks of what the gateway will
 /// find in it (`secret_sources`).
+/// Not logged here: the callers (the spawn check, the `.env` guard, every
+/// 30 s) report a refusal once themselves.
 pub async fn read_tenant_config(path: PathBuf) -> Result<Mapping, SettingsError> {
-    blocking(move || load_blocking(&path)).await
+    blocking(move || load(&path, false)).await
 }
 
 fn load_blocking(path: &Path) -> Result<Mapping, SettingsError> {
-    let Some(bytes) = read_file(path)? else {
+    load(path, true)
+}
+
+/// `config.yaml` as a mapping; `warn`: log a refused read.
+fn load(path: &Path, warn: bool) -> Result<Mapping, SettingsError> {
+    let Some(bytes) = read_file(path, warn)? else {
         return Ok(Mapping::new());
     };
     let text =
@@ -374,10 +381,10 @@ fn not_regular() -> SettingsError {
 
 /// The file's bytes, capped (`None`: absent). One log line, no content,
 /// when refused.
-fn read_file(path: &Path) -> Result<Option<Vec<u8>>, SettingsError> {
+fn read_file(path: &Path, warn: bool) -> Result<Option<Vec<u8>>, SettingsError> {
     use crate::agent_file::{ReadError, read_capped};
     read_capped(path, MAX_FILE_BYTES).map_err(|e| {
-        if !matches!(e, ReadError::Io(_)) {
+        if warn && !matches!(e, ReadError::Io(_)) {
             tracing::warn!(error = %e, "refused to read the gateway's config.yaml");
         }
         match e {
