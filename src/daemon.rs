@@ -122,11 +122,12 @@ impl Daemon {
         )
         .await?;
         let cancel = CancellationToken::new();
+        let gateway = GatewayClient::new(agent.endpoint().clone(), agent.gate())
+            .map_err(StartError::GatewayClient)?;
         let runs = Runs::new(
             store.clone(),
             agent.clone(),
-            GatewayClient::new(agent.endpoint().clone(), agent.gate())
-                .map_err(StartError::GatewayClient)?,
+            gateway.clone(),
             RunLimits {
                 max_input_bytes: config.runs.max_input_bytes,
                 subscribers_per_run: config.runs.subscribers_per_run,
@@ -181,6 +182,7 @@ impl Daemon {
             agent.clone(),
             hub_link.clone(),
             config.hub.stop_wait_for_runs,
+            gateway,
             cancel.clone(),
         );
         let hermes_config = Arc::new(crate::settings::HermesConfig::new(

@@ -25,7 +25,8 @@ What a run does is chosen by words in its input text:
 
 Settings (env FAKE_GW_<NAME> or the control file): `no_runs` hides the runs
 API from /v1/capabilities and 404s it (the daemon must fall back to chat
-completions); `runs_429` answers 429 to that many POST /v1/runs first;
+completions); `runs_429` answers 429 to that many POST /v1/runs first; `runs_fail` makes
+every run end `run.failed` (a release that serves health but not runs);
 `approval_timeout` (seconds) denies an unanswered approval after that long
 without an `approval.responded` event and the run still ends `run.completed`,
 as hermes-agent 0.19.0 does after its 60 s `approvals.timeout`.
@@ -58,6 +59,7 @@ class Run:
         self.stop = threading.Event()
         self.approval = None
         self.approval_pending = False
+        self.fail_all = False
         self.created = time.time()
 
     def emit(self, name, **fields):
@@ -97,7 +99,7 @@ def script(run):
         run.emit("message.delta", delta=said)
         run.emit("run.completed", output=said, usage={"input_tokens": 1, "output_tokens": 1, "total_tokens": 2})
         return
-    if "fail" in text:
+    if "fail" in text or run.fail_all:
         run.emit("message.delta", delta="about to fail")
         run.emit("run.failed", error="model exploded")
         return
@@ -215,6 +217,7 @@ def create_run(handler, state):
         return 400, {"error": {"message": "input is required", "code": "invalid_request"}}
     say(state, input_text(body))
     run = Run("run_" + secrets.token_hex(16), body, float(state.setting("approval_timeout", 0) or 0))
+    run.fail_all = bool(state.setting("runs_fail", False))
     with LOCK:
         RUNS[run.id] = run
     threading.Thread(target=script, args=(run,), daemon=True).start()

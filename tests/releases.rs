@@ -20,6 +20,8 @@ enum Mode {
     FailsHealth,
     Exits78,
     CrashesAfter(f64),
+    /// Healthy, capabilities answered, but every run ends `run.failed`.
+    FailsRuns,
 }
 
 fn releases_dir(w: &GatewayWorld) -> PathBuf {
@@ -40,6 +42,7 @@ fn fake_release(w: &GatewayWorld, version: &str, mode: Mode) {
             "export FAKE_GW_NO_LISTEN=1 FAKE_GW_EXIT_AFTER=0.01 FAKE_GW_EXIT_CODE=78\n".into()
         }
         Mode::CrashesAfter(s) => format!("export FAKE_GW_EXIT_AFTER={s} FAKE_GW_EXIT_CODE=1\n"),
+        Mode::FailsRuns => "export FAKE_GW_RUNS_FAIL=1\n".into(),
     };
     let script = format!(
         "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo \"Hermes Agent v{version}\"; exit 0; fi\nexport FAKE_GW_VERSION={version}\n{env}exec {py} {gw}\n",
@@ -201,6 +204,34 @@ async fn gate_failure_rolls_back_and_quarantines_after_two() {
         .await
         .unwrap();
     expect_problem(resp, 400, "invalid_argument").await;
+}
+
+/// With `releases.smoke_input`, the gate also asks the new release for a
+/// run: one that serves health but fails runs is rolled back, one that
+/// completes it becomes active.
+#[tokio::test]
+async fn a_release_that_fails_the_smoke_run_is_rolled_back() {
+    let w = world("keep = 10\nsmoke_input = \"say hello\"\nsmoke_timeout = \"20s\"");
+    fake_release(&w, "1.0.0", Mode::Good);
+    fake_release(&w, "2.0.0", Mode::FailsRuns);
+    let d = w.daemon().await;
+    wait_running_release(&d, "0.19.0-fake").await;
+
+    assert_eq!(activate(&d, "1.0.0").await.status(), 202);
+    wait_release(&d, "1.0.0", "active", Duration::from_secs(60)).await;
+    assert_consistent(&d, &w, "1.0.0").await;
+
+    // Healthy and answers its capabilities, so only the run tells.
+    assert_eq!(activate(&d, "2.0.0").await.status(), 202);
+    let r = wait_release(&d, "2.0.0", "failed", Duration::from_secs(60)).await;
+    assert!(
+        r["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("smoke run ended run.failed")),
+        "{r}"
+    );
+    assert_consistent(&d, &w, "1.0.0").await;
+    assert_eq!(current(&w).as_deref(), Some("1.0.0"));
 }
 
 #[tokio::test]

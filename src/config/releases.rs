@@ -31,6 +31,12 @@ pub struct ReleasesConfig {
     pub gate_timeout: Duration,
     /// A crash loop this soon after an activation rolls it back.
     pub watch_window: Duration,
+    /// The input of a run the health gate asks a new release for, after
+    /// its health and capabilities: it passes only if that run ends
+    /// `run.completed` within `smoke_timeout`. None (the default): no run.
+    pub smoke_input: Option<String>,
+    /// How long the smoke run may take.
+    pub smoke_timeout: Duration,
     /// Failed gates after which a release is `quarantined`.
     pub quarantine_after: u32,
     /// Longest pip run of one install.
@@ -54,6 +60,8 @@ pub(super) struct RawReleases {
     pub(super) keep: Option<usize>,
     pub(super) gate_timeout: Option<String>,
     pub(super) watch_window: Option<String>,
+    pub(super) smoke_input: Option<String>,
+    pub(super) smoke_timeout: Option<String>,
     #[serde(deserialize_with = "lenient")]
     pub(super) quarantine_after: Option<u32>,
     pub(super) install_timeout: Option<String>,
@@ -111,6 +119,16 @@ pub(super) fn validate(raw: RawReleases, data_dir: &Path) -> Result<ReleasesConf
             ));
         }
     }
+    let smoke_input = non_empty(raw.smoke_input);
+    if smoke_input
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > 4096)
+    {
+        return Err(invalid(
+            "releases.smoke_input",
+            "must be at most 4096 characters",
+        ));
+    }
     Ok(ReleasesConfig {
         dir,
         index_url,
@@ -119,6 +137,8 @@ pub(super) fn validate(raw: RawReleases, data_dir: &Path) -> Result<ReleasesConf
         keep,
         gate_timeout: duration("releases.gate_timeout", raw.gate_timeout, "120s")?,
         watch_window: duration("releases.watch_window", raw.watch_window, "10m")?,
+        smoke_input,
+        smoke_timeout: duration("releases.smoke_timeout", raw.smoke_timeout, "120s")?,
         quarantine_after,
         install_timeout: duration("releases.install_timeout", raw.install_timeout, "15m")?,
         min_free_bytes: raw.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
@@ -161,6 +181,7 @@ mod tests {
                 "releases.extra_packages",
             ),
             ("gate_timeout = \"0s\"", "releases.gate_timeout"),
+            ("smoke_timeout = \"0s\"", "releases.smoke_timeout"),
         ] {
             let e = validate(raw(text), Path::new("/d")).expect_err(text);
             assert!(e.to_string().contains(key), "{text}: {e}");

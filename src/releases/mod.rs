@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{AgentHandle, Desired};
 use crate::config::ReleasesConfig;
 use crate::hub::HubLink;
+use crate::runs::GatewayClient;
 use crate::store::{Store, StoreError, ms_to_rfc3339, now_ms};
 pub use layout::{Layout, valid_version};
 pub use records::{Release, ReleaseState};
@@ -125,6 +126,8 @@ struct Ctx {
     agent: AgentHandle,
     link: HubLink,
     wait_for_runs: Duration,
+    /// The gateway's API, for the gate's smoke run.
+    gateway: GatewayClient,
     /// Held for a whole activation (and by a delete).
     switching: Mutex<()>,
     report: watch::Sender<ReleasesReport>,
@@ -153,6 +156,7 @@ impl Releases {
         agent: AgentHandle,
         link: HubLink,
         wait_for_runs: Duration,
+        gateway: GatewayClient,
         cancel: CancellationToken,
     ) -> (Releases, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -163,6 +167,7 @@ impl Releases {
             agent,
             link,
             wait_for_runs,
+            gateway,
             switching: Mutex::new(()),
             report: watch::Sender::new(ReleasesReport::default()),
         });

@@ -125,7 +125,10 @@ pub(super) async fn activate(ctx: &Ctx, version: &str) -> Outcome {
         return Outcome::Refused("the supervisor is gone".into());
     }
     kill_point("gateway_restarted");
-    let verdict = wait_gate(ctx, version, before.pid, ctx.cfg.gate_timeout).await;
+    let mut verdict = wait_gate(ctx, version, before.pid, ctx.cfg.gate_timeout).await;
+    if let (Ok(()), Some(input)) = (&verdict, ctx.cfg.smoke_input.as_deref()) {
+        verdict = smoke(ctx, input, ctx.cfg.smoke_timeout).await;
+    }
     drop(gate);
     match verdict {
         Ok(()) => {
@@ -297,5 +300,53 @@ async fn wait_gate(
                 return Err("the supervisor is gone".into());
             },
         }
+    }
+}
+
+/// The gate's optional smoke run (`releases.smoke_input`): the input as a
+/// run of the new gateway (straight to it: clients' runs wait behind the
+/// gate), which must end `run.completed` within `timeout`. The gateway
+/// keeps it in its own history like any run (`api_server` source).
+async fn smoke(ctx: &Ctx, input: &str, timeout: Duration) -> Result<(), String> {
+    let run = async {
+        let id = ctx
+            .gateway
+            .submit(&serde_json::json!({ "input": input }))
+            .await
+            .map_err(|e| format!("the smoke run was not accepted: {e}"))?;
+        let body = ctx
+            .gateway
+            .events(&id)
+            .await
+            .map_err(|e| format!("the smoke run's events could not be read: {e}"))?;
+        let mut end: Option<String> = None;
+        crate::runs::gateway::for_each_frame(Box::pin(body), |frame| {
+            let name = frame.event.clone().or_else(|| {
+                serde_json::from_str::<serde_json::Value>(&frame.data)
+                    .ok()
+                    .and_then(|v| v["event"].as_str().map(str::to_owned))
+            });
+            match name {
+                Some(n) if crate::runs::is_terminal_event(&n) => {
+                    end = Some(n);
+                    false
+                }
+                _ => true,
+            }
+        })
+        .await
+        .map_err(|e| format!("the smoke run's events broke off: {e}"))?;
+        match end.as_deref() {
+            Some("run.completed") => Ok(()),
+            Some(other) => Err(format!("the smoke run ended {other}")),
+            None => Err("the smoke run's events ended without its end".to_owned()),
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "the smoke run did not end within releases.smoke_timeout ({})",
+            humantime::format_duration(timeout)
+        )),
     }
 }
