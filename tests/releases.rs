@@ -120,6 +120,12 @@ async fn activate(d: &TestDaemon, version: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Activate `version` (202) and wait until it is in `state`.
+async fn activate_until(d: &TestDaemon, version: &str, state: &str) -> Value {
+    assert_eq!(activate(d, version).await.status(), 202);
+    wait_release(d, version, state, Duration::from_secs(60)).await
+}
+
 fn current(w: &GatewayWorld) -> Option<String> {
     std::fs::read_link(releases_dir(w).join("current"))
         .ok()
@@ -150,13 +156,11 @@ async fn gate_failure_rolls_back_and_quarantines_after_two() {
         assert_eq!(find(&l, v).expect(v)["state"], "ready", "{l:?}");
     }
 
-    assert_eq!(activate(&d, "1.0.0").await.status(), 202);
-    wait_release(&d, "1.0.0", "active", Duration::from_secs(60)).await;
+    activate_until(&d, "1.0.0", "active").await;
     assert_consistent(&d, &w, "1.0.0").await;
 
     // /health never answers: the gate times out, 1.0.0 comes back.
-    assert_eq!(activate(&d, "2.0.0").await.status(), 202);
-    let r = wait_release(&d, "2.0.0", "failed", Duration::from_secs(60)).await;
+    let r = activate_until(&d, "2.0.0", "failed").await;
     assert!(
         r["last_error"].as_str().unwrap().contains("health gate"),
         "{r}"
@@ -165,14 +169,12 @@ async fn gate_failure_rolls_back_and_quarantines_after_two() {
     assert_consistent(&d, &w, "1.0.0").await;
 
     // Exits 78 at once: failed without waiting for the timeout.
-    assert_eq!(activate(&d, "3.0.0").await.status(), 202);
-    let r = wait_release(&d, "3.0.0", "failed", Duration::from_secs(60)).await;
+    let r = activate_until(&d, "3.0.0", "failed").await;
     assert!(r["last_error"].as_str().unwrap().contains("78"), "{r}");
     assert_consistent(&d, &w, "1.0.0").await;
 
     // A second failure quarantines; a quarantined release is refused.
-    assert_eq!(activate(&d, "2.0.0").await.status(), 202);
-    wait_release(&d, "2.0.0", "quarantined", Duration::from_secs(60)).await;
+    activate_until(&d, "2.0.0", "quarantined").await;
     assert_consistent(&d, &w, "1.0.0").await;
     expect_problem(activate(&d, "2.0.0").await, 409, "conflict").await;
 
@@ -217,13 +219,11 @@ async fn a_release_that_fails_the_smoke_run_is_rolled_back() {
     let d = w.daemon().await;
     wait_running_release(&d, "0.19.0-fake").await;
 
-    assert_eq!(activate(&d, "1.0.0").await.status(), 202);
-    wait_release(&d, "1.0.0", "active", Duration::from_secs(60)).await;
+    activate_until(&d, "1.0.0", "active").await;
     assert_consistent(&d, &w, "1.0.0").await;
 
     // Healthy and answers its capabilities, so only the run tells.
-    assert_eq!(activate(&d, "2.0.0").await.status(), 202);
-    let r = wait_release(&d, "2.0.0", "failed", Duration::from_secs(60)).await;
+    let r = activate_until(&d, "2.0.0", "failed").await;
     assert!(
         r["last_error"]
             .as_str()
@@ -244,8 +244,7 @@ async fn crash_loop_within_the_watch_window_rolls_back() {
     fake_release(&w, "1.0.0", Mode::Good);
     fake_release(&w, "2.0.0", Mode::CrashesAfter(4.0));
     let d = w.daemon().await;
-    assert_eq!(activate(&d, "1.0.0").await.status(), 202);
-    wait_release(&d, "1.0.0", "active", Duration::from_secs(60)).await;
+    activate_until(&d, "1.0.0", "active").await;
     assert_eq!(activate(&d, "2.0.0").await.status(), 202);
     // It passes its gate (healthy for 4 s), then crash-loops.
     wait_release(&d, "2.0.0", "active", Duration::from_secs(60)).await;
@@ -443,8 +442,7 @@ async fn install_from_find_links_verifies_publishes_and_prunes() {
         r["size"].as_u64().unwrap() > 0 && r["installed_at"].is_string(),
         "{r}"
     );
-    assert_eq!(activate(&d, "1.0.0").await.status(), 202);
-    wait_release(&d, "1.0.0", "active", Duration::from_secs(60)).await;
+    activate_until(&d, "1.0.0", "active").await;
     assert_consistent(&d, &w, "1.0.0").await;
 
     // A pinned hash that does not match: failed, nothing visible.
@@ -486,13 +484,11 @@ async fn install_from_find_links_verifies_publishes_and_prunes() {
 
     // keep = 2: after 2.0.0 then 5.0.0 are active, 1.0.0 (neither current
     // nor previous) is pruned; the previous one stays for a rollback.
-    assert_eq!(activate(&d, "2.0.0").await.status(), 202);
-    wait_release(&d, "2.0.0", "active", Duration::from_secs(60)).await;
+    activate_until(&d, "2.0.0", "active").await;
     assert_eq!(install(&d, json!({"version": "5.0.0"})).await.status(), 202);
     wait_release(&d, "5.0.0", "ready", long).await;
     assert!(releases_dir(&w).join("1.0.0").exists(), "previous kept");
-    assert_eq!(activate(&d, "5.0.0").await.status(), 202);
-    wait_release(&d, "5.0.0", "active", Duration::from_secs(60)).await;
+    activate_until(&d, "5.0.0", "active").await;
     assert_consistent(&d, &w, "5.0.0").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while find(&list(&d).await, "1.0.0").is_some() {
@@ -589,7 +585,6 @@ async fn a_kill_right_after_an_install_is_published_keeps_the_release() {
         "{r}"
     );
     assert!(releases_dir(&w).join("1.0.0/bin/hermes").exists());
-    assert_eq!(activate(&d, "1.0.0").await.status(), 202);
-    wait_release(&d, "1.0.0", "active", Duration::from_secs(60)).await;
+    activate_until(&d, "1.0.0", "active").await;
     assert_consistent(&d, &w, "1.0.0").await;
 }
