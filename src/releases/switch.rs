@@ -127,7 +127,15 @@ pub(super) async fn activate(ctx: &Ctx, version: &str) -> Outcome {
     kill_point("gateway_restarted");
     let mut verdict = wait_gate(ctx, version, before.pid, ctx.cfg.gate_timeout).await;
     if let (Ok(()), Some(input)) = (&verdict, ctx.cfg.smoke_input.as_deref()) {
+        let t = Instant::now();
         verdict = smoke(ctx, input, ctx.cfg.smoke_timeout).await;
+        if verdict.is_ok() {
+            tracing::info!(
+                release = version,
+                ms = t.elapsed().as_millis() as u64,
+                "the smoke run of the health gate completed"
+            );
+        }
     }
     drop(gate);
     match verdict {

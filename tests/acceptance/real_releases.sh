@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Acceptance (issue 15): the real hermes-agent 0.19.0 as a release, installed
 # by the daemon through the API from a package source, activated behind the
-# health gate, a turn run through it; then a broken release (its entry point
+# health gate (with its smoke run: a real turn through the model stand-in),
+# a turn run through it; then a broken release (its entry point
 # exits 1, the shape of a bad entry point) is activated and rolled back by
 # itself, and runs work again.
 #
@@ -81,6 +82,8 @@ backoff_base = "1s"
 [releases]
 $SOURCE
 gate_timeout = "150s"
+smoke_input = "Say hello."
+smoke_timeout = "120s"
 min_free_bytes = 600000000
 TOML
 env -u RUST_LOG "$DAEMON" run --config "$WORK/config.toml" >"$WORK/daemon.log" 2>&1 & DAEMON_PID=$!
@@ -121,6 +124,8 @@ t=$(now_ms)
 api -o /dev/null -X POST "$BASE/agent/releases/0.19.0/activate"
 wait_state 0.19.0 300 active >/dev/null
 echo "   active in $(( ($(now_ms) - t) / 1000 )) s; agent: $(api "$BASE/agent" | jget "(d['state'], d['release'])")"
+grep -q "smoke run of the health gate completed" "$WORK/daemon.log" || fail "the gate passed without its smoke run"
+echo "   $(grep "smoke run of the health gate completed" "$WORK/daemon.log" | tail -1 | cut -c1-200)"
 id=$(run_turn); echo "   a turn through 0.19.0 completed: $id"
 
 echo "== a broken release (entry point exits 1), activated: rolled back by itself"
