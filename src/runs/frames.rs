@@ -383,106 +383,88 @@ mod tests {
         i64,
         Outcome,
     ) {
-        let Rig {
-            _dir,
-            store,
-            active,
-            mut live,
-            mut seq,
-            writer_task,
-            mut outcome,
-        } = rig().await;
+        let mut r = rig().await;
         let mut ended = Vec::new();
         {
-            let mut frames = FrameRelay::new(&store, RUN, GW, &active);
+            let mut frames = FrameRelay::new(&r.store, RUN, GW, &r.active);
             for c in chunks {
-                ended.push(frames.take(c, &mut seq, &mut outcome).await.expect("chunk"));
-                seq.flush().await;
+                ended.push(
+                    frames
+                        .take(c, &mut r.seq, &mut r.outcome)
+                        .await
+                        .expect("chunk"),
+                );
+                r.seq.flush().await;
             }
         }
-        drop(seq);
-        writer_task.await.expect("writer");
+        drop(r.seq);
+        r.writer_task.await.expect("writer");
         let mut batches = Vec::new();
-        while let Ok(b) = live.try_recv() {
+        while let Ok(b) = r.live.try_recv() {
             batches.push(b);
         }
-        let log = store
+        let log = r
+            .store
             .read(|c| run_store::events_after(c, RUN, 0, 10_000))
             .await
             .expect("log");
-        let committed = *active.committed.borrow();
-        (batches, ended, log, committed, outcome)
+        let committed = *r.active.committed.borrow();
+        (batches, ended, log, committed, r.outcome)
     }
 
     /// A burst of chunks that are all already read is one batch; the
     /// bound holds, and the end of the stream is seen.
     #[tokio::test]
     async fn chunks_already_read_join_one_batch_up_to_the_bound() {
-        let Rig {
-            _dir,
-            store,
-            active,
-            mut live,
-            mut seq,
-            writer_task,
-            mut outcome,
-        } = rig().await;
+        let mut r = rig().await;
         let n = COALESCE_CHUNKS + 5;
         let chunks: Vec<Result<Vec<u8>, std::convert::Infallible>> =
             (1..n).map(|i| Ok(delta(i).into_bytes())).collect();
         let mut stream = futures_util::stream::iter(chunks);
-        let mut frames = FrameRelay::new(&store, RUN, GW, &active);
+        let mut frames = FrameRelay::new(&r.store, RUN, GW, &r.active);
         let first = delta(0);
         let b = frames
-            .burst(first.as_bytes(), &mut stream, &mut seq, &mut outcome)
+            .burst(first.as_bytes(), &mut stream, &mut r.seq, &mut r.outcome)
             .await;
         assert!(matches!(b.taken, Ok(false)) && !b.ended);
-        let batch = live.try_recv().expect("one batch");
+        let batch = r.live.try_recv().expect("one batch");
         assert_eq!(
             seqs(&batch),
             (1..=COALESCE_CHUNKS as i64 + 1).collect::<Vec<_>>(),
             "the first chunk and {COALESCE_CHUNKS} ready ones, in order"
         );
-        assert!(live.try_recv().is_err(), "nothing else sent yet");
+        assert!(r.live.try_recv().is_err(), "nothing else sent yet");
         // The rest, then the end of the stream.
         let next = delta(COALESCE_CHUNKS + 1);
         let b = frames
-            .burst(next.as_bytes(), &mut stream, &mut seq, &mut outcome)
+            .burst(next.as_bytes(), &mut stream, &mut r.seq, &mut r.outcome)
             .await;
         assert!(matches!(b.taken, Ok(false)) && b.ended, "the end is seen");
-        let batch = live.try_recv().expect("second batch");
+        let batch = r.live.try_recv().expect("second batch");
         assert_eq!(
             batch.first().map(|e| e.seq),
             Some(COALESCE_CHUNKS as i64 + 2)
         );
         assert_eq!(batch.last().map(|e| e.seq), Some(n as i64 + 1));
         drop(frames);
-        drop(seq);
-        writer_task.await.expect("writer");
-        assert_eq!(*active.committed.borrow(), n as i64 + 1);
+        drop(r.seq);
+        r.writer_task.await.expect("writer");
+        assert_eq!(*r.active.committed.borrow(), n as i64 + 1);
     }
 
     /// A chunk that is not read yet is not waited for: the batch goes.
     #[tokio::test]
     async fn a_lone_chunk_is_sent_without_waiting_for_more() {
-        let Rig {
-            _dir,
-            store,
-            active,
-            mut live,
-            mut seq,
-            mut outcome,
-            ..
-        } = rig().await;
+        let mut r = rig().await;
         let mut stream =
             futures_util::stream::pending::<Result<Vec<u8>, std::convert::Infallible>>();
-        let mut frames = FrameRelay::new(&store, RUN, GW, &active);
+        let mut frames = FrameRelay::new(&r.store, RUN, GW, &r.active);
         let first = delta(0);
         let b = frames
-            .burst(first.as_bytes(), &mut stream, &mut seq, &mut outcome)
+            .burst(first.as_bytes(), &mut stream, &mut r.seq, &mut r.outcome)
             .await;
         assert!(matches!(b.taken, Ok(false)) && !b.ended);
-        assert_eq!(seqs(&live.try_recv().expect("sent at once")), [1]);
+        assert_eq!(seqs(&r.live.try_recv().expect("sent at once")), [1]);
     }
 
     #[tokio::test]
